@@ -1,0 +1,1 @@
+"""The command worker: applies commands exactly once to the write store, projects views."""

@@ -1,0 +1,80 @@
+"""The one place that builds the worker's dependencies, lazily and once per process.
+
+Nothing connects at import time; a forked pool process drops what it inherited and builds
+its own on first use.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass
+
+import redis
+
+from commands_worker import views
+from commands_worker.projector import Projector
+from commands_worker.service import Executor
+from commands_worker.store import Store, create_engine
+from commands_worker.templates import load_templates_file
+from shared.settings import Settings
+
+log = logging.getLogger("hostfactory.worker")
+
+
+@dataclass
+class Deps:
+    settings: Settings
+    store: Store
+    cache: redis.Redis
+    broker: redis.Redis
+    projector: Projector
+    executor: Executor
+
+
+_deps: Deps | None = None
+_lock = threading.Lock()
+
+
+def build(settings: Settings | None = None, create_schema: bool = True) -> Deps:
+    settings = settings or Settings.from_env()
+    store = (Store.from_url(settings.store_url) if create_schema
+             else Store(create_engine(settings.store_url)))
+    cache = redis.Redis.from_url(settings.cache_url, socket_timeout=5,
+                                 socket_connect_timeout=5, health_check_interval=30)
+    broker = (cache if settings.broker_url == settings.cache_url else
+              redis.Redis.from_url(settings.broker_url, socket_timeout=5,
+                                   socket_connect_timeout=5))
+    return Deps(settings, store, cache, broker, Projector(cache),
+                Executor(store.unit_of_work, settings.command_retention_s))
+
+
+def deps() -> Deps:
+    global _deps
+    if _deps is None:
+        with _lock:
+            if _deps is None:
+                _deps = build()
+    return _deps
+
+
+def _forget_after_fork() -> None:
+    global _deps, _lock
+    if _deps is not None:
+        _deps.store.engine.dispose(close=False)
+    _deps = None
+    _lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
+
+
+def load_and_project_templates(d: Deps) -> int:
+    """Load the templates file into the store and project the list; returns its size."""
+    loaded = load_templates_file(d.settings.templates_file)
+    templates, version = d.store.load_templates(loaded)
+    d.projector.project([views.templates_doc(templates, version)])
+    log.info("templates loaded", extra={"event": "templates_loaded", "count": len(templates),
+                                        "templates_version": version})
+    return len(templates)

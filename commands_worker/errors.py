@@ -1,0 +1,69 @@
+"""The worker's errors. Each name states the fact; the edge decides what follows from it.
+
+``CommandRefused`` and its children are final: the command is recorded as rejected with the
+message as its reason, dead-lettered, and never retried. ``ConcurrentUpdate`` means a write lost a
+race and the whole command is run again on fresh state. ``StoreUnavailable`` and
+``CacheUnavailable`` are retried with backoff, then dead-lettered.
+"""
+
+
+class HostFactoryError(Exception):
+    """Base of this project's errors."""
+
+
+class CommandRefused(HostFactoryError):
+    """The command can never succeed as sent; retrying changes nothing."""
+
+    kind = "refused"
+
+    @property
+    def reason(self) -> str:
+        return f"{self.kind}: {self}"
+
+
+class InvalidCommand(CommandRefused):
+    kind = "invalid_command"
+
+
+class TemplateNotFound(CommandRefused):
+    kind = "template_not_found"
+
+
+class MaxNumberExceeded(CommandRefused):
+    kind = "max_number_exceeded"
+
+
+class RequestConflict(CommandRefused):
+    kind = "request_conflict"
+
+
+class RequestNotFound(CommandRefused):
+    kind = "request_not_found"
+
+
+class MachineLimitReached(CommandRefused):
+    kind = "machine_limit_reached"
+
+
+class MachineRequestMismatch(CommandRefused):
+    kind = "machine_request_mismatch"
+
+
+class IllegalTransition(CommandRefused):
+    kind = "illegal_transition"
+
+
+class UndecodableMessage(CommandRefused):
+    kind = "undecodable_message"
+
+
+class ConcurrentUpdate(HostFactoryError):
+    """A write found a newer version (or a row another writer inserted first)."""
+
+
+class StoreUnavailable(HostFactoryError):
+    """The write store could not be reached."""
+
+
+class CacheUnavailable(HostFactoryError):
+    """The read cache could not be reached."""

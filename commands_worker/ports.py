@@ -1,0 +1,106 @@
+"""The ports handlers depend on, and the records that cross them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Protocol, Self
+
+from commands_worker.domain import Machine, Request, Template
+
+
+@dataclass(frozen=True)
+class CommandRecord:
+    """The first outcome of a command: the dedupe record, kept in the same transaction."""
+
+    command_id: str
+    task: str
+    outcome: str  # applied | rejected | superseded
+    recorded_at: float
+    reason: str | None = None
+    request_id: str | None = None
+    machine_id: str | None = None
+    correlation_id: str | None = None
+    version: int = 1
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A message the worker refused or could not apply, kept whole so it can be replayed."""
+
+    reason: str
+    raw: dict[str, Any]
+    first_at: float
+    last_at: float
+    command_id: str | None = None
+    task: str | None = None
+    queue: str | None = None
+    attempts: int = 1
+    id: int | None = None
+    state: str = "open"
+
+
+@dataclass(frozen=True)
+class ViewDoc:
+    """One read-cache document at one version, as the projector will write it."""
+
+    key: str
+    version: int
+    body: bytes
+    ttl_s: int = 0
+    # Requests only: the store's creation sequence (index score) and the status index.
+    seq: int = 0
+    status: str = ""
+    # The outbox row that carries this document (0 until it is written there).
+    outbox_id: int = 0
+
+
+@dataclass
+class Effect:
+    """What a handler changed; the executor turns it into views."""
+
+    outcome: str
+    request: Request | None = None
+    machines: list[Machine] = field(default_factory=list)
+    machine: Machine | None = None
+
+
+class UnitOfWork(Protocol):
+    """One transaction on the write store. Leaving the block without ``commit`` rolls back."""
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+    def commit(self) -> list[ViewDoc]:
+        """Commit; returns the view documents written to the outbox in this transaction."""
+        ...
+
+    def get_template(self, template_id: str) -> Template | None: ...
+
+    def get_request(self, request_id: str) -> Request | None: ...
+
+    def add_request(self, request: Request) -> None: ...
+
+    def save_request(self, request: Request, expected_version: int) -> None: ...
+
+    def get_machine(self, machine_id: str) -> Machine | None: ...
+
+    def machines_of(self, request_id: str) -> list[Machine]: ...
+
+    def add_machine(self, machine: Machine) -> None: ...
+
+    def save_machine(self, machine: Machine, expected_version: int) -> None: ...
+
+    def get_command(self, command_id: str) -> CommandRecord | None: ...
+
+    def record_command(self, record: CommandRecord) -> None: ...
+
+    def add_dead_letter(self, letter: DeadLetter) -> None: ...
+
+    def emit(self, doc: ViewDoc) -> None: ...

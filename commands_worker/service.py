@@ -1,0 +1,171 @@
+"""Apply one command exactly once: dedupe, validate, handle, record, all in one transaction.
+
+A command's first outcome is stored with its effects; a redelivery finds it and changes
+nothing. A refusal is recorded (and dead-lettered) in a transaction of its own, after the
+refused attempt rolled back. A lost race runs the command again on fresh state.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+from pydantic import ValidationError
+
+from commands_worker import views
+from commands_worker.errors import CommandRefused, ConcurrentUpdate, InvalidCommand
+from commands_worker.handlers import HANDLERS, Context
+from commands_worker.ports import CommandRecord, DeadLetter, Effect, UnitOfWork, ViewDoc
+from shared.commands import MAX_ID_LEN, Command
+from shared.names import CREATE_REQUEST_TASK
+
+REPLAYING: Final = "replaying"  # a dead letter sent through again: the next outcome counts
+MAX_RACE_ATTEMPTS: Final = 20
+_ID_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+=-]*$")
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """A command as it came off the wire: task name, Celery task id, raw kwargs."""
+
+    task: str
+    task_id: str
+    kwargs: dict[str, Any]
+    queue: str | None = None
+    args: tuple[Any, ...] = ()
+
+    @property
+    def command_id(self) -> str:
+        given = self.kwargs.get("command_id")
+        if isinstance(given, str) and len(given) <= MAX_ID_LEN and _ID_RE.match(given):
+            return given
+        return self.task_id
+
+    @property
+    def correlation_id(self) -> str | None:
+        given = self.kwargs.get("correlation_id")
+        return given if isinstance(given, str) else None
+
+    def raw(self) -> dict[str, Any]:
+        raw: dict[str, Any] = {"kind": "command", "task": self.task, "id": self.task_id,
+                               "queue": self.queue, "kwargs": self.kwargs}
+        if self.args:
+            raw["args"] = list(self.args)
+        return raw
+
+
+@dataclass(frozen=True)
+class Execution:
+    record: CommandRecord
+    docs: list[ViewDoc]
+    duplicate: bool = False
+
+
+def parse(model: type[Command], kwargs: dict[str, Any]) -> Command:
+    try:
+        return model.model_validate(kwargs)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(message)'}: {err['msg']}"
+            for err in exc.errors(include_url=False, include_input=False)
+        )
+        raise InvalidCommand(problems) from None
+
+
+class Executor:
+    def __init__(self, new_uow: Callable[[], UnitOfWork], retention_s: int,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.new_uow = new_uow
+        self.retention_s = retention_s
+        self.clock = clock
+
+    def execute(self, env: Envelope) -> Execution:
+        for attempt in range(MAX_RACE_ATTEMPTS):
+            try:
+                return self._execute_once(env)
+            except ConcurrentUpdate:
+                time.sleep(random.uniform(0, 0.002 * (attempt + 1)))
+        raise ConcurrentUpdate(f"command {env.command_id} lost {MAX_RACE_ATTEMPTS} races")
+
+    def _execute_once(self, env: Envelope) -> Execution:
+        now = self.clock()
+        try:
+            with self.new_uow() as uow:
+                prior = uow.get_command(env.command_id)
+                if prior is not None and prior.outcome != REPLAYING:
+                    return Execution(prior, [], duplicate=True)
+                effect = self._handle(env, uow, now)
+                record = self._record(env, effect, prior, now)
+                self._emit(uow, effect, record)
+                uow.record_command(record)
+                return Execution(record, uow.commit())
+        except CommandRefused as refusal:
+            return self._refuse(env, refusal, now)
+
+    @staticmethod
+    def _handle(env: Envelope, uow: UnitOfWork, now: float) -> Effect:
+        try:
+            model, handler = HANDLERS[env.task]
+        except KeyError:
+            raise InvalidCommand(f"unknown task {env.task!r}") from None
+        if env.args:
+            raise InvalidCommand("positional arguments are not accepted: send kwargs")
+        return handler(parse(model, env.kwargs), Context(env.command_id, now), uow)
+
+    @staticmethod
+    def _record(env: Envelope, effect: Effect, prior: CommandRecord | None,
+                now: float) -> CommandRecord:
+        request_id = effect.request.request_id if effect.request else None
+        machine = effect.machine
+        return CommandRecord(
+            command_id=env.command_id,
+            task=env.task,
+            outcome=effect.outcome,
+            recorded_at=now,
+            request_id=request_id or (machine.request_id if machine else None),
+            machine_id=machine.machine_id if machine else None,
+            correlation_id=env.correlation_id,
+            version=prior.version + 1 if prior else 1,
+        )
+
+    def _emit(self, uow: UnitOfWork, effect: Effect, record: CommandRecord) -> None:
+        if effect.outcome == "applied":
+            if effect.request is not None:
+                for doc in views.request_docs(effect.request, effect.machines):
+                    uow.emit(doc)
+            if effect.machine is not None:
+                uow.emit(views.machine_doc(effect.machine))
+        uow.emit(views.command_doc(record, self.retention_s))
+
+    def _refuse(self, env: Envelope, refusal: CommandRefused, now: float) -> Execution:
+        with self.new_uow() as uow:
+            prior = uow.get_command(env.command_id)
+            if prior is not None and prior.outcome != REPLAYING:
+                return Execution(prior, [], duplicate=True)
+            record = CommandRecord(
+                command_id=env.command_id,
+                task=env.task,
+                outcome="rejected",
+                recorded_at=now,
+                reason=refusal.reason,
+                request_id=_str_or_none(env.kwargs.get("request_id")) or (
+                    f"req-{env.command_id}" if env.task == CREATE_REQUEST_TASK else None),
+                machine_id=_str_or_none(env.kwargs.get("machine_id")),
+                correlation_id=env.correlation_id,
+                version=prior.version + 1 if prior else 1,
+            )
+            uow.record_command(record)
+            uow.add_dead_letter(DeadLetter(
+                reason=refusal.reason, raw=env.raw(), first_at=now, last_at=now,
+                command_id=env.command_id, task=env.task, queue=env.queue,
+            ))
+            uow.emit(views.command_doc(record, self.retention_s))
+            return Execution(record, uow.commit())
+
+
+def _str_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) and len(value) <= MAX_ID_LEN else None

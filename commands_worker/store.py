@@ -1,0 +1,518 @@
+"""The write store: SQLAlchemy Core tables and the SQL unit of work.
+
+The ORM stays off the hot path: a command is a handful of Core statements in one transaction.
+SQLite (WAL, ``BEGIN IMMEDIATE``) is the default; PostgreSQL is the production store. The
+schema is created on start, so a new user runs no migration step.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import replace
+from types import TracebackType
+from typing import Any, Self
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+
+from commands_worker.domain import Machine, Request, Template
+from commands_worker.errors import ConcurrentUpdate, StoreUnavailable
+from commands_worker.ports import CommandRecord, DeadLetter, ViewDoc
+
+metadata = sa.MetaData()
+_BigInt = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+templates = sa.Table(
+    "templates", metadata,
+    sa.Column("template_id", sa.String(200), primary_key=True),
+    sa.Column("max_number", sa.Integer, nullable=False),
+    sa.Column("attributes", sa.Text, nullable=False),
+    sa.Column("document", sa.Text, nullable=False),
+)
+meta = sa.Table(
+    "meta", metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+)
+requests = sa.Table(
+    "requests", metadata,
+    sa.Column("seq", _BigInt, primary_key=True, autoincrement=True),
+    sa.Column("request_id", sa.String(200), nullable=False, unique=True),
+    sa.Column("template_id", sa.String(200), nullable=False),
+    sa.Column("max_number", sa.Integer, nullable=False),
+    sa.Column("attributes", sa.Text, nullable=False),
+    sa.Column("status", sa.String(32), nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+machines = sa.Table(
+    "machines", metadata,
+    sa.Column("machine_id", sa.String(200), primary_key=True),
+    sa.Column("request_id", sa.String(200), sa.ForeignKey("requests.request_id"),
+              nullable=False, index=True),
+    sa.Column("status", sa.String(32), nullable=False),
+    sa.Column("details", sa.Text, nullable=False),
+    sa.Column("observed_at", sa.Float, nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+commands = sa.Table(
+    "commands", metadata,
+    sa.Column("command_id", sa.String(200), primary_key=True),
+    sa.Column("task", sa.String(100), nullable=False),
+    sa.Column("outcome", sa.String(16), nullable=False),
+    sa.Column("reason", sa.Text),
+    sa.Column("request_id", sa.String(200)),
+    sa.Column("machine_id", sa.String(200)),
+    sa.Column("correlation_id", sa.String(200)),
+    sa.Column("recorded_at", sa.Float, nullable=False, index=True),
+    sa.Column("version", sa.Integer, nullable=False),
+)
+outbox = sa.Table(
+    "outbox", metadata,
+    sa.Column("id", _BigInt, primary_key=True, autoincrement=True),
+    sa.Column("key", sa.Text, nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("body", sa.LargeBinary, nullable=False),
+    sa.Column("ttl_s", sa.Integer, nullable=False),
+    sa.Column("seq", _BigInt, nullable=False),
+    sa.Column("status", sa.String(32), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False, index=True),
+)
+dead_letters = sa.Table(
+    "dead_letters", metadata,
+    sa.Column("id", _BigInt, primary_key=True, autoincrement=True),
+    sa.Column("command_id", sa.String(200), unique=True),
+    sa.Column("task", sa.String(200)),
+    sa.Column("queue", sa.String(200)),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("raw", sa.Text, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("first_at", sa.Float, nullable=False),
+    sa.Column("last_at", sa.Float, nullable=False),
+)
+
+_SQLITE_PRAGMAS = (
+    "PRAGMA journal_mode=WAL",
+    # FULL: a command acknowledged to the broker survives a power cut, not only a crash.
+    "PRAGMA synchronous=FULL",
+    "PRAGMA busy_timeout=30000",
+    "PRAGMA foreign_keys=ON",
+)
+
+
+def create_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        return _sqlite_engine(url)
+    return sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+
+
+def _sqlite_engine(url: str) -> Engine:
+    path = sa.engine.make_url(url).database
+    if path and path != ":memory:":
+        from pathlib import Path
+
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(url, connect_args={"timeout": 30})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # pysqlite's own transaction handling would defer the write lock; we take it up front.
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        for pragma in _SQLITE_PRAGMAS:
+            cursor.execute(pragma)
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        # Writers queue on the lock instead of failing on a read-to-write upgrade.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def create_schema(engine: Engine) -> None:
+    """Create missing tables; several workers may start at once."""
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(727274)")
+        metadata.create_all(conn, checkfirst=True)
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def _load(text: str | bytes) -> Any:
+    return orjson.loads(text)
+
+
+def _request(row: Any) -> Request:
+    return Request(
+        request_id=row.request_id, template_id=row.template_id, max_number=row.max_number,
+        attributes=_load(row.attributes), status=row.status, created_at=row.created_at,
+        updated_at=row.updated_at, version=row.version, seq=row.seq,
+    )
+
+
+def _machine(row: Any) -> Machine:
+    return Machine(
+        machine_id=row.machine_id, request_id=row.request_id, status=row.status,
+        observed_at=row.observed_at, created_at=row.created_at, updated_at=row.updated_at,
+        version=row.version, details=_load(row.details),
+    )
+
+
+def _command(row: Any) -> CommandRecord:
+    return CommandRecord(
+        command_id=row.command_id, task=row.task, outcome=row.outcome,
+        recorded_at=row.recorded_at, reason=row.reason, request_id=row.request_id,
+        machine_id=row.machine_id, correlation_id=row.correlation_id, version=row.version,
+    )
+
+
+def _template(row: Any) -> Template:
+    return Template(row.template_id, row.max_number, _load(row.attributes), _load(row.document))
+
+
+def _dead_letter(row: Any) -> DeadLetter:
+    return DeadLetter(
+        id=row.id, command_id=row.command_id, task=row.task, queue=row.queue,
+        reason=row.reason, raw=_load(row.raw), attempts=row.attempts, state=row.state,
+        first_at=row.first_at, last_at=row.last_at,
+    )
+
+
+def translate_errors(exc: DBAPIError) -> Exception:
+    """A lost insert race is a concurrent update; a dead connection is an outage."""
+    if isinstance(exc, IntegrityError):
+        return ConcurrentUpdate(str(exc.orig))
+    if isinstance(exc, OperationalError) or exc.connection_invalidated:
+        return StoreUnavailable(str(exc.orig))
+    return exc
+
+
+class ProjectedBacklog:
+    """Outbox rows already projected, to be deleted by the next transaction of this process."""
+
+    def __init__(self) -> None:
+        self._ids: list[int] = []
+        self._lock = threading.Lock()
+
+    def add(self, ids: Iterable[int]) -> None:
+        with self._lock:
+            self._ids.extend(i for i in ids if i)
+
+    def take(self) -> list[int]:
+        with self._lock:
+            ids, self._ids = self._ids, []
+            return ids
+
+
+class SqlUnitOfWork:
+    """One store transaction. Statements are few and small; the outbox rides along."""
+
+    def __init__(self, engine: Engine, projected: ProjectedBacklog) -> None:
+        self.engine = engine
+        self.projected = projected
+        self._conn: Connection | None = None
+        self._docs: list[ViewDoc] = []
+
+    @property
+    def conn(self) -> Connection:
+        assert self._conn is not None, "use the unit of work in a with block"
+        return self._conn
+
+    def __enter__(self) -> Self:
+        try:
+            self._conn = self.engine.connect()
+            self._conn.begin()
+        except DBAPIError as exc:
+            self._close()
+            raise translate_errors(exc) from exc
+        self._docs = []
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        conn = self._conn
+        if conn is not None and conn.in_transaction():
+            try:
+                conn.rollback()
+            except DBAPIError:
+                pass
+        self._close()
+        if isinstance(exc, DBAPIError):
+            raise translate_errors(exc) from exc
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def commit(self) -> list[ViewDoc]:
+        done = self.projected.take()
+        if done:
+            # Rows projected after earlier commands go in this transaction: no commit of
+            # their own. Lost on a crash, they are projected again (a no-op) by the sweep.
+            self.conn.execute(outbox.delete().where(outbox.c.id.in_(done)))
+        try:
+            self.conn.commit()
+        except BaseException:
+            self.projected.add(done)
+            raise
+        docs, self._docs = self._docs, []
+        return docs
+
+    # --- templates --------------------------------------------------------------------
+    def get_template(self, template_id: str) -> Template | None:
+        row = self.conn.execute(
+            templates.select().where(templates.c.template_id == template_id)).first()
+        return _template(row) if row else None
+
+    # --- requests ---------------------------------------------------------------------
+    def get_request(self, request_id: str) -> Request | None:
+        row = self.conn.execute(
+            requests.select().where(requests.c.request_id == request_id)).first()
+        return _request(row) if row else None
+
+    def add_request(self, request: Request) -> None:
+        result = self.conn.execute(requests.insert().values(
+            request_id=request.request_id, template_id=request.template_id,
+            max_number=request.max_number, attributes=_json(request.attributes),
+            status=request.status, version=request.version,
+            created_at=request.created_at, updated_at=request.updated_at,
+        ))
+        request.seq = int(result.inserted_primary_key[0])
+
+    def save_request(self, request: Request, expected_version: int) -> None:
+        result = self.conn.execute(
+            requests.update()
+            .where(requests.c.request_id == request.request_id,
+                   requests.c.version == expected_version)
+            .values(status=request.status, version=request.version,
+                    updated_at=request.updated_at))
+        if result.rowcount != 1:
+            raise ConcurrentUpdate(f"request {request.request_id} moved past {expected_version}")
+
+    # --- machines ---------------------------------------------------------------------
+    def get_machine(self, machine_id: str) -> Machine | None:
+        row = self.conn.execute(
+            machines.select().where(machines.c.machine_id == machine_id)).first()
+        return _machine(row) if row else None
+
+    def machines_of(self, request_id: str) -> list[Machine]:
+        rows = self.conn.execute(
+            machines.select().where(machines.c.request_id == request_id)
+            .order_by(machines.c.machine_id))
+        return [_machine(r) for r in rows]
+
+    def add_machine(self, machine: Machine) -> None:
+        self.conn.execute(machines.insert().values(**self._machine_values(machine),
+                                                   machine_id=machine.machine_id,
+                                                   request_id=machine.request_id,
+                                                   created_at=machine.created_at))
+
+    def save_machine(self, machine: Machine, expected_version: int) -> None:
+        result = self.conn.execute(
+            machines.update()
+            .where(machines.c.machine_id == machine.machine_id,
+                   machines.c.version == expected_version)
+            .values(**self._machine_values(machine)))
+        if result.rowcount != 1:
+            raise ConcurrentUpdate(f"machine {machine.machine_id} moved past {expected_version}")
+
+    @staticmethod
+    def _machine_values(machine: Machine) -> dict[str, Any]:
+        return {"status": machine.status, "details": _json(machine.details),
+                "observed_at": machine.observed_at, "version": machine.version,
+                "updated_at": machine.updated_at}
+
+    # --- commands, dead letters, outbox -----------------------------------------------
+    def get_command(self, command_id: str) -> CommandRecord | None:
+        row = self.conn.execute(
+            commands.select().where(commands.c.command_id == command_id)).first()
+        return _command(row) if row else None
+
+    def record_command(self, record: CommandRecord) -> None:
+        values = {"task": record.task, "outcome": record.outcome, "reason": record.reason,
+                  "request_id": record.request_id, "machine_id": record.machine_id,
+                  "correlation_id": record.correlation_id, "recorded_at": record.recorded_at,
+                  "version": record.version}
+        if record.version == 1:
+            self.conn.execute(commands.insert().values(command_id=record.command_id, **values))
+            return
+        result = self.conn.execute(
+            commands.update().where(commands.c.command_id == record.command_id,
+                                    commands.c.version == record.version - 1).values(**values))
+        if result.rowcount != 1:
+            raise ConcurrentUpdate(f"command {record.command_id} was recorded meanwhile")
+
+    def add_dead_letter(self, letter: DeadLetter) -> None:
+        existing = None
+        if letter.command_id is not None:
+            existing = self.conn.execute(
+                dead_letters.select().where(dead_letters.c.command_id == letter.command_id)
+            ).first()
+        if existing is None:
+            self.conn.execute(dead_letters.insert().values(
+                command_id=letter.command_id, task=letter.task, queue=letter.queue,
+                reason=letter.reason, raw=_json(letter.raw), attempts=letter.attempts,
+                state="open", first_at=letter.first_at, last_at=letter.last_at))
+            return
+        self.conn.execute(dead_letters.update().where(dead_letters.c.id == existing.id).values(
+            reason=letter.reason, raw=_json(letter.raw), state="open",
+            attempts=existing.attempts + letter.attempts, last_at=letter.last_at))
+
+    def emit(self, doc: ViewDoc) -> None:
+        result = self.conn.execute(outbox.insert().values(
+            key=doc.key, version=doc.version, body=doc.body, ttl_s=doc.ttl_s, seq=doc.seq,
+            status=doc.status, created_at=time.time()))
+        self._docs.append(replace(doc, outbox_id=int(result.inserted_primary_key[0])))
+
+
+class Store:
+    """Operations on the store as a whole: start-up, templates, sweeps, listings."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.projected = ProjectedBacklog()
+
+    @classmethod
+    def from_url(cls, url: str) -> Store:
+        store = cls(create_engine(url))
+        store.create_schema()
+        return store
+
+    def create_schema(self) -> None:
+        try:
+            create_schema(self.engine)
+        except DBAPIError as exc:
+            raise translate_errors(exc) from exc
+
+    def unit_of_work(self) -> SqlUnitOfWork:
+        return SqlUnitOfWork(self.engine, self.projected)
+
+    # --- templates --------------------------------------------------------------------
+    def load_templates(self, loaded: list[Template]) -> tuple[list[Template], int]:
+        """Replace the templates; the list's version grows only when its content changed."""
+        with self.engine.begin() as conn:
+            current = {r.template_id: _template(r) for r in conn.execute(templates.select())}
+            row = conn.execute(sa.select(meta.c.value).where(meta.c.name == "templates")).first()
+            version = int(row.value) if row else 0
+            wanted = {t.template_id: t for t in loaded}
+            if wanted != current or version == 0:
+                conn.execute(templates.delete())
+                if loaded:
+                    conn.execute(templates.insert(), [
+                        {"template_id": t.template_id, "max_number": t.max_number,
+                         "attributes": _json(t.attributes), "document": _json(t.document)}
+                        for t in loaded])
+                version += 1
+                conn.execute(meta.delete().where(meta.c.name == "templates"))
+                conn.execute(meta.insert().values(name="templates", value=str(version)))
+            return list(wanted.values()), version
+
+    def templates(self) -> tuple[list[Template], int]:
+        with self.engine.connect() as conn:
+            rows = [_template(r) for r in conn.execute(templates.select())]
+            row = conn.execute(sa.select(meta.c.value).where(meta.c.name == "templates")).first()
+            return rows, int(row.value) if row else 0
+
+    # --- outbox -----------------------------------------------------------------------
+    def pending_docs(self, older_than_s: float, limit: int = 500) -> list[tuple[int, ViewDoc]]:
+        cutoff = time.time() - older_than_s
+        with self.engine.connect() as conn:
+            rows = conn.execute(outbox.select().where(outbox.c.created_at <= cutoff)
+                                .order_by(outbox.c.id).limit(limit))
+            return [(r.id, ViewDoc(r.key, r.version, bytes(r.body), r.ttl_s, r.seq, r.status))
+                    for r in rows]
+
+    def mark_projected(self, outbox_ids: list[int]) -> None:
+        if outbox_ids:
+            with self.engine.begin() as conn:
+                conn.execute(outbox.delete().where(outbox.c.id.in_(outbox_ids)))
+
+    def flush_projected(self) -> None:
+        """Delete the outbox rows of projected documents now (idle time, shutdown)."""
+        self.mark_projected(self.projected.take())
+
+    # --- read-side rebuild ------------------------------------------------------------
+    def iter_requests(self, batch: int = 500) -> Iterator[tuple[Request, list[Machine]]]:
+        last = 0
+        while True:
+            with self.engine.connect() as conn:
+                rows = conn.execute(requests.select().where(requests.c.seq > last)
+                                    .order_by(requests.c.seq).limit(batch)).all()
+                if not rows:
+                    return
+                ids = [r.request_id for r in rows]
+                owned: dict[str, list[Machine]] = {i: [] for i in ids}
+                for m in conn.execute(machines.select().where(machines.c.request_id.in_(ids))):
+                    owned[m.request_id].append(_machine(m))
+            for row in rows:
+                yield _request(row), owned[row.request_id]
+            last = rows[-1].seq
+
+    def iter_commands(self, since: float, batch: int = 2000) -> Iterator[CommandRecord]:
+        last = ""
+        while True:
+            with self.engine.connect() as conn:
+                rows = conn.execute(
+                    commands.select().where(commands.c.recorded_at >= since,
+                                            commands.c.command_id > last)
+                    .order_by(commands.c.command_id).limit(batch)).all()
+            if not rows:
+                return
+            yield from (_command(r) for r in rows)
+            last = rows[-1].command_id
+
+    def purge_commands(self, older_than: float) -> int:
+        with self.engine.begin() as conn:
+            return int(conn.execute(commands.delete().where(
+                commands.c.recorded_at < older_than,
+                commands.c.outcome != "replaying")).rowcount)
+
+    # --- dead letters -----------------------------------------------------------------
+    def add_dead_letter(self, letter: DeadLetter) -> None:
+        uow = self.unit_of_work()
+        with uow:
+            uow.add_dead_letter(letter)
+            uow.commit()
+
+    def dead_letters(self, state: str | None = "open", limit: int = 1000) -> list[DeadLetter]:
+        query = dead_letters.select().order_by(dead_letters.c.id).limit(limit)
+        if state:
+            query = query.where(dead_letters.c.state == state)
+        with self.engine.connect() as conn:
+            return [_dead_letter(r) for r in conn.execute(query)]
+
+    def begin_replay(self, letter_id: int) -> DeadLetter | None:
+        """Mark a dead letter replayed and let its command be applied again."""
+        with self.engine.begin() as conn:
+            row = conn.execute(dead_letters.select().where(dead_letters.c.id == letter_id)).first()
+            if row is None:
+                return None
+            conn.execute(dead_letters.update().where(dead_letters.c.id == letter_id)
+                         .values(state="replayed", last_at=time.time()))
+            if row.command_id is not None:
+                conn.execute(commands.update().where(commands.c.command_id == row.command_id,
+                                                     commands.c.outcome == "rejected")
+                             .values(outcome="replaying"))
+            return _dead_letter(row)
+
+    def counts(self) -> dict[str, int]:
+        with self.engine.connect() as conn:
+            return {
+                t.name: int(conn.execute(sa.select(sa.func.count()).select_from(t)).scalar_one())
+                for t in (requests, machines, commands, outbox, dead_letters)
+            }

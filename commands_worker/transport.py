@@ -1,0 +1,295 @@
+"""A kombu Redis transport for the command worker with no window in which a message is lost.
+
+kombu's own Redis transport pops a message (BRPOP) and only then records it as unacknowledged:
+a worker killed in between loses it. Here every pop records the message in the same atomic
+step: either a Lua script pops and writes it to kombu's ``unacked`` hash in one go, or, while
+the queues are empty, ``BLMOVE`` blocks and moves the message into an in-flight list owned by
+this consumer, and a script then claims it into ``unacked``. A consumer keeps a lease; when it
+dies, its in-flight lists and unacked messages come back in seconds (``visibility_timeout``)
+rather than an hour, and live workers renew what they hold, so a slow task is never handed to
+a second worker while it runs. A message handed back too often (it keeps killing workers) is
+dead-lettered instead. Producers are untouched: they keep publishing with any Celery client.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterable
+from typing import Any, Final
+
+from kombu.transport import redis as kredis
+from kombu.transport import virtual
+from kombu.utils.json import loads
+from redis.exceptions import NoScriptError
+
+from shared import keys
+
+BLOCK_S: Final = 0.05  # how long BLMOVE waits on one queue before the others are swept again
+UNDECODABLE: Final = "undecodable message: not a kombu JSON envelope with a delivery tag"
+
+# Shared by the pop and the claim: record ``item`` as unacked under its delivery tag, or
+# dead-letter it when it is not a message kombu could ever deliver.
+_RECORD_LUA: Final = """
+local function record(item, queue, unacked, index, inbox, now)
+  local ok, msg = pcall(cjson.decode, item)
+  local tag = nil
+  if ok and type(msg) == 'table' and type(msg.properties) == 'table' then
+    tag = msg.properties.delivery_tag
+  end
+  if type(tag) ~= 'string' then
+    redis.call('LPUSH', inbox, cjson.encode({queue = queue, reason = ARGV[2],
+                                             raw = item, at = tonumber(now)}))
+    return false
+  end
+  local di = msg.properties.delivery_info
+  local ex, rk = '', ''
+  if type(di) == 'table' then
+    if type(di.exchange) == 'string' then ex = di.exchange end
+    if type(di.routing_key) == 'string' then rk = di.routing_key end
+  end
+  redis.call('HSET', unacked, tag, '[' .. item .. ',' .. cjson.encode(ex) .. ','
+             .. cjson.encode(rk) .. ']')
+  redis.call('ZADD', index, now, tag)
+  return true
+end
+"""
+# KEYS: unacked, unacked index, dead-letter inbox, queue keys...  ARGV: now, reason
+POP_LUA: Final = _RECORD_LUA + """
+for i = 4, #KEYS do
+  local item = redis.call('RPOP', KEYS[i])
+  if item then
+    if record(item, KEYS[i], KEYS[1], KEYS[2], KEYS[3], ARGV[1]) then
+      return {KEYS[i], item}
+    end
+    return {KEYS[i], ''}
+  end
+end
+return false
+"""
+# KEYS: in-flight list, unacked, unacked index, inbox.  ARGV: now, reason, item, queue key
+CLAIM_LUA: Final = _RECORD_LUA + """
+if redis.call('LREM', KEYS[1], 1, ARGV[3]) == 0 then
+  return 0  -- our lease lapsed and the message went back to its queue: not ours any more
+end
+if record(ARGV[3], ARGV[4], KEYS[2], KEYS[3], KEYS[4], ARGV[1]) then return 1 end
+return 2
+"""
+# KEYS: consumers hash.  ARGV: live-lease prefix.  Moves every dead consumer's in-flight
+# messages back to the head of their queues.
+RECOVER_LUA: Final = """
+local moved = 0
+local entries = redis.call('HGETALL', KEYS[1])
+for i = 1, #entries, 2 do
+  local consumer, queues = entries[i], cjson.decode(entries[i + 1])
+  if redis.call('EXISTS', ARGV[1] .. consumer) == 0 then
+    for _, q in ipairs(queues) do
+      local inflight = ARGV[2] .. consumer .. ':' .. q
+      while redis.call('RPOPLPUSH', inflight, q) do moved = moved + 1 end
+    end
+    redis.call('HDEL', KEYS[1], consumer)
+  end
+end
+return moved
+"""
+
+
+class QoS(kredis.QoS):
+    """kombu's ack emulation, with leases, fast recovery and poison-message detection."""
+
+    def append(self, message: Any, delivery_tag: str) -> None:
+        # The pop already recorded the message in ``unacked``, atomically: no second write.
+        virtual.QoS.append(self, message, delivery_tag)
+
+    def _remove_from_indices(self, delivery_tag: str, pipe: Any = None) -> Any:
+        pipe = super()._remove_from_indices(delivery_tag, pipe)
+        return pipe.hdel(keys.REDELIVERIES_KEY, delivery_tag)
+
+    def restore_visible(self, start: int = 0, num: int = 10, interval: int = 10) -> None:
+        channel: Channel = self.channel
+        with channel.conn_or_acquire() as client:
+            channel.renew(client, list(self._delivered))
+            channel.recover_orphans(client)
+            ceil = time.time() - self.visibility_timeout
+            try:
+                with kredis.Mutex(client, self.unacked_mutex_key, self.unacked_mutex_expire):
+                    expired = client.zrange(self.unacked_index_key, ceil, 0, desc=True,
+                                            byscore=True, offset=start, num=num or 100)
+                    for tag in expired or []:
+                        self._hand_back(client, tag, leftmost=False)
+            except kredis.MutexHeld:
+                pass
+
+    def reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        if not requeue:
+            super().reject(delivery_tag, requeue=False)
+            return
+        with self.channel.conn_or_acquire() as client:
+            self._hand_back(client, delivery_tag, leftmost=True)
+        virtual.QoS.ack(self, delivery_tag)
+
+    def _hand_back(self, client: Any, tag: Any, leftmost: bool) -> None:
+        """Requeue a message whose worker died or gave it back, unless it does so too often."""
+        count = int(client.hincrby(keys.REDELIVERIES_KEY, tag, 1))
+        if count <= self.channel.max_redeliveries:
+            self.restore_by_tag(tag, client=client, leftmost=leftmost)
+            return
+        raw = client.hget(self.unacked_key, tag)
+        pipe = client.pipeline()
+        self._remove_from_indices(tag, pipe)
+        if raw is not None:
+            message = loads(raw)[0]
+            pipe.lpush(keys.DEAD_LETTER_INBOX_KEY, json.dumps({
+                "queue": message.get("properties", {}).get("delivery_info", {})
+                .get("routing_key"),
+                "reason": f"poison message: handed back {count - 1} times by workers "
+                          "that died or gave up while holding it",
+                "raw": json.dumps(message), "at": time.time()}))
+        pipe.execute()
+
+
+class Channel(kredis.Channel):
+    QoS = QoS
+    max_redeliveries = 5
+    from_transport_options = (*kredis.Channel.from_transport_options, "max_redeliveries")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.consumer_id = uuid.uuid4().hex
+        self._scripts: dict[str, str] = {}
+        self._block_next = False
+        self._block_turn = 0
+        self._pending: tuple[str, str] = ("", "")
+        self._registered_queues: tuple[str, ...] = ()
+
+    # --- scripts ------------------------------------------------------------------------
+    def _sha(self, client: Any, source: str) -> str:
+        sha = self._scripts.get(source)
+        if sha is None:
+            sha = self._scripts[source] = client.script_load(source)
+        return sha
+
+    def _eval(self, client: Any, source: str, script_keys: list[str], args: list[Any]) -> Any:
+        try:
+            return client.evalsha(self._sha(client, source), len(script_keys),
+                                  *script_keys, *args)
+        except NoScriptError:  # Redis restarted and forgot the script
+            self._scripts.clear()
+            return client.evalsha(self._sha(client, source), len(script_keys),
+                                  *script_keys, *args)
+
+    # --- consuming ----------------------------------------------------------------------
+    def _queue_keys(self, queues: Iterable[str]) -> list[str]:
+        return [self._q_for_pri(q, pri) for pri in self.priority_steps for q in queues]
+
+    def _brpop_start(self, timeout: float | None = None) -> None:
+        queues = self._queue_cycle.consume(len(self.active_queues))
+        if not queues:
+            return
+        conn = self.client.connection
+        sha = self._scripts.get(POP_LUA, "")
+        if self._block_next or not sha:
+            with self.conn_or_acquire() as client:
+                if self._block_next:
+                    self._register_consumer(client, queues)
+                else:
+                    sha = self._sha(client, POP_LUA)
+        self._in_poll = conn
+        self._brpop_sent_at = time.monotonic()
+        if self._block_next:
+            key = queues[self._block_turn % len(queues)]
+            self._block_turn += 1
+            self._pending = ("BLMOVE", key)
+            conn.send_command("BLMOVE", key, keys.inflight_key(self.consumer_id, key),
+                              "RIGHT", "LEFT", BLOCK_S)
+        else:
+            self._pending = ("EVALSHA", "")
+            script_keys = [self.unacked_key, self.unacked_index_key,
+                           keys.DEAD_LETTER_INBOX_KEY, *self._queue_keys(queues)]
+            conn.send_command("EVALSHA", sha, len(script_keys), *script_keys,
+                              time.time(), UNDECODABLE)
+
+    def _brpop_read(self, **options: Any) -> bool:
+        kind, key = self._pending
+        try:
+            try:
+                reply = self.client.parse_response(self.client.connection, kind, **options)
+            except NoScriptError:
+                self._scripts.clear()
+                raise virtual.Empty() from None
+            except self.connection_errors:
+                self.client.connection.disconnect()
+                raise
+        finally:
+            self._in_poll = None
+            self._flush_brpop_reauth()
+        item, dest = self._received(kind, key, reply)
+        if item is None:
+            raise virtual.Empty()
+        queue = dest.rsplit(self.sep, 1)[0]
+        self._queue_cycle.rotate(queue)
+        self.connection._deliver(loads(item), queue)
+        return True
+
+    def _received(self, kind: str, key: str, reply: Any) -> tuple[Any, str]:
+        """Decide what a reply delivers, and whether to block or sweep next."""
+        if kind == "EVALSHA":
+            if not reply:
+                self._block_next = True  # everything is empty: block for a while
+                return None, ""
+            dest, item = reply
+            dest = dest.decode() if isinstance(dest, bytes) else dest
+            return (item or None), dest
+        self._block_next = False  # after a block, sweep every queue again
+        if reply is None:
+            return None, ""
+        with self.conn_or_acquire() as client:
+            claimed = self._eval(
+                client, CLAIM_LUA,
+                [keys.inflight_key(self.consumer_id, key), self.unacked_key,
+                 self.unacked_index_key, keys.DEAD_LETTER_INBOX_KEY],
+                [time.time(), UNDECODABLE, reply, key])
+        return (reply if claimed == 1 else None), key
+
+    def _register_consumer(self, client: Any, queues: list[str]) -> None:
+        """Before a BLMOVE into our in-flight list: make sure others can find and recover it."""
+        wanted = tuple(sorted(queues))
+        if wanted == self._registered_queues:
+            return
+        lease_ms = int(self.visibility_timeout * 1000)
+        client.set(keys.consumer_lease_key(self.consumer_id), "1", px=lease_ms)
+        client.hset(keys.CONSUMERS_KEY, self.consumer_id, json.dumps(list(wanted)))
+        self._registered_queues = wanted
+
+    # --- leases and recovery ------------------------------------------------------------
+    def renew(self, client: Any, delivered: list[Any]) -> None:
+        """Say we are alive and still hold ``delivered``."""
+        pipe = client.pipeline(transaction=False)
+        pipe.set(keys.consumer_lease_key(self.consumer_id), "1",
+                 px=int(self.visibility_timeout * 1000))
+        if self._registered_queues:  # re-register if a stall let others recover us
+            pipe.hset(keys.CONSUMERS_KEY, self.consumer_id,
+                      json.dumps(list(self._registered_queues)))
+        if delivered:
+            now = time.time()
+            pipe.zadd(self.unacked_index_key, dict.fromkeys(delivered, now), xx=True)
+        pipe.execute()
+
+    def recover_orphans(self, client: Any) -> int:
+        return int(self._eval(client, RECOVER_LUA, [keys.CONSUMERS_KEY],
+                              [keys.consumer_lease_key(""), keys.inflight_key("", "")[:-1]]))
+
+    def close(self) -> None:
+        if not self._closing:
+            try:
+                with self.conn_or_acquire() as client:
+                    client.delete(keys.consumer_lease_key(self.consumer_id))
+                    self.recover_orphans(client)
+            except Exception:  # noqa: BLE001 - closing must not fail on a dead broker
+                pass
+        super().close()
+
+
+class Transport(kredis.Transport):
+    Channel = Channel

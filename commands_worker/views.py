@@ -1,0 +1,97 @@
+"""Build the read-cache documents from aggregates.
+
+Each document is serialised once here, with ``version`` first (the cache's compare-and-set
+reads it from the front of the stored bytes), and served as-is by the query service. The same
+functions serve the outbox and the rebuild, so a rebuilt view is byte for byte the original.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from commands_worker.domain import MACHINE_FIELDS, Machine, Request, Template
+from commands_worker.ports import CommandRecord, ViewDoc
+from shared import keys
+
+
+def _dumps(doc: dict[str, Any]) -> bytes:
+    return orjson.dumps(doc)
+
+
+def machine_dict(machine: Machine) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "version": machine.version,
+        "machine_id": machine.machine_id,
+        "request_id": machine.request_id,
+        "status": machine.status,
+        "result": machine.result,
+    }
+    for name in MACHINE_FIELDS:
+        doc[name] = machine.details.get(name)
+    extra = {k: v for k, v in machine.details.items() if k not in MACHINE_FIELDS}
+    if extra:
+        doc["metadata"] = dict(sorted(extra.items()))
+    doc["observed_at"] = machine.observed_at
+    doc["created_at"] = machine.created_at
+    doc["updated_at"] = machine.updated_at
+    return doc
+
+
+def machine_doc(machine: Machine) -> ViewDoc:
+    return ViewDoc(keys.machine_key(machine.machine_id), machine.version,
+                   _dumps(machine_dict(machine)))
+
+
+def _request_dict(request: Request, machines: list[Machine] | None, count: int) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "version": request.version,
+        "request_id": request.request_id,
+        "template_id": request.template_id,
+        "max_number": request.max_number,
+        "status": request.status,
+        "attributes": request.attributes,
+    }
+    if machines is not None:
+        doc["machines"] = [machine_dict(m) for m in machines]
+    doc["machine_count"] = count
+    doc["created_at"] = request.created_at
+    doc["updated_at"] = request.updated_at
+    return doc
+
+
+def request_docs(request: Request, machines: list[Machine]) -> list[ViewDoc]:
+    """The full view (machines embedded, ordered by id) and the summary without them."""
+    ordered = sorted(machines, key=lambda m: m.machine_id)
+    full = _dumps(_request_dict(request, ordered, len(ordered)))
+    summary = _dumps(_request_dict(request, None, len(ordered)))
+    return [
+        ViewDoc(keys.request_key(request.request_id), request.version, full,
+                seq=request.seq, status=request.status),
+        ViewDoc(keys.request_summary_key(request.request_id), request.version, summary),
+    ]
+
+
+def command_doc(record: CommandRecord, retention_s: int) -> ViewDoc:
+    doc: dict[str, Any] = {
+        "version": record.version,
+        "command_id": record.command_id,
+        "task": record.task,
+        "outcome": record.outcome,
+    }
+    if record.reason is not None:
+        doc["reason"] = record.reason
+    if record.request_id is not None:
+        doc["request_id"] = record.request_id
+    if record.machine_id is not None:
+        doc["machine_id"] = record.machine_id
+    doc["recorded_at"] = record.recorded_at
+    return ViewDoc(keys.command_key(record.command_id), record.version, _dumps(doc),
+                   ttl_s=retention_s)
+
+
+def templates_doc(templates: list[Template], version: int) -> ViewDoc:
+    ordered = sorted(templates, key=lambda t: t.template_id)
+    doc = {"version": version, "templates": [t.document for t in ordered]}
+    return ViewDoc(keys.TEMPLATES_KEY, version, _dumps(doc))

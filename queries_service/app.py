@@ -1,0 +1,272 @@
+"""The HTTP endpoints. Views are served as the projector stored them: no store, no broker,
+no re-serialisation of a document on the way out."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, Final
+
+import orjson
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from queries_service import openapi
+from queries_service.cache import CacheUnavailable, ReadCache, doc_version
+from shared import keys
+from shared.settings import Settings
+
+JSON: Final = "application/json"
+_ID_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+=-]{0,199}$")
+REQUEST_STATUSES: Final = ("pending", "in_progress", "complete", "complete_with_error")
+MAX_PAGE: Final = 500
+
+
+class BadParameter(Exception):
+    def __init__(self, name: str, problem: str) -> None:
+        super().__init__(f"{name}: {problem}")
+        self.name, self.problem = name, problem
+
+
+def _error(status: int, error: str, detail: Any = None) -> Response:
+    return Response(orjson.dumps({"error": error, "detail": detail}), status, media_type=JSON)
+
+
+def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    if not re.fullmatch(r"[0-9]{1,10}", raw):
+        raise BadParameter(name, f"must be an integer from {low} to {high}")
+    value = int(raw)
+    if not low <= value <= high:
+        raise BadParameter(name, f"must be an integer from {low} to {high}")
+    return value
+
+
+def _bool_param(request: Request, name: str, default: bool) -> bool:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    lowered = raw.lower()
+    if lowered in ("true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no"):
+        return False
+    raise BadParameter(name, "must be true or false")
+
+
+def _etag(key: str, doc: bytes) -> str:
+    return f'"{key.removeprefix(keys.PREFIX)}@{doc_version(doc)}"'
+
+
+def _document(request: Request, key: str, doc: bytes | None, what: str, ident: str) -> Response:
+    if doc is None:
+        return _error(404, "not_found", f"no {what} {ident!r}")
+    etag = _etag(key, doc)
+    headers = {"etag": etag, "cache-control": "no-cache"}
+    if etag in request.headers.get("if-none-match", ""):
+        return Response(status_code=304, headers=headers)
+    return Response(doc, 200, headers=headers, media_type=JSON)
+
+
+def _ident(request: Request, name: str) -> str | None:
+    value: str = request.path_params[name]
+    return value if _ID_RE.match(value) else None
+
+
+class QueryApp:
+    """The endpoints, over one read cache."""
+
+    def __init__(self, cache: ReadCache) -> None:
+        self.cache = cache
+        self.requests_served: Counter[tuple[str, int]] = Counter()
+        self._templates: tuple[int, list[dict[str, Any]]] = (-1, [])
+
+    async def get_request(self, request: Request) -> Response:
+        ident = _ident(request, "request_id")
+        if ident is None:
+            return _error(404, "not_found", "no such request")
+        with_machines = _bool_param(request, "include_machines", True)
+        min_version = _int_param(request, "min_version", 0, 0, 2**31)
+        key = keys.request_key(ident) if with_machines else keys.request_summary_key(ident)
+        doc = await self.cache.get(key, min_version)
+        return _document(request, key, doc, "request", ident)
+
+    async def get_machine(self, request: Request) -> Response:
+        ident = _ident(request, "machine_id")
+        if ident is None:
+            return _error(404, "not_found", "no such machine")
+        key = keys.machine_key(ident)
+        doc = await self.cache.get(key, _int_param(request, "min_version", 0, 0, 2**31))
+        return _document(request, key, doc, "machine", ident)
+
+    async def get_command(self, request: Request) -> Response:
+        ident = _ident(request, "command_id")
+        if ident is None:
+            return _error(404, "not_found", "no such command")
+        key = keys.command_key(ident)
+        return _document(request, key, await self.cache.get(key), "command", ident)
+
+    async def list_requests(self, request: Request) -> Response:
+        status = request.query_params.get("status") or None
+        if status is not None and status not in REQUEST_STATUSES:
+            raise BadParameter("status", f"must be one of {', '.join(REQUEST_STATUSES)}")
+        limit = _int_param(request, "limit", 50, 1, MAX_PAGE)
+        after = _decode_cursor(request.query_params.get("cursor"))
+        with_machines = _bool_param(request, "include_machines", False)
+        index = keys.requests_by_status_key(status) if status else keys.REQUESTS_INDEX_KEY
+        rows = await self.cache.zrange_after(index, after, limit)
+        ids = [member.decode() for member, _ in rows]
+        key_of = keys.request_key if with_machines else keys.request_summary_key
+        docs = [d for d in await self.cache.mget([key_of(i) for i in ids]) if d is not None]
+        cursor = _encode_cursor(int(rows[-1][1])) if len(rows) == limit else None
+        body = b'{"requests":[' + b",".join(docs) + b'],"next_cursor":' + orjson.dumps(cursor) + b"}"
+        return Response(body, 200, media_type=JSON)
+
+    async def list_templates(self, request: Request) -> Response:
+        limit = _int_param(request, "limit", 100, 1, 1000)
+        offset = _int_param(request, "offset", 0, 0, 10**6)
+        filters = {k: v for k, v in request.query_params.items() if k not in ("limit", "offset")}
+        templates = await self._load_templates()
+        matching = [t for t in templates if _template_matches(t, filters)]
+        body = {"templates": matching[offset:offset + limit], "total": len(matching)}
+        return Response(orjson.dumps(body), 200, media_type=JSON)
+
+    async def _load_templates(self) -> list[dict[str, Any]]:
+        doc = await self.cache.get(keys.TEMPLATES_KEY)
+        if doc is None:
+            return []
+        version = doc_version(doc)
+        if version != self._templates[0]:
+            self._templates = (version, orjson.loads(doc)["templates"])
+        return self._templates[1]
+
+    async def healthz(self, request: Request) -> Response:
+        return Response(b'{"status":"ok"}', 200, media_type=JSON)
+
+    async def readyz(self, request: Request) -> Response:
+        try:
+            source = await self.cache.ping()
+        except CacheUnavailable as exc:
+            return _error(503, "cache_unavailable", str(exc))
+        body = {"ready": True, "reading_from": source,
+                "replica_configured": self.cache.replica is not None}
+        return Response(orjson.dumps(body), 200, media_type=JSON)
+
+    async def metrics(self, request: Request) -> Response:
+        lines = ["# TYPE hf_query_requests_total counter"]
+        for (route, code), count in sorted(self.requests_served.items()):
+            lines.append(f'hf_query_requests_total{{route="{route}",code="{code}"}} {count}')
+        for name, value in sorted(self.cache.counters.items()):
+            lines.append(f"# TYPE hf_query_cache_{name}_total counter")
+            lines.append(f"hf_query_cache_{name}_total {value}")
+        return Response("\n".join(lines) + "\n", 200,
+                        media_type="text/plain; version=0.0.4")
+
+    async def openapi_json(self, request: Request) -> Response:
+        return Response(openapi.document(), 200, media_type=JSON)
+
+
+def _template_matches(template: dict[str, Any], filters: dict[str, str]) -> bool:
+    for field, wanted in filters.items():
+        if field in template:
+            value = template[field]
+        else:
+            attribute = (template.get("attributes") or {}).get(field)
+            value = attribute[1] if isinstance(attribute, list) and len(attribute) > 1 else None
+        if value is None or str(value) != wanted:
+            return False
+    return True
+
+
+def _encode_cursor(score: int) -> str:
+    return base64.urlsafe_b64encode(f"s{score}".encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str | None) -> int:
+    if not cursor:
+        return 0
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise BadParameter("cursor", "is not a cursor this service returned") from None
+    if not re.fullmatch(r"s[0-9]{1,18}", text):
+        raise BadParameter("cursor", "is not a cursor this service returned")
+    return int(text[1:])
+
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def _guarded(app: QueryApp, name: str, endpoint: Endpoint) -> Endpoint:
+    """Turn bad parameters and an unreachable cache into JSON answers, and count."""
+
+    async def guarded(request: Request) -> Response:
+        try:
+            response = await endpoint(request)
+        except BadParameter as exc:
+            response = _error(422, "invalid_parameter", {"parameter": exc.name,
+                                                         "problem": exc.problem})
+        except CacheUnavailable as exc:
+            response = _error(503, "cache_unavailable", str(exc))
+        app.requests_served[(name, response.status_code)] += 1
+        return response
+
+    return guarded
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return _error(exc.status_code, "not_found" if exc.status_code == 404 else "http_error",
+                  exc.detail)
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    return _error(500, "internal_error", "the service failed; see its log")
+
+
+def create_app(settings: Settings | None = None, cache: ReadCache | None = None) -> Starlette:
+    settings = settings or Settings.from_env()
+    holder: dict[str, QueryApp] = {}
+
+    @asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        own = cache or ReadCache.from_settings(settings)
+        holder["app"] = QueryApp(own)
+        yield
+        if cache is None:
+            await own.close()
+
+    def route(path: str, name: str) -> Route:
+        async def endpoint(request: Request) -> Response:
+            query_app = holder["app"]
+            handler = _guarded(query_app, name, getattr(query_app, name))
+            return await handler(request)
+
+        return Route(path, endpoint, methods=["GET"], name=name)
+
+    routes = [
+        route("/requests/{request_id}", "get_request"),
+        route("/requests", "list_requests"),
+        route("/machines/{machine_id}", "get_machine"),
+        route("/commands/{command_id}", "get_command"),
+        route("/templates", "list_templates"),
+        route("/healthz", "healthz"),
+        route("/readyz", "readyz"),
+        route("/metrics", "metrics"),
+        route("/openapi.json", "openapi_json"),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan,
+                     exception_handlers={HTTPException: _http_error, Exception: _server_error})
+
+
+_started = time.time()

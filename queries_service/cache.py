@@ -1,0 +1,104 @@
+"""Reading the read cache: a replica when configured, the primary when the replica is down
+or behind what the caller has already seen."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Final
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from shared.settings import Settings
+
+_VERSION_RE: Final = re.compile(rb'^\{"version":(\d+)')
+UNAVAILABLE: Final = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+def doc_version(doc: bytes) -> int:
+    match = _VERSION_RE.match(doc)
+    return int(match.group(1)) if match else 0
+
+
+class CacheUnavailable(Exception):
+    """Neither the replica nor the primary answered."""
+
+
+@dataclass
+class ReadCache:
+    primary: aioredis.Redis
+    replica: aioredis.Redis | None
+    counters: dict[str, int] = field(default_factory=lambda: {
+        "reads_replica": 0, "reads_primary": 0, "replica_fallbacks": 0, "fresh_reads": 0})
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ReadCache:
+        def client(url: str) -> aioredis.Redis:
+            return aioredis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=1,
+                                           health_check_interval=15)
+        primary = client(settings.cache_url)
+        replica = None if settings.cache_read_url == settings.cache_url else client(
+            settings.cache_read_url)
+        return cls(primary, replica)
+
+    async def close(self) -> None:
+        await self.primary.aclose()
+        if self.replica is not None:
+            await self.replica.aclose()
+
+    async def _read(self, fn_name: str, *args: object, **kwargs: object) -> object:
+        if self.replica is not None:
+            try:
+                result = await getattr(self.replica, fn_name)(*args, **kwargs)
+                self.counters["reads_replica"] += 1
+                return result
+            except UNAVAILABLE:
+                self.counters["replica_fallbacks"] += 1
+        try:
+            result = await getattr(self.primary, fn_name)(*args, **kwargs)
+        except UNAVAILABLE as exc:
+            raise CacheUnavailable(str(exc)) from exc
+        self.counters["reads_primary"] += 1
+        return result
+
+    async def get(self, key: str, min_version: int = 0) -> bytes | None:
+        doc = await self._read("get", key)
+        assert doc is None or isinstance(doc, bytes)
+        if min_version and self.replica is not None and (doc is None or
+                                                         doc_version(doc) < min_version):
+            # The replica may lag: a caller who saw version N never gets an older answer.
+            self.counters["fresh_reads"] += 1
+            try:
+                doc = await self.primary.get(key)
+            except UNAVAILABLE as exc:
+                raise CacheUnavailable(str(exc)) from exc
+        return doc
+
+    async def mget(self, keys: list[str]) -> list[bytes | None]:
+        if not keys:
+            return []
+        docs = await self._read("mget", keys)
+        assert isinstance(docs, list)
+        return docs
+
+    async def zrange_after(self, key: str, after: int, limit: int) -> list[tuple[bytes, float]]:
+        rows = await self._read("zrange", key, f"({after}", "+inf", byscore=True,
+                                withscores=True, offset=0, num=limit)
+        assert isinstance(rows, list)
+        return rows
+
+    async def ping(self) -> str:
+        """Which side answers reads now: ``replica`` or ``primary``."""
+        if self.replica is not None:
+            try:
+                await self.replica.ping()
+                return "replica"
+            except UNAVAILABLE:
+                pass
+        try:
+            await self.primary.ping()
+        except UNAVAILABLE as exc:
+            raise CacheUnavailable(str(exc)) from exc
+        return "primary"

@@ -1,0 +1,137 @@
+"""Command models: what a producer may send, validated strictly at the worker's edge.
+
+Unknown fields are refused, nothing is coerced from nonsense (``"3"`` is not a number,
+``true`` is not an id) and every size is bounded, so one bad producer cannot hurt the store.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Final, Literal
+
+import orjson
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    field_validator,
+)
+
+MAX_ID_LEN: Final = 200
+MAX_MACHINES_PER_REQUEST: Final = 10_000
+MAX_DOCUMENT_BYTES: Final = 16 * 1024
+MAX_MESSAGE_LEN: Final = 2_000
+
+# Ids end up in Redis keys and URL paths: no spaces, no slashes, no control characters.
+Id = Annotated[
+    StrictStr,
+    Field(min_length=1, max_length=MAX_ID_LEN, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@+=-]*$"),
+]
+ShortText = Annotated[StrictStr, Field(max_length=256)]
+
+MachineStatus = Literal[
+    "pending", "running", "stopping", "stopped", "shutting-down", "terminated", "failed"
+]
+MACHINE_STATUSES: Final[tuple[str, ...]] = (
+    "pending", "running", "stopping", "stopped", "shutting-down", "terminated", "failed"
+)
+
+
+def _bounded_document(value: dict[str, Any] | None, name: str) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    try:
+        size = len(orjson.dumps(value))
+    except TypeError as exc:  # pragma: no cover - JSON input always encodes
+        raise ValueError(f"{name} must be a JSON object") from exc
+    if size > MAX_DOCUMENT_BYTES:
+        raise ValueError(f"{name} is {size} bytes encoded; the limit is {MAX_DOCUMENT_BYTES}")
+    return value
+
+
+class Command(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    command_id: Id | None = None
+    correlation_id: Id | None = None
+    user_id: ShortText | None = None
+
+
+class CreateRequest(Command):
+    template_id: Id
+    max_number: Annotated[StrictInt, Field(ge=1, le=MAX_MACHINES_PER_REQUEST)]
+    attributes: dict[str, Any] | None = None
+    request_id: Id | None = None
+
+    @field_validator("attributes")
+    @classmethod
+    def _attributes_bounded(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        return _bounded_document(value, "attributes")
+
+
+class MachineMetadata(BaseModel):
+    """Known metadata is typed; other keys are kept as given (bounded in total size)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, strict=True)
+
+    name: ShortText | None = None
+    private_ip: Annotated[StrictStr, Field(max_length=64)] | None = None
+    public_ip: Annotated[StrictStr, Field(max_length=64)] | None = None
+    instance_type: ShortText | None = None
+    price_type: ShortText | None = None
+    launch_time: StrictInt | ShortText | None = None
+    message: Annotated[StrictStr, Field(max_length=MAX_MESSAGE_LEN)] | None = None
+
+
+class UpdateMachineStatus(Command):
+    machine_id: Id
+    status: MachineStatus
+    request_id: Id | None = None
+    metadata: MachineMetadata | None = None
+    # ISO-8601 text or epoch seconds; normalised to epoch seconds (float).
+    observed_at: StrictFloat | StrictInt | StrictStr | None = None
+
+    @field_validator("metadata", mode="before")
+    @classmethod
+    def _metadata_bounded(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            _bounded_document(value, "metadata")
+        return value
+
+    @field_validator("observed_at")
+    @classmethod
+    def _observed_at_epoch(cls, value: float | int | str | None) -> float | None:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            try:
+                parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            except ValueError as exc:
+                raise ValueError("observed_at must be ISO-8601 or epoch seconds") from exc
+            if parsed.tzinfo is None:
+                raise ValueError("observed_at needs a time zone (e.g. 2026-01-01T00:00:00Z)")
+            return parsed.timestamp()
+        epoch = float(value)
+        if not 0 <= epoch < 32503680000:  # before the year 3000
+            raise ValueError("observed_at is out of range")
+        return epoch
+
+    def observed_epoch(self) -> float | None:
+        # After validation observed_at is always a float or None.
+        return None if self.observed_at is None else float(self.observed_at)
+
+
+COMMAND_MODELS: Final[dict[str, type[Command]]] = {}
+
+
+def _register() -> None:
+    from shared import names
+
+    COMMAND_MODELS[names.CREATE_REQUEST_TASK] = CreateRequest
+    COMMAND_MODELS[names.UPDATE_MACHINE_STATUS_TASK] = UpdateMachineStatus
+
+
+_register()

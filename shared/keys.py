@@ -1,0 +1,60 @@
+"""Every Redis key and channel this project writes, in one place.
+
+The read cache is versioned by its prefix (``hf:v1:``): a layout change bumps it and the
+worker's rebuild fills the new keys while old readers keep working.
+"""
+
+from typing import Final
+
+PREFIX: Final = "hf:v1:"
+
+# --- read cache: one JSON document per view ---------------------------------------------
+def request_key(request_id: str) -> str:
+    return f"{PREFIX}request:{request_id}"
+
+
+def request_summary_key(request_id: str) -> str:
+    """The request view without its machines (``?include_machines=false``)."""
+    return f"{PREFIX}request-summary:{request_id}"
+
+
+def machine_key(machine_id: str) -> str:
+    return f"{PREFIX}machine:{machine_id}"
+
+
+def command_key(command_id: str) -> str:
+    return f"{PREFIX}command:{command_id}"
+
+
+TEMPLATES_KEY: Final = f"{PREFIX}templates"
+
+# Sorted sets of request ids, scored by the store's creation sequence (stable cursors).
+REQUESTS_INDEX_KEY: Final = f"{PREFIX}idx:requests"
+
+
+def requests_by_status_key(status: str) -> str:
+    return f"{PREFIX}idx:requests:{status}"
+
+
+# Pub/sub channel on which the projector announces every view it wrote: "<key> <version>".
+VIEWS_CHANNEL: Final = f"{PREFIX}views"
+
+# --- broker-side bookkeeping of the command worker ---------------------------------------
+# Messages the worker could not even decode wait here (raw) until moved into the store.
+DEAD_LETTER_INBOX_KEY: Final = f"{PREFIX}broker:dead-letter-inbox"
+# How often a message was handed back after a worker died holding it (poison detection).
+REDELIVERIES_KEY: Final = f"{PREFIX}broker:redeliveries"
+# Live consumers: hash consumer id -> JSON list of queue keys it blocks on.
+CONSUMERS_KEY: Final = f"{PREFIX}broker:consumers"
+
+
+def consumer_lease_key(consumer_id: str) -> str:
+    return f"{PREFIX}broker:lease:{consumer_id}"
+
+
+def inflight_key(consumer_id: str, queue_key: str) -> str:
+    return f"{PREFIX}broker:inflight:{consumer_id}:{queue_key}"
+
+
+# The cache's own readiness marker: the worker sets it once every view has been projected.
+CACHE_READY_KEY: Final = f"{PREFIX}ready"

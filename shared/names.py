@@ -1,0 +1,18 @@
+"""Task and queue names: the public wire contract (DESIGN.md, "Wire contract")."""
+
+from typing import Final
+
+CREATE_REQUEST_TASK: Final = "commands.create_request"
+UPDATE_MACHINE_STATUS_TASK: Final = "commands.update_machine_status"
+
+REQUESTS_QUEUE: Final = "commands.requests"
+MACHINES_QUEUE: Final = "commands.machines"
+
+QUEUE_OF_TASK: Final[dict[str, str]] = {
+    CREATE_REQUEST_TASK: REQUESTS_QUEUE,
+    UPDATE_MACHINE_STATUS_TASK: MACHINES_QUEUE,
+}
+ALL_QUEUES: Final = (REQUESTS_QUEUE, MACHINES_QUEUE)
+
+# Celery message protocol 2, JSON only: a pickle payload is refused and dead-lettered.
+CONTENT_TYPE: Final = "application/json"

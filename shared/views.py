@@ -1,0 +1,84 @@
+"""View models: the JSON documents the query service serves (and the OpenAPI schemas).
+
+The projector writes these documents once, with ``version`` as the first field, and the query
+service returns them byte for byte; these models document them and let clients parse them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+RequestStatus = Literal["pending", "in_progress", "complete", "complete_with_error"]
+MachineResult = Literal["executing", "succeed", "fail"]
+Outcome = Literal["applied", "rejected", "superseded"]
+
+FINAL_REQUEST_STATUSES = frozenset({"complete", "complete_with_error"})
+
+
+class _View(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+
+class MachineView(_View):
+    version: int
+    machine_id: str
+    request_id: str
+    status: str
+    result: MachineResult
+    name: str | None = None
+    private_ip: str | None = None
+    public_ip: str | None = None
+    instance_type: str | None = None
+    price_type: str | None = None
+    launch_time: int | str | None = None
+    message: str | None = None
+    observed_at: float | None = None
+    created_at: float
+    updated_at: float
+
+
+class RequestView(_View):
+    version: int
+    request_id: str
+    template_id: str
+    max_number: int
+    status: RequestStatus
+    attributes: dict[str, Any]
+    machines: list[MachineView] | None = None
+    machine_count: int
+    created_at: float
+    updated_at: float
+
+
+class CommandOutcomeView(_View):
+    version: int
+    command_id: str
+    task: str
+    outcome: Outcome
+    reason: str | None = None
+    request_id: str | None = None
+    machine_id: str | None = None
+    recorded_at: float
+
+
+class TemplateView(_View):
+    templateId: str  # noqa: N815 - HostFactory's own field names
+    maxNumber: int  # noqa: N815
+    attributes: dict[str, Any]
+
+
+class TemplatesPage(BaseModel):
+    templates: list[dict[str, Any]]
+    total: int
+
+
+class RequestsPage(BaseModel):
+    requests: list[RequestView]
+    next_cursor: str | None
+
+
+class ErrorBody(BaseModel):
+    error: str
+    detail: Any = None
