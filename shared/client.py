@@ -1,0 +1,102 @@
+"""A small producer client. It needs Celery (kombu) only, never the worker's code.
+
+    client = CommandClient.from_env()
+    sent = client.create_request("x86-small", 2)
+    print(sent.request_id)        # poll GET /requests/{request_id} right away
+
+Commands are validated here first (the same models the worker uses), so a producer learns of
+a bad command at once instead of from a dead letter. Any other Celery client may send the
+same messages by task name; see DESIGN.md's wire contract.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from celery import Celery
+
+from shared import names
+from shared.commands import COMMAND_MODELS
+from shared.settings import Settings
+
+
+@dataclass(frozen=True)
+class Sent:
+    command_id: str
+    task: str
+    request_id: str | None = None
+    machine_id: str | None = None
+
+
+class CommandNotConfirmed(Exception):
+    """No outcome appeared for a command within the time given."""
+
+
+class CommandClient:
+    def __init__(self, broker_url: str) -> None:
+        self.app = Celery("hostfactory-producer", broker=broker_url, set_as_current=False)
+        self.app.conf.update(task_serializer="json", accept_content=["json"],
+                             broker_connection_retry_on_startup=True)
+
+    @classmethod
+    def from_env(cls) -> CommandClient:
+        return cls(Settings.from_env().broker_url)
+
+    def close(self) -> None:
+        self.app.close()
+
+    def send(self, task: str, kwargs: dict[str, Any]) -> Sent:
+        """Validate and publish one command; its id is the Celery task id unless given."""
+        model = COMMAND_MODELS[task]
+        kwargs = {k: v for k, v in kwargs.items() if v is not None}
+        model.model_validate(kwargs)  # raises pydantic.ValidationError with every problem
+        command_id = kwargs.get("command_id") or str(uuid.uuid4())
+        self.app.send_task(task, kwargs=kwargs, task_id=command_id,
+                           queue=names.QUEUE_OF_TASK[task])
+        request_id = kwargs.get("request_id")
+        if task == names.CREATE_REQUEST_TASK and not request_id:
+            request_id = f"req-{command_id}"
+        return Sent(command_id, task, request_id, kwargs.get("machine_id"))
+
+    def create_request(self, template_id: str, max_number: int, **optional: Any) -> Sent:
+        return self.send(names.CREATE_REQUEST_TASK,
+                         {"template_id": template_id, "max_number": max_number, **optional})
+
+    def update_machine_status(self, machine_id: str, status: str, **optional: Any) -> Sent:
+        return self.send(names.UPDATE_MACHINE_STATUS_TASK,
+                         {"machine_id": machine_id, "status": status, **optional})
+
+    def send_confirmed(self, task: str, kwargs: dict[str, Any], query_url: str,
+                       timeout_s: float = 30.0, resend_every_s: float = 5.0) -> dict[str, Any]:
+        """Send, then re-send under the same command id until the query service shows its
+        outcome: safe, since the worker applies a command id once. Returns the outcome."""
+        kwargs = {**kwargs, "command_id": kwargs.get("command_id") or str(uuid.uuid4())}
+        deadline = time.monotonic() + timeout_s
+        while True:
+            sent = self.send(task, kwargs)
+            resend_at = time.monotonic() + resend_every_s
+            while time.monotonic() < min(resend_at, deadline):
+                outcome = fetch_json(f"{query_url}/commands/{sent.command_id}")
+                if outcome is not None:
+                    return outcome
+                time.sleep(0.05)
+            if time.monotonic() >= deadline:
+                raise CommandNotConfirmed(f"no outcome for {sent.command_id} in {timeout_s}s")
+
+
+def fetch_json(url: str, timeout_s: float = 5.0) -> dict[str, Any] | None:
+    """GET a JSON document; None on 404."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:  # noqa: S310
+            body: dict[str, Any] = json.loads(response.read())
+            return body
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            return None
+        raise
