@@ -15,6 +15,9 @@ class CommandRefused(HostFactoryError):
     """The command can never succeed as sent; retrying changes nothing."""
 
     kind = "refused"
+    # True where a command racing ahead of another may succeed once that one is applied
+    # (a machine reported before its request's CreateRequest was applied): retried a while.
+    may_succeed_later = False
 
     @property
     def reason(self) -> str:
@@ -39,6 +42,7 @@ class RequestConflict(CommandRefused):
 
 class RequestNotFound(CommandRefused):
     kind = "request_not_found"
+    may_succeed_later = True
 
 
 class MachineLimitReached(CommandRefused):
@@ -55,6 +59,14 @@ class IllegalTransition(CommandRefused):
 
 class UndecodableMessage(CommandRefused):
     kind = "undecodable_message"
+
+
+class RetryLater(HostFactoryError):
+    """Refused for now, but may apply once earlier commands are applied; nothing recorded."""
+
+    def __init__(self, refusal: CommandRefused) -> None:
+        super().__init__(refusal.reason)
+        self.refusal = refusal
 
 
 class ConcurrentUpdate(HostFactoryError):

@@ -17,7 +17,12 @@ from typing import Any, Final
 from pydantic import ValidationError
 
 from commands_worker import views
-from commands_worker.errors import CommandRefused, ConcurrentUpdate, InvalidCommand
+from commands_worker.errors import (
+    CommandRefused,
+    ConcurrentUpdate,
+    InvalidCommand,
+    RetryLater,
+)
 from commands_worker.handlers import HANDLERS, Context
 from commands_worker.ports import CommandRecord, DeadLetter, Effect, UnitOfWork, ViewDoc
 from shared.commands import MAX_ID_LEN, Command
@@ -37,6 +42,8 @@ class Envelope:
     kwargs: dict[str, Any]
     queue: str | None = None
     args: tuple[Any, ...] = ()
+    # False while the worker may still retry: a refusal that may succeed later is not final.
+    final_attempt: bool = True
 
     @property
     def command_id(self) -> str:
@@ -104,6 +111,8 @@ class Executor:
                 uow.record_command(record)
                 return Execution(record, uow.commit())
         except CommandRefused as refusal:
+            if refusal.may_succeed_later and not env.final_attempt:
+                raise RetryLater(refusal) from refusal
             return self._refuse(env, refusal, now)
 
     @staticmethod

@@ -12,11 +12,16 @@ from celery.exceptions import Reject
 
 from commands_worker import bootstrap
 from commands_worker.app import app
-from commands_worker.errors import CacheUnavailable, StoreUnavailable
+from commands_worker.errors import CacheUnavailable, RetryLater, StoreUnavailable
 from commands_worker.service import Envelope, Execution
 from shared import keys, names
 
 log = logging.getLogger("hostfactory.commands")
+
+
+# A machine reported before its request is applied waits this many retries (about 25 s in
+# all) for the CreateRequest to land before it is refused as request_not_found.
+WAIT_FOR_EARLIER_RETRIES = 8
 
 
 def _backoff_s(retries: int) -> float:
@@ -26,11 +31,15 @@ def _backoff_s(retries: int) -> float:
 def run_command(task: Task, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
     started = time.perf_counter()
     request = task.request
-    env = Envelope(task=task.name, task_id=request.id, kwargs=kwargs, args=tuple(args),
-                   queue=(request.delivery_info or {}).get("routing_key"))
     d = bootstrap.deps()
+    env = Envelope(task=task.name, task_id=request.id, kwargs=kwargs, args=tuple(args),
+                   queue=(request.delivery_info or {}).get("routing_key"),
+                   final_attempt=request.retries >= WAIT_FOR_EARLIER_RETRIES)
     try:
         execution = d.executor.execute(env)
+    except RetryLater as exc:
+        _log(env, "retry", started, reason=str(exc), retries=request.retries)
+        raise task.retry(exc=exc, countdown=0.2 * 2 ** min(request.retries, 5)) from exc
     except StoreUnavailable as exc:
         return _store_unavailable(task, env, exc, started)
     except Exception as exc:

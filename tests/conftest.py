@@ -1,0 +1,219 @@
+"""Fixtures for real servers and real processes.
+
+Redis and PostgreSQL are the machine's own (``TEST_REDIS_URL``, ``TEST_POSTGRES_URL``). Locally
+a missing server skips the tests that need it; under CI (``CI`` set) it fails them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import sqlalchemy as sa
+
+from commands_worker.templates import EXAMPLE_TEMPLATES
+from shared import keys
+
+TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
+TEST_POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL",
+                                   "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def unavailable(what: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(f"{what} is required under CI and is not reachable")
+    pytest.skip(f"{what} is not reachable")
+
+
+def wait_for(predicate: Callable[[], Any], timeout_s: float = 20.0, every_s: float = 0.05,
+             what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        time.sleep(every_s)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> str:
+    try:
+        redis.Redis.from_url(TEST_REDIS_URL, socket_connect_timeout=1).ping()
+    except (redis.RedisError, OSError):
+        unavailable(f"Redis at {TEST_REDIS_URL}")
+    return TEST_REDIS_URL
+
+
+@pytest.fixture
+def redis_url(redis_server: str) -> Iterator[str]:
+    client = redis.Redis.from_url(redis_server)
+    client.flushdb()
+    yield redis_server
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture
+def rclient(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> str:
+    try:
+        engine = sa.create_engine(TEST_POSTGRES_URL)
+        with engine.connect():
+            pass
+        engine.dispose()
+    except Exception:  # noqa: BLE001 - any failure means: not reachable
+        unavailable(f"PostgreSQL at {TEST_POSTGRES_URL}")
+    return TEST_POSTGRES_URL
+
+
+@pytest.fixture
+def postgres_url(postgres_server: str) -> str:
+    from commands_worker.store import metadata
+
+    engine = sa.create_engine(postgres_server)
+    metadata.drop_all(engine)
+    engine.dispose()
+    return postgres_server
+
+
+@pytest.fixture
+def templates_file(tmp_path: Path) -> Path:
+    path = tmp_path / "templates.json"
+    shutil.copy(EXAMPLE_TEMPLATES, path)
+    return path
+
+
+@pytest.fixture
+def stack_env(tmp_path: Path, redis_url: str, templates_file: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("REDIS_", "BROKER_", "CACHE_", "STORE_", "QUERY_"))}
+    env.update({
+        "REDIS_URL": redis_url,
+        "STORE_URL": f"sqlite:///{tmp_path / 'store.sqlite3'}",
+        "TEMPLATES_FILE": str(templates_file),
+        "BROKER_VISIBILITY_TIMEOUT_S": "4",
+        "COMMAND_MAX_RETRIES": "3",
+        "PYTHONPATH": str(ROOT),
+    })
+    return env
+
+
+class Proc:
+    """A child process group we can stop gently or kill hard."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], log: Path) -> None:
+        self.argv, self.env, self.log = argv, env, log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Proc:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(self.argv, env=self.env, stdout=out,
+                                         stderr=subprocess.STDOUT, cwd=ROOT,
+                                         start_new_session=True)
+        return self
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def worker_argv(concurrency: int = 2) -> list[str]:
+    return [sys.executable, "-m", "celery", "-A", "commands_worker.app", "worker",
+            "-Q", "commands.requests,commands.machines", "-c", str(concurrency),
+            "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "warning"]
+
+
+@pytest.fixture
+def start_worker(stack_env: dict[str, str], tmp_path: Path,
+                 redis_url: str) -> Iterator[Callable[..., Proc]]:
+    started: list[Proc] = []
+    client = redis.Redis.from_url(redis_url)
+
+    def start(concurrency: int = 2, **env: str) -> Proc:
+        proc = Proc(worker_argv(concurrency), {**stack_env, **env},
+                    tmp_path / f"worker-{len(started)}.log").start()
+        started.append(proc)
+        wait_for(lambda: client.exists(keys.TEMPLATES_KEY) or proc.proc.poll() is not None,
+                 30, what="the worker to start")
+        assert proc.proc is not None and proc.proc.poll() is None, proc.output()
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop()
+    client.close()
+
+
+@pytest.fixture
+def worker(start_worker: Callable[..., Proc]) -> Proc:
+    return start_worker()
+
+
+@pytest.fixture
+def query_url(stack_env: dict[str, str], tmp_path: Path) -> Iterator[str]:
+    import httpx
+
+    port = free_port()
+    proc = Proc([sys.executable, "-m", "queries_service"],
+                {**stack_env, "QUERY_PORT": str(port)}, tmp_path / "queries.log").start()
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        try:
+            return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_for(healthy, 20, what="the query service")
+    yield url
+    proc.stop()
+
+
+@pytest.fixture
+def producer(redis_url: str) -> Iterator[Any]:
+    """A plain Celery app that knows nothing of this project: tasks are sent by name."""
+    from celery import Celery
+
+    app = Celery("outside-producer", broker=redis_url, set_as_current=False)
+    app.conf.task_serializer = "json"
+    yield app
+    app.close()

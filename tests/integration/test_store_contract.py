@@ -1,0 +1,113 @@
+"""One contract, run on SQLite and on PostgreSQL: what the executor needs from the store."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from commands_worker.service import Envelope, Executor
+from commands_worker.store import Store
+from commands_worker.templates import EXAMPLE_TEMPLATES, load_templates_file
+
+CREATE = "commands.create_request"
+UPDATE = "commands.update_machine_status"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'contract.sqlite3'}"
+    else:
+        url = request.getfixturevalue("postgres_url")
+    store = Store.from_url(url)
+    store.load_templates(load_templates_file(EXAMPLE_TEMPLATES))
+    yield store
+    store.engine.dispose()
+
+
+@pytest.fixture
+def executor(store: Store) -> Executor:
+    return Executor(store.unit_of_work, retention_s=3600)
+
+
+def run(executor: Executor, task: str, task_id: str, **kwargs: object) -> str:
+    return executor.execute(Envelope(task, task_id, dict(kwargs))).record.outcome
+
+
+def test_lifecycle_and_versions(store: Store, executor: Executor) -> None:
+    assert run(executor, CREATE, "c1", template_id="x86-small", max_number=2) == "applied"
+    run(executor, UPDATE, "u1", machine_id="m1", status="running", request_id="req-c1")
+    run(executor, UPDATE, "u2", machine_id="m2", status="failed", request_id="req-c1")
+    [(request, machines)] = list(store.iter_requests())
+    assert (request.status, request.version) == ("complete_with_error", 3)
+    assert {m.machine_id: (m.result, m.version) for m in machines} == {
+        "m1": ("succeed", 1), "m2": ("fail", 1)}
+
+
+def test_duplicate_is_recognised_after_commit(store: Store, executor: Executor) -> None:
+    run(executor, CREATE, "c1", template_id="x86-small", max_number=2)
+    again = executor.execute(Envelope(CREATE, "c1", {"template_id": "x86-small",
+                                                     "max_number": 2}))
+    assert again.duplicate and again.docs == []
+    assert store.counts()["requests"] == 1
+
+
+def test_refusal_is_kept_and_replay_reopens_the_command(store: Store,
+                                                        executor: Executor) -> None:
+    assert run(executor, CREATE, "c1", template_id="gpu", max_number=1) == "rejected"
+    [letter] = store.dead_letters()
+    assert letter.command_id == "c1" and "template_not_found" in letter.reason
+    assert letter.raw["kwargs"] == {"template_id": "gpu", "max_number": 1}
+    replayed = store.begin_replay(letter.id or 0)
+    assert replayed is not None and store.dead_letters() == []
+    # After replay the command runs again; it is refused again and dead-lettered again.
+    assert run(executor, CREATE, "c1", template_id="gpu", max_number=1) == "rejected"
+    [again] = store.dead_letters()
+    assert again.id == letter.id and again.attempts == 2
+
+
+def test_outbox_keeps_unprojected_documents(store: Store, executor: Executor) -> None:
+    execution = executor.execute(Envelope(CREATE, "c1", {"template_id": "x86-small",
+                                                         "max_number": 1}))
+    pending = store.pending_docs(older_than_s=-1)
+    assert {doc.key for _, doc in pending} == {doc.key for doc in execution.docs}
+    store.mark_projected([row for row, _ in pending])
+    assert store.pending_docs(older_than_s=-1) == []
+
+
+def test_projected_rows_are_deleted_by_the_next_transaction(store: Store,
+                                                            executor: Executor) -> None:
+    first = executor.execute(Envelope(CREATE, "c1", {"template_id": "x86-small",
+                                                     "max_number": 1}))
+    store.projected.add(d.outbox_id for d in first.docs)
+    second = executor.execute(Envelope(CREATE, "c2", {"template_id": "x86-small",
+                                                      "max_number": 1}))
+    left = {row for row, _ in store.pending_docs(older_than_s=-1)}
+    assert left == {d.outbox_id for d in second.docs}
+
+
+def test_concurrent_reports_never_lose_a_version(store: Store, executor: Executor) -> None:
+    """Racing writers on one request: each machine report is applied once, in order."""
+    run(executor, CREATE, "c1", template_id="x86-large", max_number=40)
+    errors: list[BaseException] = []
+
+    def report(worker: int) -> None:
+        try:
+            for n in range(10):
+                run(executor, UPDATE, f"u{worker}-{n}", machine_id=f"m{worker}-{n}",
+                    status="pending", request_id="req-c1")
+        except BaseException as exc:  # noqa: BLE001 - surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=report, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    [(request, machines)] = list(store.iter_requests())
+    assert len(machines) == 40
+    assert request.version == 41  # created (1) + one per machine, none lost to a race

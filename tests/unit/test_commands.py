@@ -1,0 +1,57 @@
+import pytest
+from pydantic import ValidationError
+
+from shared.commands import CreateRequest, UpdateMachineStatus
+
+
+def test_create_request_accepts_the_contract() -> None:
+    cmd = CreateRequest.model_validate({
+        "template_id": "x86-small", "max_number": 2, "attributes": {"a": 1},
+        "request_id": "req-1", "command_id": "c-1", "correlation_id": "corr", "user_id": "u"})
+    assert cmd.max_number == 2
+
+
+@pytest.mark.parametrize("bad", [
+    {"template_id": "t", "max_number": "3"},            # no coercion from text
+    {"template_id": "t", "max_number": True},           # a bool is not a number
+    {"template_id": "t", "max_number": 0},
+    {"template_id": "t", "max_number": 10_001},
+    {"template_id": "t", "max_number": 1, "colour": "red"},  # unknown field
+    {"template_id": "", "max_number": 1},
+    {"template_id": "a/b", "max_number": 1},            # ids become keys and URL paths
+    {"template_id": "t" * 201, "max_number": 1},
+    {"template_id": "t", "max_number": 1, "attributes": {"x": "y" * 20_000}},
+    {"max_number": 1},
+])
+def test_create_request_refuses_nonsense(bad: dict[str, object]) -> None:
+    with pytest.raises(ValidationError):
+        CreateRequest.model_validate(bad)
+
+
+def test_observed_at_accepts_iso_and_epoch() -> None:
+    iso = UpdateMachineStatus.model_validate(
+        {"machine_id": "m", "status": "running", "observed_at": "2026-01-01T00:00:00Z"})
+    epoch = UpdateMachineStatus.model_validate(
+        {"machine_id": "m", "status": "running", "observed_at": 1767225600})
+    assert iso.observed_epoch() == epoch.observed_epoch() == 1767225600.0
+
+
+@pytest.mark.parametrize("bad", [
+    {"machine_id": "m", "status": "RUNNING"},
+    {"machine_id": "m", "status": "exploded"},
+    {"machine_id": "m", "status": "running", "observed_at": "yesterday"},
+    {"machine_id": "m", "status": "running", "observed_at": "2026-01-01T00:00:00"},  # no zone
+    {"machine_id": "m", "status": "running", "observed_at": -5},
+    {"machine_id": "m", "status": "running", "metadata": {"name": 5}},
+    {"machine_id": "m", "status": "running", "metadata": {"blob": "x" * 20_000}},
+])
+def test_update_machine_status_refuses_nonsense(bad: dict[str, object]) -> None:
+    with pytest.raises(ValidationError):
+        UpdateMachineStatus.model_validate(bad)
+
+
+def test_unknown_metadata_keys_are_kept() -> None:
+    cmd = UpdateMachineStatus.model_validate(
+        {"machine_id": "m", "status": "running", "metadata": {"zone": "a", "name": "n"}})
+    assert cmd.metadata is not None
+    assert cmd.metadata.model_dump(exclude_none=True) == {"zone": "a", "name": "n"}

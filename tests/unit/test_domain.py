@@ -1,0 +1,61 @@
+import pytest
+
+from commands_worker.domain import Machine, request_status, transition_allowed
+from commands_worker.errors import IllegalTransition
+
+
+def machine(status: str, version: int = 1) -> Machine:
+    return Machine("m", "r", status, observed_at=10.0, created_at=0.0, updated_at=0.0,
+                   version=version)
+
+
+@pytest.mark.parametrize(("current", "new"), [
+    ("pending", "running"), ("pending", "terminated"), ("running", "stopping"),
+    ("stopped", "running"), ("stopped", "pending"), ("running", "failed"),
+    ("running", "running"), ("terminated", "terminated"),
+])
+def test_legal_transitions(current: str, new: str) -> None:
+    assert transition_allowed(current, new)
+
+
+@pytest.mark.parametrize(("current", "new"), [
+    ("running", "pending"), ("terminated", "running"), ("failed", "running"),
+    ("failed", "terminated"), ("shutting-down", "stopped"), ("stopping", "running"),
+])
+def test_illegal_transitions(current: str, new: str) -> None:
+    assert not transition_allowed(current, new)
+
+
+def test_illegal_report_leaves_machine_unchanged() -> None:
+    m = machine("terminated")
+    with pytest.raises(IllegalTransition, match="terminated to running"):
+        m.apply_report("running", {}, 20.0, 20.0)
+    assert (m.status, m.version) == ("terminated", 1)
+
+
+def test_results_follow_hostfactory() -> None:
+    assert machine("running").result == "succeed"
+    assert machine("failed").result == "fail"
+    assert machine("terminated").result == "fail"
+    assert machine("pending").result == "executing"
+    assert machine("stopped").result == "executing"
+
+
+def test_older_report_is_stale_newer_is_not() -> None:
+    m = machine("running")
+    assert m.is_stale(9.0)
+    assert not m.is_stale(10.0)
+    assert not m.is_stale(11.0)
+
+
+def test_request_status_rules() -> None:
+    running, failed, pending = machine("running"), machine("failed"), machine("pending")
+    assert request_status("pending", 2, []) == "pending"
+    assert request_status("pending", 2, [pending]) == "in_progress"
+    assert request_status("in_progress", 2, [running]) == "in_progress"
+    assert request_status("in_progress", 2, [running, running]) == "complete"
+    assert request_status("in_progress", 2, [running, failed]) == "complete_with_error"
+    assert request_status("in_progress", 2, [running, pending]) == "in_progress"
+    # Final statuses stick while machines go on changing.
+    assert request_status("complete", 2, [failed, failed]) == "complete"
+    assert request_status("complete_with_error", 2, [running, running]) == "complete_with_error"

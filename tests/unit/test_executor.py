@@ -1,0 +1,128 @@
+"""The executor and handlers over the in-memory unit of work."""
+
+import itertools
+
+import orjson
+import pytest
+
+from commands_worker.service import Envelope, Executor
+from shared import keys
+from tests.fakes import FakeState, FakeUnitOfWork, templates
+
+CREATE = "commands.create_request"
+UPDATE = "commands.update_machine_status"
+
+
+@pytest.fixture
+def state() -> FakeState:
+    return FakeState(templates(small=2, big=5))
+
+
+@pytest.fixture
+def executor(state: FakeState) -> Executor:
+    clock = itertools.count(1000.0)
+    return Executor(lambda: FakeUnitOfWork(state), retention_s=60,
+                    clock=lambda: float(next(clock)))
+
+
+def send(executor: Executor, task: str, task_id: str, **kwargs: object) -> str:
+    return executor.execute(Envelope(task, task_id, dict(kwargs))).record.outcome
+
+
+def test_create_request_defaults_request_id_to_command_id(executor: Executor,
+                                                          state: FakeState) -> None:
+    assert send(executor, CREATE, "t1", template_id="small", max_number=2) == "applied"
+    request = state.requests["req-t1"]
+    assert (request.status, request.version) == ("pending", 1)
+    docs = {d.key: orjson.loads(d.body) for d in state.outbox}
+    assert docs[keys.request_key("req-t1")]["status"] == "pending"
+    assert docs[keys.command_key("t1")]["outcome"] == "applied"
+
+
+def test_redelivered_command_changes_nothing(executor: Executor, state: FakeState) -> None:
+    send(executor, CREATE, "t1", template_id="small", max_number=2)
+    send(executor, UPDATE, "u1", machine_id="m1", status="pending", request_id="req-t1")
+    again = executor.execute(Envelope(UPDATE, "u1", {"machine_id": "m1", "status": "pending",
+                                                     "request_id": "req-t1"}))
+    assert again.duplicate and again.record.outcome == "applied"
+    assert state.machines["m1"].version == 1
+    assert state.requests["req-t1"].version == 2
+
+
+def test_full_lifecycle_reaches_complete(executor: Executor, state: FakeState) -> None:
+    send(executor, CREATE, "t1", template_id="small", max_number=2)
+    for n, (machine, status) in enumerate([("m1", "pending"), ("m2", "pending"),
+                                           ("m1", "running"), ("m2", "running")]):
+        assert send(executor, UPDATE, f"u{n}", machine_id=machine, status=status,
+                    request_id="req-t1") == "applied"
+    assert state.requests["req-t1"].status == "complete"
+    assert state.requests["req-t1"].version == 5
+    assert [state.machines[m].version for m in ("m1", "m2")] == [2, 2]
+
+
+def test_failed_machine_gives_complete_with_error(executor: Executor, state: FakeState) -> None:
+    send(executor, CREATE, "t1", template_id="small", max_number=2)
+    send(executor, UPDATE, "u1", machine_id="m1", status="running", request_id="req-t1")
+    send(executor, UPDATE, "u2", machine_id="m2", status="failed", request_id="req-t1")
+    assert state.requests["req-t1"].status == "complete_with_error"
+
+
+def test_stale_report_is_superseded_and_changes_nothing(executor: Executor,
+                                                        state: FakeState) -> None:
+    send(executor, CREATE, "t1", template_id="small", max_number=2)
+    send(executor, UPDATE, "u1", machine_id="m1", status="running", request_id="req-t1",
+         observed_at=200.0)
+    assert send(executor, UPDATE, "u0", machine_id="m1", status="pending",
+                observed_at=100.0) == "superseded"
+    assert (state.machines["m1"].status, state.machines["m1"].version) == ("running", 1)
+
+
+@pytest.mark.parametrize(("task", "kwargs", "reason"), [
+    (CREATE, {"template_id": "nope", "max_number": 1}, "template_not_found"),
+    (CREATE, {"template_id": "small", "max_number": 3}, "max_number_exceeded"),
+    (CREATE, {"template_id": "small", "max_number": "1"}, "invalid_command: max_number"),
+    (CREATE, {"template_id": "small", "max_number": 1, "x": 1}, "invalid_command: x"),
+    (UPDATE, {"machine_id": "m9", "status": "running"}, "request_id is required"),
+    (UPDATE, {"machine_id": "m9", "status": "running", "request_id": "req-zz"},
+     "request_not_found"),
+])
+def test_refusals_are_recorded_and_dead_lettered(executor: Executor, state: FakeState,
+                                                 task: str, kwargs: dict[str, object],
+                                                 reason: str) -> None:
+    execution = executor.execute(Envelope(task, "bad-1", kwargs))
+    assert execution.record.outcome == "rejected"
+    assert execution.record.reason is not None and reason in execution.record.reason
+    assert state.commands["bad-1"].outcome == "rejected"
+    [letter] = state.dead_letters
+    assert letter.raw["kwargs"] == kwargs and reason in letter.reason
+    outcome_doc = orjson.loads(next(d.body for d in state.outbox
+                                    if d.key == keys.command_key("bad-1")))
+    assert outcome_doc["outcome"] == "rejected" and reason in outcome_doc["reason"]
+
+
+def test_machine_beyond_max_number_is_refused(executor: Executor, state: FakeState) -> None:
+    send(executor, CREATE, "t1", template_id="small", max_number=1)
+    send(executor, UPDATE, "u1", machine_id="m1", status="pending", request_id="req-t1")
+    assert send(executor, UPDATE, "u2", machine_id="m2", status="pending",
+                request_id="req-t1") == "rejected"
+    assert "m2" not in state.machines
+    assert state.commands["u2"].reason is not None
+    assert "machine_limit_reached" in state.commands["u2"].reason
+
+
+def test_illegal_transition_is_refused_and_later_commands_apply(executor: Executor,
+                                                                state: FakeState) -> None:
+    send(executor, CREATE, "t1", template_id="small", max_number=2)
+    send(executor, UPDATE, "u1", machine_id="m1", status="terminated", request_id="req-t1")
+    assert send(executor, UPDATE, "u2", machine_id="m1", status="running") == "rejected"
+    assert send(executor, UPDATE, "u3", machine_id="m2", status="running",
+                request_id="req-t1") == "applied"
+    assert state.machines["m1"].status == "terminated"
+
+
+def test_refused_command_resent_keeps_first_outcome(executor: Executor,
+                                                    state: FakeState) -> None:
+    send(executor, CREATE, "t1", template_id="nope", max_number=1)
+    state.templates["nope"] = templates(nope=1)[0]
+    assert send(executor, CREATE, "t1", template_id="nope", max_number=1) == "rejected"
+    assert len(state.dead_letters) == 1
