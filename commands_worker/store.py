@@ -112,7 +112,11 @@ _SQLITE_PRAGMAS = (
 def create_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         return _sqlite_engine(url)
-    return sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    # Every read of a command's transaction sees one snapshot, so a refusal (machine limit,
+    # illegal transition) is never decided on a half-seen concurrent write; a write that
+    # collides with a concurrent one fails with a serialization error and is run again.
+    return sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5,
+                            isolation_level="REPEATABLE READ")
 
 
 def _sqlite_engine(url: str) -> Engine:
@@ -192,9 +196,13 @@ def _dead_letter(row: Any) -> DeadLetter:
     )
 
 
+_RACE_SQLSTATES = frozenset({"40001", "40P01"})  # serialization failure, deadlock
+
+
 def translate_errors(exc: DBAPIError) -> Exception:
-    """A lost insert race is a concurrent update; a dead connection is an outage."""
-    if isinstance(exc, IntegrityError):
+    """A lost race is a concurrent update; a dead connection is an outage."""
+    sqlstate = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+    if isinstance(exc, IntegrityError) or sqlstate in _RACE_SQLSTATES:
         return ConcurrentUpdate(str(exc.orig))
     if isinstance(exc, OperationalError) or exc.connection_invalidated:
         return StoreUnavailable(str(exc.orig))

@@ -156,9 +156,10 @@ class Proc:
         return self.log.read_text(errors="replace")
 
 
-def worker_argv(concurrency: int = 2) -> list[str]:
+def worker_argv(concurrency: int = 2, name: str = "worker") -> list[str]:
     return [sys.executable, "-m", "celery", "-A", "commands_worker.app", "worker",
-            "-Q", "commands.requests,commands.machines", "-c", str(concurrency),
+            "-n", f"{name}@%h", "-Q", "commands.requests,commands.machines",
+            "-c", str(concurrency),
             "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "warning"]
 
 
@@ -169,7 +170,7 @@ def start_worker(stack_env: dict[str, str], tmp_path: Path,
     client = redis.Redis.from_url(redis_url)
 
     def start(concurrency: int = 2, **env: str) -> Proc:
-        proc = Proc(worker_argv(concurrency), {**stack_env, **env},
+        proc = Proc(worker_argv(concurrency, f"worker{len(started)}"), {**stack_env, **env},
                     tmp_path / f"worker-{len(started)}.log").start()
         started.append(proc)
         wait_for(lambda: client.exists(keys.TEMPLATES_KEY) or proc.proc.poll() is not None,
