@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -261,10 +262,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     simulator = Simulator(_client(), redis.Redis.from_url(settings.cache_url),
                           failure_rate=args.failure_rate, delay_s=args.delay)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         simulator.run()
-    except KeyboardInterrupt:
-        pass
     return 0
 
 

@@ -7,7 +7,7 @@ import json
 import logging
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 from commands_worker import views
 from commands_worker.bootstrap import Deps
@@ -63,7 +63,7 @@ def drain_dead_letter_inbox(d: Deps, limit: int = 200) -> int:
     if not d.broker.set(_DRAIN_LOCK, "1", nx=True, px=30_000):
         return 0
     try:
-        items: list[bytes] = d.broker.lrange(keys.DEAD_LETTER_INBOX_KEY, -limit, -1)
+        items = cast(list[bytes], d.broker.lrange(keys.DEAD_LETTER_INBOX_KEY, -limit, -1))
         for item in reversed(items):  # oldest first
             d.store.add_dead_letter(_letter_from_inbox(item))
         if items:

@@ -12,7 +12,7 @@ import logging
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import redis
@@ -81,9 +81,12 @@ class Simulator:
         return sent
 
     def run(self, stop_after_s: float | None = None) -> None:
-        pubsub = self.cache.pubsub(ignore_subscribe_messages=True)
+        pubsub = self.cache.pubsub(  # type: ignore[no-untyped-call]
+            ignore_subscribe_messages=True)
         pubsub.subscribe(keys.VIEWS_CHANNEL)
-        for member in self.cache.zrange(keys.requests_by_status_key("pending"), 0, -1):
+        pending = cast(list[bytes], self.cache.zrange(keys.requests_by_status_key("pending"),
+                                                      0, -1))
+        for member in pending:
             self.plan(member.decode())
         prefix = keys.request_summary_key("")
         deadline = None if stop_after_s is None else time.monotonic() + stop_after_s

@@ -7,6 +7,7 @@ schema is created on start, so a new user runs no migration step.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -196,6 +197,12 @@ def _dead_letter(row: Any) -> DeadLetter:
     )
 
 
+def _inserted_id(result: sa.CursorResult[Any]) -> int:
+    key = result.inserted_primary_key
+    assert key is not None
+    return int(key[0])
+
+
 _RACE_SQLSTATES = frozenset({"40001", "40P01"})  # serialization failure, deadlock
 
 
@@ -254,10 +261,8 @@ class SqlUnitOfWork:
                  tb: TracebackType | None) -> None:
         conn = self._conn
         if conn is not None and conn.in_transaction():
-            try:
+            with contextlib.suppress(DBAPIError):  # the connection may be gone
                 conn.rollback()
-            except DBAPIError:
-                pass
         self._close()
         if isinstance(exc, DBAPIError):
             raise translate_errors(exc) from exc
@@ -300,7 +305,7 @@ class SqlUnitOfWork:
             status=request.status, version=request.version,
             created_at=request.created_at, updated_at=request.updated_at,
         ))
-        request.seq = int(result.inserted_primary_key[0])
+        request.seq = _inserted_id(result)
 
     def save_request(self, request: Request, expected_version: int) -> None:
         result = self.conn.execute(
@@ -385,7 +390,7 @@ class SqlUnitOfWork:
         result = self.conn.execute(outbox.insert().values(
             key=doc.key, version=doc.version, body=doc.body, ttl_s=doc.ttl_s, seq=doc.seq,
             status=doc.status, created_at=time.time()))
-        self._docs.append(replace(doc, outbox_id=int(result.inserted_primary_key[0])))
+        self._docs.append(replace(doc, outbox_id=_inserted_id(result)))
 
 
 class Store:

@@ -129,7 +129,8 @@ class QueryApp:
         key_of = keys.request_key if with_machines else keys.request_summary_key
         docs = [d for d in await self.cache.mget([key_of(i) for i in ids]) if d is not None]
         cursor = _encode_cursor(int(rows[-1][1])) if len(rows) == limit else None
-        body = b'{"requests":[' + b",".join(docs) + b'],"next_cursor":' + orjson.dumps(cursor) + b"}"
+        body = (b'{"requests":[' + b",".join(docs) + b'],"next_cursor":'
+                + orjson.dumps(cursor) + b"}")
         return Response(body, 200, media_type=JSON)
 
     async def list_templates(self, request: Request) -> Response:

@@ -71,9 +71,11 @@ class ReadCache:
             # The replica may lag: a caller who saw version N never gets an older answer.
             self.counters["fresh_reads"] += 1
             try:
-                doc = await self.primary.get(key)
+                fresh = await self.primary.get(key)
             except UNAVAILABLE as exc:
                 raise CacheUnavailable(str(exc)) from exc
+            assert fresh is None or isinstance(fresh, bytes)
+            return fresh
         return doc
 
     async def mget(self, keys: list[str]) -> list[bytes | None]:

@@ -93,7 +93,7 @@ class CommandClient:
 def fetch_json(url: str, timeout_s: float = 5.0) -> dict[str, Any] | None:
     """GET a JSON document; None on 404."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response:  # noqa: S310
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
             body: dict[str, Any] = json.loads(response.read())
             return body
     except urllib.error.HTTPError as exc:

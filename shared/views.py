@@ -64,8 +64,8 @@ class CommandOutcomeView(_View):
 
 
 class TemplateView(_View):
-    templateId: str  # noqa: N815 - HostFactory's own field names
-    maxNumber: int  # noqa: N815
+    templateId: str
+    maxNumber: int
     attributes: dict[str, Any]
 
 

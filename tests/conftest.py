@@ -87,7 +87,7 @@ def postgres_server() -> str:
         with engine.connect():
             pass
         engine.dispose()
-    except Exception:  # noqa: BLE001 - any failure means: not reachable
+    except Exception:
         unavailable(f"PostgreSQL at {TEST_POSTGRES_URL}")
     return TEST_POSTGRES_URL
 

@@ -53,8 +53,8 @@ def test_undecodable_messages_are_dead_lettered(worker: Proc, stack_env: dict[st
     rclient.lpush(queue, b"\x00\xffnot json at all")
     rclient.lpush(queue, json.dumps({"hello": "world"}))
     rclient.lpush(queue, kombu_envelope(CREATE, b"[[], {broken json", "application/json"))
-    rclient.lpush(queue, kombu_envelope(CREATE, b"\x80\x04pickled", "application/x-python-serialize",
-                                        "binary"))
+    rclient.lpush(queue, kombu_envelope(CREATE, b"\x80\x04pickled",
+                                        "application/x-python-serialize", "binary"))
     producer.send_task("commands.no_such_command", kwargs={"x": 1}, queue=queue)
     good = producer.send_task(CREATE, kwargs={"template_id": "x86-small", "max_number": 1},
                               queue=queue)

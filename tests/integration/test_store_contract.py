@@ -99,7 +99,7 @@ def test_concurrent_reports_never_lose_a_version(store: Store, executor: Executo
             for n in range(10):
                 run(executor, UPDATE, f"u{worker}-{n}", machine_id=f"m{worker}-{n}",
                     status="pending", request_id="req-c1")
-        except BaseException as exc:  # noqa: BLE001 - surfaced below
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=report, args=(w,)) for w in range(4)]

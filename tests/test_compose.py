@@ -1,0 +1,25 @@
+"""docker-compose.yml stays valid for Debian's docker-compose, with a durable broker."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+from tests.conftest import ROOT, unavailable
+
+
+def test_compose_file_is_valid_and_keeps_the_broker_durable() -> None:
+    tool = shutil.which("docker-compose")
+    if tool is None:
+        unavailable("docker-compose (Debian package)")
+    result = subprocess.run([str(tool), "-f", str(ROOT / "docker-compose.yml"), "config"],
+                            capture_output=True, text=True, timeout=60, check=False,
+                            env={"PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr
+    config = result.stdout
+    for service in ("redis:", "redis-replica:", "postgres:", "commands-worker:",
+                    "queries-service:"):
+        assert f"  {service}" in config, service
+    assert "--appendonly yes" in config and "--maxmemory-policy noeviction" in config
+    assert "--replicaof redis 6379" in config
+    assert "celery -A commands_worker.app worker -Q commands.requests,commands.machines" in config
