@@ -126,3 +126,16 @@ def test_refused_command_resent_keeps_first_outcome(executor: Executor,
     state.templates["nope"] = templates(nope=1)[0]
     assert send(executor, CREATE, "t1", template_id="nope", max_number=1) == "rejected"
     assert len(state.dead_letters) == 1
+
+
+def test_machine_racing_ahead_of_its_request_is_retried_not_refused(
+        executor: Executor, state: FakeState) -> None:
+    from commands_worker.errors import RetryLater
+
+    early = Envelope(UPDATE, "u1", {"machine_id": "m1", "status": "pending",
+                                    "request_id": "req-t1"}, final_attempt=False)
+    with pytest.raises(RetryLater):
+        executor.execute(early)
+    assert state.commands == {} and state.dead_letters == []
+    send(executor, CREATE, "t1", template_id="small", max_number=2)
+    assert executor.execute(early).record.outcome == "applied"

@@ -1,0 +1,46 @@
+"""The projector's compare-and-set against a real Redis."""
+
+from __future__ import annotations
+
+import orjson
+import redis
+
+from commands_worker.domain import Request
+from commands_worker.ports import ViewDoc
+from commands_worker.projector import Projector
+from commands_worker.views import request_docs
+from shared import keys
+
+
+def req(version: int, status: str) -> Request:
+    return Request("r1", "t", 2, {}, status, 1.0, float(version), version=version, seq=7)
+
+
+def test_a_view_never_moves_backwards(rclient: redis.Redis) -> None:
+    projector = Projector(rclient)
+    newer, older = request_docs(req(3, "in_progress"), []), request_docs(req(2, "pending"), [])
+    assert projector.project(newer) == 2
+    assert projector.project(older) == 0
+    assert projector.project(newer) == 0  # a replay of the same version is a no-op
+    assert orjson.loads(rclient.get(keys.request_key("r1")) or b"")["version"] == 3
+
+
+def test_status_indexes_follow_the_request(rclient: redis.Redis) -> None:
+    projector = Projector(rclient)
+    projector.project(request_docs(req(1, "pending"), []))
+    assert rclient.zscore(keys.requests_by_status_key("pending"), "r1") == 7
+    projector.project(request_docs(req(2, "complete"), []))
+    assert rclient.zscore(keys.requests_by_status_key("pending"), "r1") is None
+    assert rclient.zscore(keys.requests_by_status_key("complete"), "r1") == 7
+    assert rclient.zscore(keys.REQUESTS_INDEX_KEY, "r1") == 7
+
+
+def test_outcomes_expire_and_writes_are_announced(rclient: redis.Redis) -> None:
+    pubsub = rclient.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(keys.VIEWS_CHANNEL)
+    pubsub.get_message(timeout=1)
+    Projector(rclient).project([ViewDoc(keys.command_key("c1"), 1, b'{"version":1}', ttl_s=60)])
+    assert 0 < rclient.ttl(keys.command_key("c1")) <= 60
+    message = pubsub.get_message(timeout=2)
+    assert message is not None and message["data"] == f"{keys.command_key('c1')} 1".encode()
+    pubsub.close()

@@ -1,0 +1,111 @@
+"""The query service in-process over a real Redis: views served as stored, errors as JSON,
+ETags, stable cursors."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import orjson
+import pytest
+import redis
+from starlette.testclient import TestClient
+
+from commands_worker.domain import Machine, Request
+from commands_worker.projector import Projector
+from commands_worker.views import machine_doc, request_docs
+from queries_service.app import create_app
+from shared.settings import Settings
+
+
+@pytest.fixture
+def client(redis_url: str) -> Iterator[TestClient]:
+    settings = Settings.from_env({"REDIS_URL": redis_url})
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client
+
+
+def put_request(r: redis.Redis, n: int, status: str = "pending", version: int = 1,
+                machines: int = 0) -> None:
+    request = Request(f"r{n}", "t", 5, {"a": n}, status, 1.0, 2.0, version=version, seq=n)
+    ms = [Machine(f"r{n}-m{i}", f"r{n}", "running", 1.0, 1.0, 1.0, version=1)
+          for i in range(machines)]
+    Projector(r).project([*request_docs(request, ms), *(machine_doc(m) for m in ms)])
+
+
+def test_view_is_served_as_stored_with_an_etag(client: TestClient,
+                                               rclient: redis.Redis) -> None:
+    put_request(rclient, 1, machines=2)
+    response = client.get("/requests/r1")
+    assert response.status_code == 200
+    assert response.content == rclient.get("hf:v1:request:r1")
+    assert [m["result"] for m in response.json()["machines"]] == ["succeed", "succeed"]
+    etag = response.headers["etag"]
+    assert client.get("/requests/r1", headers={"If-None-Match": etag}).status_code == 304
+    put_request(rclient, 1, status="complete", version=2, machines=2)
+    changed = client.get("/requests/r1", headers={"If-None-Match": etag})
+    assert changed.status_code == 200 and changed.json()["status"] == "complete"
+
+
+def test_paging_is_stable_while_requests_are_added(client: TestClient,
+                                                   rclient: redis.Redis) -> None:
+    for n in range(1, 8):
+        put_request(rclient, n)
+    seen: list[str] = []
+    cursor = None
+    added = 8
+    while True:
+        params = {"limit": 3, **({"cursor": cursor} if cursor else {})}
+        page = client.get("/requests", params=params).json()
+        seen += [r["request_id"] for r in page["requests"]]
+        put_request(rclient, added)  # a new request arrives between pages
+        added += 1
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == [f"r{n}" for n in range(1, len(seen) + 1)]  # in order, no gap, no repeat
+    assert len(seen) >= 7
+
+
+def test_status_filter(client: TestClient, rclient: redis.Redis) -> None:
+    put_request(rclient, 1, "pending")
+    put_request(rclient, 2, "complete")
+    page = client.get("/requests", params={"status": "complete"}).json()
+    assert [r["request_id"] for r in page["requests"]] == ["r2"]
+
+
+@pytest.mark.parametrize("path", ["/requests/missing", "/machines/missing",
+                                  "/commands/missing", "/requests/a%2Fb", "/nowhere"])
+def test_unknown_is_json_404(client: TestClient, path: str) -> None:
+    response = client.get(path)
+    assert response.status_code == 404
+    assert response.json()["error"] == "not_found"
+
+
+def test_openapi_and_metrics(client: TestClient, rclient: redis.Redis) -> None:
+    spec = client.get("/openapi.json").json()
+    assert "/requests/{request_id}" in spec["paths"]
+    assert "RequestView" in spec["components"]["schemas"]
+    client.get("/requests/missing")
+    metrics = client.get("/metrics").text
+    assert 'hf_query_requests_total{route="get_request",code="404"} 1' in metrics
+    assert client.get("/readyz").json() == {"ready": True, "reading_from": "primary",
+                                             "replica_configured": False}
+
+
+def test_unreachable_cache_is_503_not_500() -> None:
+    settings = Settings.from_env({"REDIS_URL": "redis://127.0.0.1:1/0"})
+    with TestClient(create_app(settings)) as client:
+        response = client.get("/requests/r1")
+        assert response.status_code == 503
+        assert response.json()["error"] == "cache_unavailable"
+        assert client.get("/readyz").status_code == 503
+
+
+def test_views_parse_with_the_shared_models(client: TestClient, rclient: redis.Redis) -> None:
+    from shared.views import MachineView, RequestView
+
+    put_request(rclient, 3, machines=1)
+    RequestView.model_validate(client.get("/requests/r3").json())
+    MachineView.model_validate(client.get("/machines/r3-m0").json())
+    assert orjson.loads(client.get("/requests/r3?include_machines=false").content).get(
+        "machines") is None
