@@ -167,21 +167,21 @@ def worker_argv(concurrency: int = 2, name: str = "worker") -> list[str]:
 def start_worker(stack_env: dict[str, str], tmp_path: Path,
                  redis_url: str) -> Iterator[Callable[..., Proc]]:
     started: list[Proc] = []
-    client = redis.Redis.from_url(redis_url)
 
     def start(concurrency: int = 2, **env: str) -> Proc:
         proc = Proc(worker_argv(concurrency, f"worker{len(started)}"), {**stack_env, **env},
                     tmp_path / f"worker-{len(started)}.log").start()
         started.append(proc)
+        client = redis.Redis.from_url(env.get("REDIS_URL", redis_url))
         wait_for(lambda: client.exists(keys.TEMPLATES_KEY) or proc.proc.poll() is not None,
                  30, what="the worker to start")
+        client.close()
         assert proc.proc is not None and proc.proc.poll() is None, proc.output()
         return proc
 
     yield start
     for proc in started:
         proc.stop()
-    client.close()
 
 
 @pytest.fixture

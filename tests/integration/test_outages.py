@@ -1,0 +1,132 @@
+"""Redis or the store unavailable for a few seconds while commands flow: once it is back,
+every command has its outcome and nothing was applied twice."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import sqlalchemy as sa
+from celery import Celery
+
+from tests.conftest import free_port, wait_for
+
+CREATE = "commands.create_request"
+
+
+def send_steadily(app: Celery, ids: list[str], stop_at: int) -> None:
+    """A producer that retries its own publish while the broker is down."""
+    for task_id in ids[:stop_at]:
+        while True:
+            try:
+                app.send_task(CREATE, kwargs={"template_id": "x86-small", "max_number": 1},
+                              task_id=task_id, queue="commands.requests", retry=False)
+                break
+            except Exception:  # noqa: BLE001 - the broker is down: try again shortly
+                time.sleep(0.2)
+        time.sleep(0.01)
+
+
+def all_outcomes(client: redis.Redis, ids: list[str]) -> dict[str, Any] | None:
+    try:
+        docs = client.mget([f"hf:v1:command:{i}" for i in ids])
+    except redis.ConnectionError:
+        return None
+    if any(d is None for d in docs):
+        return None
+    return {i: json.loads(d) for i, d in zip(ids, docs, strict=True)}
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[tuple[str, Any]]:
+    """A private redis-server with an append-only file, which a test may stop and restart."""
+    port = free_port()
+    argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path),
+            "--appendonly", "yes", "--appendfsync", "always", "--save", ""]
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start() -> None:
+        procs.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL))
+        client = redis.Redis(port=port)
+        wait_for(lambda: _pings(client), 10, what="redis-server")
+
+    def stop() -> None:
+        procs[-1].terminate()
+        procs[-1].wait(timeout=10)
+
+    start()
+    yield f"redis://127.0.0.1:{port}/0", (start, stop)
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=10)
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.ConnectionError:
+        return False
+
+
+def test_redis_restart_loses_nothing(start_worker: Any, own_redis: tuple[str, Any]) -> None:
+    url, (start, stop) = own_redis
+    start_worker(2, REDIS_URL=url)
+    producer = Celery("outage-producer", broker=url, set_as_current=False)
+    ids = [str(uuid.uuid4()) for _ in range(300)]
+    sender = threading.Thread(target=send_steadily, args=(producer, ids, len(ids)))
+    sender.start()
+    time.sleep(1.0)
+    stop()
+    time.sleep(3.0)  # Redis is away for three seconds
+    start()
+    sender.join(timeout=120)
+    client = redis.Redis.from_url(url)
+    got = wait_for(lambda: all_outcomes(client, ids), 120, every_s=1,
+                   what="an outcome for every command")
+    assert {o["outcome"] for o in got.values()} == {"applied"}
+    for task_id in ids[::25]:
+        view = json.loads(client.get(f"hf:v1:request:req-{task_id}") or b"{}")
+        assert view["version"] == 1
+    producer.close()
+
+
+def test_store_outage_is_ridden_out(start_worker: Any, postgres_server: str,
+                                    rclient: redis.Redis, producer: Celery) -> None:
+    admin = sa.create_engine(postgres_server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text("DROP DATABASE IF EXISTS hf_outage WITH (FORCE)"))
+        conn.execute(sa.text("CREATE DATABASE hf_outage"))
+    store_url = postgres_server.rsplit("/", 1)[0] + "/hf_outage"
+    start_worker(2, STORE_URL=store_url, COMMAND_MAX_RETRIES="6")
+    ids = [str(uuid.uuid4()) for _ in range(200)]
+    sender = threading.Thread(target=send_steadily, args=(producer, ids, len(ids)))
+    sender.start()
+    time.sleep(1.0)
+    with admin.connect() as conn:  # the store goes away for four seconds
+        conn.execute(sa.text("ALTER DATABASE hf_outage ALLOW_CONNECTIONS false"))
+        conn.execute(sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                             "WHERE datname = 'hf_outage'"))
+    time.sleep(4.0)
+    with admin.connect() as conn:
+        conn.execute(sa.text("ALTER DATABASE hf_outage ALLOW_CONNECTIONS true"))
+    sender.join(timeout=60)
+    got = wait_for(lambda: all_outcomes(rclient, ids), 120, every_s=1,
+                   what="an outcome for every command")
+    assert {o["outcome"] for o in got.values()} == {"applied"}
+    store = sa.create_engine(store_url)
+    with store.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM requests")).scalar_one() == len(ids)
+        assert conn.execute(sa.text("SELECT count(*) FROM dead_letters")).scalar_one() == 0
+    store.dispose()
+    with admin.connect() as conn:
+        conn.execute(sa.text("DROP DATABASE IF EXISTS hf_outage WITH (FORCE)"))
+    admin.dispose()
