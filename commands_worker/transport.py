@@ -102,9 +102,11 @@ class QoS(kredis.QoS):  # type: ignore[misc]
         # The pop already recorded the message in ``unacked``, atomically: no second write.
         virtual.QoS.append(self, message, delivery_tag)
 
-    def _remove_from_indices(self, delivery_tag: str, pipe: Any = None) -> Any:
-        pipe = super()._remove_from_indices(delivery_tag, pipe)
-        return pipe.hdel(keys.REDELIVERIES_KEY, delivery_tag)
+    def ack(self, delivery_tag: str) -> None:
+        # Done with: forget it, and how often it was handed back (same round trip).
+        self._remove_from_indices(delivery_tag).hdel(keys.REDELIVERIES_KEY,
+                                                     delivery_tag).execute()
+        virtual.QoS.ack(self, delivery_tag)
 
     def restore_visible(self, start: int = 0, num: int = 10, interval: int = 10) -> None:
         channel: Channel = self.channel
@@ -123,7 +125,7 @@ class QoS(kredis.QoS):  # type: ignore[misc]
 
     def reject(self, delivery_tag: str, requeue: bool = False) -> None:
         if not requeue:
-            super().reject(delivery_tag, requeue=False)
+            self.ack(delivery_tag)
             return
         with self.channel.conn_or_acquire() as client:
             self._hand_back(client, delivery_tag, leftmost=True)
@@ -137,7 +139,7 @@ class QoS(kredis.QoS):  # type: ignore[misc]
             return
         raw = client.hget(self.unacked_key, tag)
         pipe = client.pipeline()
-        self._remove_from_indices(tag, pipe)
+        self._remove_from_indices(tag, pipe).hdel(keys.REDELIVERIES_KEY, tag)
         if raw is not None:
             message = loads(raw)[0]
             pipe.lpush(keys.DEAD_LETTER_INBOX_KEY, json.dumps({
