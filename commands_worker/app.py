@@ -11,6 +11,7 @@ of hand-backs after which a message is dead-lettered instead of looping.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 from urllib.parse import urlparse
 
@@ -31,16 +32,24 @@ def _transport_for(url: str) -> str | None:
     return "commands_worker.transport:Transport" if scheme in ("redis", "rediss") else None
 
 
+def _transport_options(s: Settings) -> dict[str, object]:
+    options: dict[str, object] = {
+        "visibility_timeout": s.visibility_timeout_s,
+        "unacked_restore_interval": max(1.0, s.visibility_timeout_s / 4),
+        "unacked_restore_throttle": 1,
+    }
+    if _transport_for(s.broker_url):
+        options["max_redeliveries"] = s.max_redeliveries
+    if os.environ.get("BROKER_SENTINEL_MASTER"):  # kombu's sentinel:// broker URLs
+        options["master_name"] = os.environ["BROKER_SENTINEL_MASTER"]
+    return options
+
+
 app = Celery("commands_worker", broker=settings.broker_url,
              include=["commands_worker.tasks"])
 app.conf.update(
     broker_transport=_transport_for(settings.broker_url),
-    broker_transport_options={
-        "visibility_timeout": settings.visibility_timeout_s,
-        "unacked_restore_interval": max(1.0, settings.visibility_timeout_s / 4),
-        "unacked_restore_throttle": 1,
-        "max_redeliveries": settings.max_redeliveries,
-    },
+    broker_transport_options=_transport_options(settings),
     broker_connection_retry_on_startup=True,
     task_serializer="json",
     result_serializer="json",

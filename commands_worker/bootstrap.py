@@ -18,6 +18,7 @@ from commands_worker.projector import Projector
 from commands_worker.service import Executor
 from commands_worker.store import Store, create_engine
 from commands_worker.templates import load_templates_file
+from shared.redis_urls import sync_client
 from shared.settings import Settings
 
 log = logging.getLogger("hostfactory.worker")
@@ -41,11 +42,11 @@ def build(settings: Settings | None = None, create_schema: bool = True) -> Deps:
     settings = settings or Settings.from_env()
     store = (Store.from_url(settings.store_url) if create_schema
              else Store(create_engine(settings.store_url)))
-    cache = redis.Redis.from_url(settings.cache_url, socket_timeout=5,
-                                 socket_connect_timeout=5, health_check_interval=30)
-    broker = (cache if settings.broker_url == settings.cache_url else
-              redis.Redis.from_url(settings.broker_url, socket_timeout=5,
-                                   socket_connect_timeout=5))
+    cache: redis.Redis = sync_client(settings.cache_url, socket_timeout=5,
+                                     socket_connect_timeout=5, health_check_interval=30)
+    broker: redis.Redis = (cache if settings.broker_url == settings.cache_url else
+                           sync_client(settings.broker_url, socket_timeout=5,
+                                       socket_connect_timeout=5))
     return Deps(settings, store, cache, broker, Projector(cache),
                 Executor(store.unit_of_work, settings.command_retention_s))
 

@@ -3,10 +3,12 @@ no re-serialisation of a document on the way out."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import contextlib
+import hmac
 import re
-import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -15,12 +17,15 @@ from typing import Any, Final
 import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from queries_service import openapi
 from queries_service.cache import CacheUnavailable, ReadCache, doc_version
+from queries_service.notify import ViewNotifier
 from shared import keys
 from shared.settings import Settings
 
@@ -86,8 +91,10 @@ def _ident(request: Request, name: str) -> str | None:
 class QueryApp:
     """The endpoints, over one read cache."""
 
-    def __init__(self, cache: ReadCache) -> None:
+    def __init__(self, cache: ReadCache, settings: Settings) -> None:
         self.cache = cache
+        self.max_wait_s = settings.query_max_wait_s
+        self.notifier = ViewNotifier(cache)
         self.requests_served: Counter[tuple[str, int]] = Counter()
         self._templates: tuple[int, list[dict[str, Any]]] = (-1, [])
 
@@ -97,9 +104,42 @@ class QueryApp:
             return _error(404, "not_found", "no such request")
         with_machines = _bool_param(request, "include_machines", True)
         min_version = _int_param(request, "min_version", 0, 0, 2**31)
+        wait_s = _int_param(request, "wait", 0, 0, self.max_wait_s)
         key = keys.request_key(ident) if with_machines else keys.request_summary_key(ident)
-        doc = await self.cache.get(key, min_version)
+        if wait_s and min_version:
+            doc = await self._wait_for(key, min_version, wait_s)
+        else:
+            doc = await self.cache.get(key, min_version)
         return _document(request, key, doc, "request", ident)
+
+    async def _wait_for(self, key: str, min_version: int, wait_s: int) -> bytes | None:
+        """Hold the poll until the view reaches ``min_version`` or ``wait_s`` pass."""
+        deadline = asyncio.get_running_loop().time() + wait_s
+        with self.notifier.waiting(key, min_version) as event:
+            while True:
+                doc = await self.cache.get(key, min_version)
+                left = deadline - asyncio.get_running_loop().time()
+                if (doc is not None and doc_version(doc) >= min_version) or left <= 0:
+                    return doc
+                event.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(event.wait(), left)
+
+    async def list_machines(self, request: Request) -> Response:
+        """The machines of one request, in the order they were first reported."""
+        ident = _ident(request, "request_id")
+        doc = await self.cache.get(keys.request_key(ident)) if ident else None
+        if doc is None:
+            return _error(404, "not_found", f"no request {ident!r}")
+        limit = _int_param(request, "limit", 100, 1, MAX_PAGE)
+        after = _decode_machine_cursor(request.query_params.get("cursor"))
+        machines = sorted(orjson.loads(doc)["machines"],
+                          key=lambda m: (m["created_at"], m["machine_id"]))
+        page = [m for m in machines if (m["created_at"], m["machine_id"]) > after][:limit]
+        cursor = (_encode_machine_cursor(page[-1]["created_at"], page[-1]["machine_id"])
+                  if len(page) == limit else None)
+        return Response(orjson.dumps({"machines": page, "next_cursor": cursor}), 200,
+                        media_type=JSON)
 
     async def get_machine(self, request: Request) -> Response:
         ident = _ident(request, "machine_id")
@@ -164,7 +204,9 @@ class QueryApp:
         return Response(orjson.dumps(body), 200, media_type=JSON)
 
     async def metrics(self, request: Request) -> Response:
-        lines = ["# TYPE hf_query_requests_total counter"]
+        lines = ["# TYPE hf_query_long_polls_waiting gauge",
+                 f"hf_query_long_polls_waiting {self.notifier.waiting_count()}",
+                 "# TYPE hf_query_requests_total counter"]
         for (route, code), count in sorted(self.requests_served.items()):
             lines.append(f'hf_query_requests_total{{route="{route}",code="{code}"}} {count}')
         for name, value in sorted(self.cache.counters.items()):
@@ -191,6 +233,22 @@ def _template_matches(template: dict[str, Any], filters: dict[str, str]) -> bool
 
 def _encode_cursor(score: int) -> str:
     return base64.urlsafe_b64encode(f"s{score}".encode()).decode().rstrip("=")
+
+
+def _encode_machine_cursor(created_at: float, machine_id: str) -> str:
+    raw = orjson.dumps([created_at, machine_id])
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_machine_cursor(cursor: str | None) -> tuple[float, str]:
+    if not cursor:
+        return (float("-inf"), "")
+    try:
+        created_at, machine_id = orjson.loads(
+            base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        return float(created_at), str(machine_id)
+    except (binascii.Error, ValueError, TypeError):
+        raise BadParameter("cursor", "is not a cursor this service returned") from None
 
 
 def _decode_cursor(cursor: str | None) -> int:
@@ -242,8 +300,10 @@ def create_app(settings: Settings | None = None, cache: ReadCache | None = None)
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         own = cache or ReadCache.from_settings(settings)
-        holder["app"] = QueryApp(own)
+        query_app = holder["app"] = QueryApp(own, settings)
+        query_app.notifier.start()
         yield
+        await query_app.notifier.stop()
         if cache is None:
             await own.close()
 
@@ -257,6 +317,7 @@ def create_app(settings: Settings | None = None, cache: ReadCache | None = None)
 
     routes = [
         route("/requests/{request_id}", "get_request"),
+        route("/requests/{request_id}/machines", "list_machines"),
         route("/requests", "list_requests"),
         route("/machines/{machine_id}", "get_machine"),
         route("/commands/{command_id}", "get_command"),
@@ -266,8 +327,35 @@ def create_app(settings: Settings | None = None, cache: ReadCache | None = None)
         route("/metrics", "metrics"),
         route("/openapi.json", "openapi_json"),
     ]
-    return Starlette(routes=routes, lifespan=lifespan,
+    middleware = [Middleware(BearerTokens, tokens=settings.query_api_tokens)]
+    return Starlette(routes=routes, lifespan=lifespan, middleware=middleware,
                      exception_handlers={HTTPException: _http_error, Exception: _server_error})
 
 
-_started = time.time()
+class BearerTokens:
+    """Optional bearer tokens (``QUERY_API_TOKENS``), compared in constant time. Liveness and
+    readiness stay open for orchestrators."""
+
+    OPEN_PATHS: Final = frozenset({"/healthz", "/readyz"})
+
+    def __init__(self, app: ASGIApp, tokens: tuple[str, ...]) -> None:
+        self.app = app
+        self.tokens = [t.encode() for t in tokens]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (not self.tokens or scope["type"] != "http" or scope["path"] in self.OPEN_PATHS
+                or self._allowed(scope)):
+            await self.app(scope, receive, send)
+            return
+        response = _error(401, "unauthorized", "send Authorization: Bearer <token>")
+        response.headers["www-authenticate"] = "Bearer"
+        await response(scope, receive, send)
+
+    def _allowed(self, scope: Scope) -> bool:
+        header = dict(scope["headers"]).get(b"authorization", b"")
+        scheme, _, token = header.partition(b" ")
+        if scheme.lower() != b"bearer":
+            return False
+        # Compare against every token, always: no early exit that timing could reveal.
+        matches = [hmac.compare_digest(token.strip(), t) for t in self.tokens]
+        return any(matches)

@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from shared.redis_urls import async_client
 from shared.settings import Settings
 
 _VERSION_RE: Final = re.compile(rb'^\{"version":(\d+)')
@@ -35,12 +36,14 @@ class ReadCache:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ReadCache:
-        def client(url: str) -> aioredis.Redis:
-            return aioredis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=1,
-                                           health_check_interval=15)
-        primary = client(settings.cache_url)
+        def client(url: str, replica: bool) -> aioredis.Redis:
+            made: aioredis.Redis = async_client(url, replica=replica, socket_timeout=2,
+                                                socket_connect_timeout=1,
+                                                health_check_interval=15)
+            return made
+        primary = client(settings.cache_url, replica=False)
         replica = None if settings.cache_read_url == settings.cache_url else client(
-            settings.cache_read_url)
+            settings.cache_read_url, replica=True)
         return cls(primary, replica)
 
     async def close(self) -> None:

@@ -65,7 +65,10 @@ def _paths() -> dict[str, Any]:
         "/requests/{request_id}": _get(
             "A request's view", _ref("RequestView"),
             [_id_param("request_id"), _bool("include_machines"),
-             _int("min_version", 0, 2**31)], "getRequest"),
+             _int("min_version", 0, 2**31), _int("wait", 0, 60)], "getRequest"),
+        "/requests/{request_id}/machines": _get(
+            "A page of a request's machines, in the order first reported", plain,
+            [_id_param("request_id"), _int("limit", 1, 500), cursor], "listRequestMachines"),
         "/requests": _get("A page of request views", _ref("RequestsPage"),
                           [status, _int("limit", 1, 500), cursor, _bool("include_machines")],
                           "listRequests"),

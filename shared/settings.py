@@ -51,6 +51,9 @@ class Settings:
     # Retries (with backoff) of a command whose store or cache is unreachable.
     max_retries: int = 8
     log_level: str = "INFO"
+    # Bearer tokens the query service accepts; empty: no authentication.
+    query_api_tokens: tuple[str, ...] = ()
+    query_max_wait_s: int = 60
     extra: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -74,4 +77,7 @@ class Settings:
             max_redeliveries=_int(env, "MAX_REDELIVERIES", 5),
             max_retries=_int(env, "COMMAND_MAX_RETRIES", 8),
             log_level=env.get("LOG_LEVEL") or "INFO",
+            query_api_tokens=tuple(t.strip() for t in env.get("QUERY_API_TOKENS", "").split(",")
+                                   if t.strip()),
+            query_max_wait_s=_int(env, "QUERY_MAX_WAIT_S", 60),
         )

@@ -1,0 +1,90 @@
+"""Long-poll wake-ups: one pub/sub subscription per process to the projector's announcements
+(which replicas relay), fanned out to the waiting requests. A waiting poll costs an entry in
+a dict and an event, not a Redis round trip per tick."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import defaultdict
+from collections.abc import Iterator
+
+from queries_service.cache import UNAVAILABLE, ReadCache
+from shared import keys
+
+log = logging.getLogger("hostfactory.queries")
+
+
+class ViewNotifier:
+    def __init__(self, cache: ReadCache) -> None:
+        self.cache = cache
+        self.waiters: dict[str, list[tuple[int, asyncio.Event]]] = defaultdict(list)
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        # The primary announces first; a replica relays the same messages. Listening to both
+        # wakes pollers as early as possible and survives either one going away.
+        sources = [c for c in (self.cache.primary, self.cache.replica) if c is not None]
+        self._tasks = [asyncio.create_task(self._listen_forever(c)) for c in sources]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    @contextlib.contextmanager
+    def waiting(self, key: str, min_version: int) -> Iterator[asyncio.Event]:
+        """Register before reading, so a write between the read and the wait is not missed."""
+        entry = (min_version, asyncio.Event())
+        self.waiters[key].append(entry)
+        try:
+            yield entry[1]
+        finally:
+            waiting = self.waiters.get(key)
+            if waiting is not None:
+                waiting.remove(entry)
+                if not waiting:
+                    del self.waiters[key]
+
+    def waiting_count(self) -> int:
+        return sum(len(w) for w in self.waiters.values())
+
+    def dispatch(self, data: bytes) -> None:
+        key, _, version_text = data.decode("utf-8", "replace").rpartition(" ")
+        waiting = self.waiters.get(key)
+        if not waiting or not version_text.isdigit():
+            return
+        version = int(version_text)
+        for min_version, event in waiting:
+            if version >= min_version:
+                event.set()
+
+    async def _listen_forever(self, client: object) -> None:
+        while True:
+            try:
+                await self._listen(client)
+            except asyncio.CancelledError:
+                raise
+            except (*UNAVAILABLE, RuntimeError):
+                self._wake_everyone()  # waiters re-read rather than sleep through an outage
+                await asyncio.sleep(0.5)
+
+    async def _listen(self, client: object) -> None:
+        pubsub = client.pubsub()  # type: ignore[attr-defined]
+        try:
+            await pubsub.subscribe(keys.VIEWS_CHANNEL)
+            while True:
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5.0)
+                if message is not None and message["type"] == "message":
+                    self.dispatch(message["data"])
+        finally:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
+
+    def _wake_everyone(self) -> None:
+        for waiting in self.waiters.values():
+            for _, event in waiting:
+                event.set()
