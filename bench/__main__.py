@@ -1,0 +1,442 @@
+"""python -m bench: throughput, lag, latency and memory of the pair, each against a bare
+baseline measured in the same run on the same machine. Writes bench/results.json and prints a
+table. See bench/README.md."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import redis
+from celery import Celery
+
+ROOT = Path(__file__).resolve().parent.parent
+QUEUES = ("commands.requests", "commands.machines")
+PG_ADMIN = os.environ.get("BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_until(predicate: Any, timeout_s: float, what: str, every_s: float = 0.02) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"bench: timed out waiting for {what}")
+        time.sleep(every_s)
+
+
+@contextmanager
+def redis_server(workdir: Path) -> Iterator[str]:
+    port = free_port()
+    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                             "--save", "", "--appendonly", "no", "--dir", str(workdir)],
+                            stdout=subprocess.DEVNULL)
+    client = redis.Redis(port=port)
+    wait_until(lambda: _ping(client), 10, "redis-server")
+    try:
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+def _ping(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+
+
+class Group:
+    """A process group started for the bench, with its peak memory."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], log: Path) -> None:
+        self.log = log.open("ab")
+        self.proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=self.log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+
+    def peak_rss_mb(self) -> float:
+        """The largest peak RSS (VmHWM) of any process of the group."""
+        peaks = []
+        for pid in _group_pids(self.proc.pid):
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                continue
+            match = re.search(r"VmHWM:\s+(\d+) kB", status)
+            if match:
+                peaks.append(int(match.group(1)) / 1024)
+        return round(max(peaks, default=0.0), 1)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        self.log.close()
+
+
+def _group_pids(pgid: int) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.getpgid(int(entry.name)) == pgid:
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+def worker_argv(app: str, concurrency: int, queues: str) -> list[str]:
+    return [sys.executable, "-m", "celery", "-A", app, "worker", "-Q", queues,
+            "-c", str(concurrency), "--without-gossip", "--without-mingle",
+            "--without-heartbeat", "-l", "warning"]
+
+
+def drain_time(client: redis.Redis, queues: tuple[str, ...], total: int) -> float:
+    """From the first message taken to the last one acknowledged."""
+    wait_until(lambda: sum(client.llen(q) for q in queues) < total, 60, "the first pop",
+               every_s=0.002)
+    started = time.perf_counter()
+    wait_until(lambda: sum(client.llen(q) for q in queues) == 0 and client.hlen("unacked") == 0,
+               600, "the queue to drain", every_s=0.005)
+    return time.perf_counter() - started
+
+
+def fill(redis_url: str, messages: list[tuple[str, str, dict[str, Any]]]) -> None:
+    producer = Celery("bench-producer", broker=redis_url, set_as_current=False)
+    producer.conf.task_serializer = "json"
+    with producer.connection_for_write() as conn, producer.producer_or_acquire() as pub:
+        del conn
+        for task, queue, kwargs in messages:
+            producer.send_task(task, kwargs=kwargs, queue=queue, producer=pub)
+    producer.close()
+
+
+def bench_bare(redis_url: str, n: int, concurrency: int, workdir: Path) -> dict[str, Any]:
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    fill(redis_url, [("bench.noop", "bench.noop", {"i": i}) for i in range(n)])
+    env = {**os.environ, "REDIS_URL": redis_url, "PYTHONPATH": str(ROOT)}
+    group = Group(worker_argv("bench.bare_celery", concurrency, "bench.noop"), env,
+                  workdir / f"bare-{concurrency}.log")
+    try:
+        seconds = drain_time(client, ("bench.noop",), n)
+    finally:
+        rss = group.peak_rss_mb()
+        group.stop()
+    return {"tasks": n, "seconds": round(seconds, 3), "per_s": round(n / seconds, 1),
+            "peak_rss_mb": rss}
+
+
+def stack_env(redis_url: str, store_url: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("REDIS_", "BROKER_", "CACHE_", "STORE_", "QUERY_"))}
+    env.update({"REDIS_URL": redis_url, "STORE_URL": store_url, "PYTHONPATH": str(ROOT),
+                "LOG_LEVEL": "WARNING"})
+    return env
+
+
+def fresh_store(kind: str, workdir: Path) -> str:
+    if kind == "sqlite":
+        path = workdir / f"bench-{uuid.uuid4().hex[:8]}.sqlite3"
+        return f"sqlite:///{path}"
+    import sqlalchemy as sa
+
+    admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text("DROP DATABASE IF EXISTS hf_bench WITH (FORCE)"))
+        conn.execute(sa.text("CREATE DATABASE hf_bench"))
+    admin.dispose()
+    return PG_ADMIN.rsplit("/", 1)[0] + "/hf_bench"
+
+
+def start_worker(env: dict[str, str], concurrency: int, log: Path,
+                 client: redis.Redis) -> Group:
+    group = Group(worker_argv("commands_worker.app", concurrency, ",".join(QUEUES)), env, log)
+    wait_until(lambda: client.exists("hf:v1:templates"), 60, "the worker to start")
+    return group
+
+
+def bench_commands(redis_url: str, store: str, n: int, k: int, concurrency: int,
+                   workdir: Path) -> dict[str, Any]:
+    """N CreateRequest, then N*k UpdateMachineStatus, drained until committed and visible."""
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    env = stack_env(redis_url, fresh_store(store, workdir))
+    run = uuid.uuid4().hex[:6]
+    creates = [("commands.create_request", "commands.requests",
+                {"template_id": "x86-large", "max_number": k, "request_id": f"b{run}-{i}"})
+               for i in range(n)]
+    reports = [("commands.update_machine_status", "commands.machines",
+                {"machine_id": f"b{run}-{i}-{m}", "status": "running",
+                 "request_id": f"b{run}-{i}"}) for i in range(n) for m in range(k)]
+    # The worker starts on empty queues (schema, templates), then is stopped, so each phase
+    # below measures draining alone.
+    group = start_worker(env, concurrency, workdir / f"ours-{store}-{concurrency}.log", client)
+    group.stop()
+    seconds = 0.0
+    rss = 0.0
+    for phase in (creates, reports):
+        fill(redis_url, phase)
+        group = Group(worker_argv("commands_worker.app", concurrency, ",".join(QUEUES)), env,
+                      workdir / f"ours-{store}-{concurrency}.log")
+        try:
+            seconds += drain_time(client, QUEUES, len(phase))
+        finally:
+            rss = max(rss, group.peak_rss_mb())
+            group.stop()
+    complete = client.zcard("hf:v1:idx:requests:complete")
+    if complete != n:
+        raise SystemExit(f"bench: only {complete} of {n} requests complete and visible")
+    total = n + n * k
+    return {"commands": total, "seconds": round(seconds, 3), "per_s": round(total / seconds, 1),
+            "peak_rss_mb": rss, "visible_complete_requests": complete}
+
+
+def bench_lag(redis_url: str, rate: float, duration_s: float, workdir: Path,
+              query_port: int) -> dict[str, Any]:
+    """Steady load at ``rate`` commands/s: send to visible through the query service."""
+    import httpx
+
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    env = stack_env(redis_url, fresh_store("sqlite", workdir))
+    group = start_worker(env, 2, workdir / "lag-worker.log", client)
+    queries = Group([sys.executable, "-m", "queries_service"],
+                    {**env, "QUERY_PORT": str(query_port)}, workdir / "lag-queries.log")
+    base = f"http://127.0.0.1:{query_port}"
+    wait_until(lambda: _http_ok(f"{base}/healthz"), 30, "the query service")
+    sent: dict[str, float] = {}
+    seen: dict[str, float] = {}
+    stop = threading.Event()
+
+    def watch() -> None:
+        pubsub = client.pubsub(ignore_subscribe_messages=True)
+        pubsub.subscribe("hf:v1:views")
+        http = httpx.Client(base_url=base)
+        while not stop.is_set():
+            message = pubsub.get_message(timeout=0.1)
+            if message is None:
+                continue
+            key = message["data"].decode().split(" ")[0]
+            if key.startswith("hf:v1:command:"):
+                command_id = key.removeprefix("hf:v1:command:")
+                if http.get(f"/commands/{command_id}").status_code == 200:
+                    seen[command_id] = time.perf_counter()
+        http.close()
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    time.sleep(0.5)
+    producer = Celery("lag-producer", broker=redis_url, set_as_current=False)
+    interval = 1.0 / rate
+    started = time.perf_counter()
+    n = 0
+    while time.perf_counter() - started < duration_s:
+        due = started + n * interval
+        time.sleep(max(0.0, due - time.perf_counter()))
+        command_id = str(uuid.uuid4())
+        if n % 3 == 0:
+            task, queue, kwargs = ("commands.create_request", "commands.requests",
+                                   {"template_id": "x86-large", "max_number": 2})
+        else:
+            task, queue, kwargs = ("commands.update_machine_status", "commands.machines",
+                                   {"machine_id": f"lag-{n // 3}-{n % 3}", "status": "running",
+                                    "request_id": f"req-lag-{n // 3}"})
+            kwargs["request_id"] = last_request
+        sent[command_id] = time.perf_counter()
+        producer.send_task(task, kwargs=kwargs, task_id=command_id, queue=queue)
+        if n % 3 == 0:
+            last_request = f"req-{command_id}"
+        n += 1
+    wait_until(lambda: len(seen) >= len(sent), 60, "every command to be visible", 0.05)
+    stop.set()
+    watcher.join()
+    producer.close()
+    queries.stop()
+    group.stop()
+    lags = sorted((seen[c] - sent[c]) * 1000 for c in sent)
+    return {"rate_per_s": round(rate, 1), "commands": len(sent),
+            "p50_ms": round(statistics.median(lags), 2),
+            "p99_ms": round(lags[int(len(lags) * 0.99) - 1], 2), "max_ms": round(lags[-1], 2)}
+
+
+def _http_ok(url: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def wrk(url: str, connections: int, duration_s: int) -> dict[str, Any]:
+    out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{duration_s}s", "--latency",
+                          url], capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    latency = dict(re.findall(r"^\s+(50|99)%\s+([\d.]+\w+)", out, re.M))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {"req_per_s": round(rps, 1), "p50": latency.get("50"), "p99": latency.get("99"),
+            "p50_ms": _ms(latency.get("50")), "p99_ms": _ms(latency.get("99")),
+            "non_2xx": int(errors.group(1)) if errors else 0}
+
+
+def _ms(text: str | None) -> float | None:
+    if text is None:
+        return None
+    value, unit = re.match(r"([\d.]+)(\w+)", text).groups()  # type: ignore[union-attr]
+    return round(float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit], 3)
+
+
+def bench_queries(redis_url: str, connections: int, duration_s: int,
+                  workdir: Path) -> dict[str, Any]:
+    from commands_worker import bootstrap
+    from commands_worker.service import Envelope
+    from shared.settings import Settings
+
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    env = stack_env(redis_url, fresh_store("sqlite", workdir))
+    deps = bootstrap.build(Settings.from_env(env))
+    bootstrap.load_and_project_templates(deps)
+    deps.projector.project(deps.executor.execute(Envelope(
+        "commands.create_request", "q1", {"template_id": "x86-large", "max_number": 50})).docs)
+    for m in range(50):
+        deps.projector.project(deps.executor.execute(Envelope(
+            "commands.update_machine_status", f"q1-{m}",
+            {"machine_id": f"q1-m{m:02d}", "status": "running", "request_id": "req-q1",
+             "metadata": {"name": f"host-{m}", "private_ip": f"192.0.2.{m + 1}",
+                          "instance_type": "m5.2xlarge", "price_type": "spot"}})).docs)
+    summary_bytes = len(client.get("hf:v1:request-summary:req-q1") or b"")
+    results: dict[str, Any] = {"connections": connections, "duration_s": duration_s,
+                               "request_view_bytes": len(client.get("hf:v1:request:req-q1")
+                                                         or b""),
+                               "summary_view_bytes": summary_bytes}
+    port = free_port()
+    bare = Group([sys.executable, "-m", "uvicorn", "bench.bare_starlette:app", "--port",
+                  str(port), "--workers", "1", "--loop", "uvloop", "--http", "httptools",
+                  "--log-level", "warning", "--no-access-log"],
+                 {**env, "BODY_BYTES": str(summary_bytes)}, workdir / "bare-starlette.log")
+    wait_until(lambda: _http_ok(f"http://127.0.0.1:{port}/hello"), 30, "bare starlette")
+    results["baseline_hello"] = wrk(f"http://127.0.0.1:{port}/hello", connections, duration_s)
+    results["baseline_hello"]["peak_rss_mb"] = bare.peak_rss_mb()
+    bare.stop()
+
+    port = free_port()
+    ours = Group([sys.executable, "-m", "queries_service"],
+                 {**env, "QUERY_PORT": str(port), "QUERY_WORKERS": "1"},
+                 workdir / "queries.log")
+    base = f"http://127.0.0.1:{port}"
+    wait_until(lambda: _http_ok(f"{base}/healthz"), 30, "the query service")
+    for name, path in (("request_50_machines", "/requests/req-q1"),
+                       ("request_summary", "/requests/req-q1?include_machines=false"),
+                       ("templates", "/templates")):
+        results[name] = wrk(base + path, connections, duration_s)
+        results[name]["ratio_to_baseline"] = round(
+            results[name]["req_per_s"] / results["baseline_hello"]["req_per_s"], 3)
+    results["query_service_peak_rss_mb"] = ours.peak_rss_mb()
+    ours.stop()
+    return results
+
+
+def machine() -> dict[str, Any]:
+    cpu = "unknown"
+    with open("/proc/cpuinfo") as info:
+        for line in info:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem_kb = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text())
+                 .group(1))  # type: ignore[union-attr]
+    redis_version = subprocess.run(["redis-server", "--version"], capture_output=True,
+                                   text=True, check=False).stdout.split()[2]
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem_kb / 2**20, 1),
+            "python": platform.python_version(), "redis": redis_version,
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--n", type=int, default=1000, help="CreateRequest commands per run")
+    parser.add_argument("--k", type=int, default=2, help="machine reports per request")
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
+    parser.add_argument("--skip-postgres", action="store_true")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results.json"))
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("bench: wrk is needed (apt-get install wrk)")
+    results: dict[str, Any] = {"machine": machine(), "n": args.n, "k": args.k}
+    total = args.n * (1 + args.k)
+    with tempfile.TemporaryDirectory(prefix="hf-bench-") as tmp, redis_server(Path(tmp)) as url:
+        workdir = Path(tmp)
+        results["celery_noop"] = {c: bench_bare(url, total, c, workdir) for c in (1, 2)}
+        results["commands"] = {}
+        for store in ("sqlite", *(() if args.skip_postgres else ("postgres",))):
+            for c in (1, 2):
+                run = bench_commands(url, store, args.n, args.k, c, workdir)
+                run["ratio_to_noop"] = round(run["per_s"] / results["celery_noop"][c]["per_s"],
+                                             3)
+                results["commands"][f"{store}-c{c}"] = run
+                print(f"{store} -c {c}: {run}", flush=True)
+        half = results["commands"]["sqlite-c2"]["per_s"] / 2
+        results["lag"] = bench_lag(url, half, 10, workdir, free_port())
+        results["queries"] = bench_queries(url, args.connections, args.duration, workdir)
+    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    print_table(results)
+
+
+def print_table(r: dict[str, Any]) -> None:
+    m = r["machine"]
+    print(f"\nmachine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, Python "
+          f"{m['python']}, Redis {m['redis']}, {m['date']}")
+    print(f"\n{'commands (N=' + str(r['n']) + ', k=' + str(r['k']) + ')':<28}"
+          f"{'cmds/s':>10}{'noop/s':>10}{'ratio':>8}{'peak RSS MB':>13}")
+    for name, run in r["commands"].items():
+        c = int(name[-1])
+        print(f"{name:<28}{run['per_s']:>10}{r['celery_noop'][c]['per_s']:>10}"
+              f"{run['ratio_to_noop']:>8}{run['peak_rss_mb']:>13}")
+    lag = r["lag"]
+    print(f"\nprojection lag at {lag['rate_per_s']}/s ({lag['commands']} commands): "
+          f"p50 {lag['p50_ms']} ms, p99 {lag['p99_ms']} ms, max {lag['max_ms']} ms")
+    q = r["queries"]
+    print(f"\n{'queries (' + str(q['connections']) + ' conns)':<28}{'req/s':>10}{'ratio':>8}"
+          f"{'p50 ms':>9}{'p99 ms':>9}")
+    base = q["baseline_hello"]
+    print(f"{'baseline hello':<28}{base['req_per_s']:>10}{1.0:>8}{base['p50_ms']:>9}"
+          f"{base['p99_ms']:>9}")
+    for name in ("request_50_machines", "request_summary", "templates"):
+        s = q[name]
+        print(f"{name:<28}{s['req_per_s']:>10}{s['ratio_to_baseline']:>8}{s['p50_ms']:>9}"
+              f"{s['p99_ms']:>9}")
+    print(f"query service peak RSS {q['query_service_peak_rss_mb']} MB")
+
+
+if __name__ == "__main__":
+    main()

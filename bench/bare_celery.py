@@ -1,0 +1,20 @@
+"""The command-side baseline: a bare Celery app, same broker and worker settings, no-op task."""
+
+from __future__ import annotations
+
+import os
+
+from celery import Celery
+
+app = Celery("bare", broker=os.environ.get("REDIS_URL", "redis://localhost:6379/0"))
+app.conf.update(
+    task_serializer="json", accept_content=["json"], task_ignore_result=True,
+    task_acks_late=True, task_reject_on_worker_lost=True, worker_prefetch_multiplier=1,
+    worker_hijack_root_logger=False, worker_send_task_events=False,
+    broker_connection_retry_on_startup=True,
+)
+
+
+@app.task(name="bench.noop")
+def noop(**kwargs: object) -> None:
+    return None
