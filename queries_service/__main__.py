@@ -11,7 +11,7 @@ def main() -> None:
     settings = Settings.from_env()
     uvicorn.run("queries_service.asgi:app", host=settings.query_host, port=settings.query_port,
                 workers=settings.query_workers, log_level="warning", access_log=False,
-                lifespan="on")
+                lifespan="on", loop="uvloop", http="httptools", backlog=4096)
 
 
 if __name__ == "__main__":

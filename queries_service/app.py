@@ -17,7 +17,6 @@ from typing import Any, Final
 import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -25,6 +24,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from queries_service import openapi
 from queries_service.cache import CacheUnavailable, ReadCache, doc_version
+from queries_service.local import FastPath, LocalViews
 from queries_service.notify import ViewNotifier
 from shared import keys
 from shared.settings import Settings
@@ -91,10 +91,11 @@ def _ident(request: Request, name: str) -> str | None:
 class QueryApp:
     """The endpoints, over one read cache."""
 
-    def __init__(self, cache: ReadCache, settings: Settings) -> None:
+    def __init__(self, cache: ReadCache, settings: Settings, local: LocalViews) -> None:
         self.cache = cache
+        self.local = local
         self.max_wait_s = settings.query_max_wait_s
-        self.notifier = ViewNotifier(cache)
+        self.notifier = ViewNotifier(cache, local)
         self.requests_served: Counter[tuple[str, int]] = Counter()
         self._templates: tuple[int, list[dict[str, Any]]] = (-1, [])
 
@@ -109,8 +110,19 @@ class QueryApp:
         if wait_s and min_version:
             doc = await self._wait_for(key, min_version, wait_s)
         else:
-            doc = await self.cache.get(key, min_version)
+            doc = await self._read(key, min_version)
         return _document(request, key, doc, "request", ident)
+
+    async def _read(self, key: str, min_version: int = 0) -> bytes | None:
+        """A view from this process if it is known current, else from Redis (then kept)."""
+        doc = self.local.get(key)
+        if doc is not None and (not min_version or doc_version(doc) >= min_version):
+            return doc
+        stamp = self.local.stamp(key)
+        doc = await self.cache.get(key, min_version)
+        if doc is not None:
+            self.local.keep(key, doc, stamp)
+        return doc
 
     async def _wait_for(self, key: str, min_version: int, wait_s: int) -> bytes | None:
         """Hold the poll until the view reaches ``min_version`` or ``wait_s`` pass."""
@@ -146,7 +158,7 @@ class QueryApp:
         if ident is None:
             return _error(404, "not_found", "no such machine")
         key = keys.machine_key(ident)
-        doc = await self.cache.get(key, _int_param(request, "min_version", 0, 0, 2**31))
+        doc = await self._read(key, _int_param(request, "min_version", 0, 0, 2**31))
         return _document(request, key, doc, "machine", ident)
 
     async def get_command(self, request: Request) -> Response:
@@ -154,7 +166,7 @@ class QueryApp:
         if ident is None:
             return _error(404, "not_found", "no such command")
         key = keys.command_key(ident)
-        return _document(request, key, await self.cache.get(key), "command", ident)
+        return _document(request, key, await self._read(key), "command", ident)
 
     async def list_requests(self, request: Request) -> Response:
         status = request.query_params.get("status") or None
@@ -177,13 +189,17 @@ class QueryApp:
         limit = _int_param(request, "limit", 100, 1, 1000)
         offset = _int_param(request, "offset", 0, 0, 10**6)
         filters = {k: v for k, v in request.query_params.items() if k not in ("limit", "offset")}
+        stamp = self.local.stamp(keys.TEMPLATES_KEY)
         templates = await self._load_templates()
         matching = [t for t in templates if _template_matches(t, filters)]
-        body = {"templates": matching[offset:offset + limit], "total": len(matching)}
-        return Response(orjson.dumps(body), 200, media_type=JSON)
+        body = orjson.dumps({"templates": matching[offset:offset + limit],
+                             "total": len(matching)})
+        query = request.scope["query_string"].decode("latin-1")
+        self.local.keep(f"templates?{query}", body, stamp, stamp_key=keys.TEMPLATES_KEY)
+        return Response(body, 200, media_type=JSON)
 
     async def _load_templates(self) -> list[dict[str, Any]]:
-        doc = await self.cache.get(keys.TEMPLATES_KEY)
+        doc = await self._read(keys.TEMPLATES_KEY)
         if doc is None:
             return []
         version = doc_version(doc)
@@ -209,6 +225,8 @@ class QueryApp:
                  "# TYPE hf_query_requests_total counter"]
         for (route, code), count in sorted(self.requests_served.items()):
             lines.append(f'hf_query_requests_total{{route="{route}",code="{code}"}} {count}')
+        lines += ["# TYPE hf_query_local_hits_total counter",
+                  f"hf_query_local_hits_total {self.local.hits}"]
         for name, value in sorted(self.cache.counters.items()):
             lines.append(f"# TYPE hf_query_cache_{name}_total counter")
             lines.append(f"hf_query_cache_{name}_total {value}")
@@ -293,14 +311,15 @@ async def _server_error(request: Request, exc: Exception) -> Response:
     return _error(500, "internal_error", "the service failed; see its log")
 
 
-def create_app(settings: Settings | None = None, cache: ReadCache | None = None) -> Starlette:
+def create_app(settings: Settings | None = None, cache: ReadCache | None = None) -> ASGIApp:
     settings = settings or Settings.from_env()
     holder: dict[str, QueryApp] = {}
+    local = LocalViews()
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         own = cache or ReadCache.from_settings(settings)
-        query_app = holder["app"] = QueryApp(own, settings)
+        query_app = holder["app"] = QueryApp(own, settings, local)
         query_app.notifier.start()
         yield
         await query_app.notifier.stop()
@@ -327,9 +346,14 @@ def create_app(settings: Settings | None = None, cache: ReadCache | None = None)
         route("/metrics", "metrics"),
         route("/openapi.json", "openapi_json"),
     ]
-    middleware = [Middleware(BearerTokens, tokens=settings.query_api_tokens)]
-    return Starlette(routes=routes, lifespan=lifespan, middleware=middleware,
-                     exception_handlers={HTTPException: _http_error, Exception: _server_error})
+    app = Starlette(routes=routes, lifespan=lifespan,
+                    exception_handlers={HTTPException: _http_error, Exception: _server_error})
+
+    def count(route: str, status: int) -> None:
+        holder["app"].requests_served[(route, status)] += 1
+
+    # Outermost the tokens, then the fast path for views known current, then the framework.
+    return BearerTokens(FastPath(app, local, count), settings.query_api_tokens)
 
 
 class BearerTokens:

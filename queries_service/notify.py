@@ -11,14 +11,16 @@ from collections import defaultdict
 from collections.abc import Iterator
 
 from queries_service.cache import UNAVAILABLE, ReadCache
+from queries_service.local import LocalViews
 from shared import keys
 
 log = logging.getLogger("hostfactory.queries")
 
 
 class ViewNotifier:
-    def __init__(self, cache: ReadCache) -> None:
+    def __init__(self, cache: ReadCache, local: LocalViews) -> None:
         self.cache = cache
+        self.local = local
         self.waiters: dict[str, list[tuple[int, asyncio.Event]]] = defaultdict(list)
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -26,6 +28,7 @@ class ViewNotifier:
         # The primary announces first; a replica relays the same messages. Listening to both
         # wakes pollers as early as possible and survives either one going away.
         sources = [c for c in (self.cache.primary, self.cache.replica) if c is not None]
+        self.local.sources = len(sources)
         self._tasks = [asyncio.create_task(self._listen_forever(c)) for c in sources]
 
     async def stop(self) -> None:
@@ -54,6 +57,7 @@ class ViewNotifier:
 
     def dispatch(self, data: bytes) -> None:
         key, _, version_text = data.decode("utf-8", "replace").rpartition(" ")
+        self.local.invalidate(key)
         waiting = self.waiters.get(key)
         if not waiting or not version_text.isdigit():
             return
@@ -74,13 +78,18 @@ class ViewNotifier:
 
     async def _listen(self, client: object) -> None:
         pubsub = client.pubsub()  # type: ignore[attr-defined]
+        live = False
         try:
             await pubsub.subscribe(keys.VIEWS_CHANNEL)
+            live = True
+            self.local.source_up()
             while True:
                 message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5.0)
                 if message is not None and message["type"] == "message":
                     self.dispatch(message["data"])
         finally:
+            if live:
+                self.local.source_down()
             with contextlib.suppress(Exception):
                 await pubsub.aclose()
 

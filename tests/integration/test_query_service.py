@@ -109,3 +109,21 @@ def test_views_parse_with_the_shared_models(client: TestClient, rclient: redis.R
     MachineView.model_validate(client.get("/machines/r3-m0").json())
     assert orjson.loads(client.get("/requests/r3?include_machines=false").content).get(
         "machines") is None
+
+
+def test_views_kept_in_process_follow_every_projection(client: TestClient,
+                                                       rclient: redis.Redis) -> None:
+    from tests.conftest import wait_for
+
+    put_request(rclient, 9)
+    wait_for(lambda: "hf_query_local_hits_total" in client.get("/metrics").text, 5,
+             what="metrics")
+    for _ in range(3):
+        assert client.get("/requests/r9").json()["version"] == 1
+    hits = client.get("/metrics").text
+    assert "hf_query_local_hits_total 0" not in hits  # repeated polls served in-process
+    for version in (2, 3, 4):
+        put_request(rclient, 9, status="in_progress", version=version)
+        wait_for(lambda v=version: client.get("/requests/r9").json()["version"] == v, 5,
+                 what=f"version {version} through the in-process copy")
+    assert client.get("/requests/r9?include_machines=false").json()["version"] == 4

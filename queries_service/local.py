@@ -1,0 +1,138 @@
+"""Hot views kept in the process, and the fast path that serves them.
+
+Pollers ask for the same few views again and again. A view read from Redis is kept here until
+the projector announces a newer version of it (the notifier's subscription), so a repeated
+poll costs no Redis round trip and no framework routing. The local copy is used only while
+every subscription is live: when one drops, everything kept is forgotten, because an
+announcement may have been missed. A read that raced an announcement is not kept (generation
+check). ``min_version`` and ``If-None-Match`` are honoured on the fast path too.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Final
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from queries_service.cache import doc_version
+from shared import keys
+
+_JSON: Final = (b"content-type", b"application/json")
+_NO_CACHE: Final = (b"cache-control", b"no-cache")
+
+
+class LocalViews:
+    def __init__(self, max_entries: int = 20_000) -> None:
+        self.max_entries = max_entries
+        self.docs: OrderedDict[str, bytes] = OrderedDict()
+        self.generation: dict[str, int] = {}
+        self.live_sources = 0
+        self.sources = 0
+        self.hits = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.sources > 0 and self.live_sources == self.sources
+
+    def get(self, key: str) -> bytes | None:
+        if not self.enabled:
+            return None
+        doc = self.docs.get(key)
+        if doc is not None:
+            self.hits += 1
+        return doc
+
+    def stamp(self, key: str) -> int:
+        return self.generation.get(key, 0)
+
+    def keep(self, key: str, doc: bytes, stamp: int, stamp_key: str | None = None) -> None:
+        """Keep ``doc`` unless an announcement for ``stamp_key`` (default ``key``) arrived
+        since ``stamp`` was taken."""
+        if not self.enabled or self.generation.get(stamp_key or key, 0) != stamp:
+            return
+        self.docs[key] = doc
+        self.docs.move_to_end(key)
+        if len(self.docs) > self.max_entries:
+            self.docs.popitem(last=False)
+
+    def invalidate(self, key: str) -> None:
+        self.generation[key] = self.generation.get(key, 0) + 1
+        self.docs.pop(key, None)
+        if key == keys.TEMPLATES_KEY:
+            for cached in [k for k in self.docs if k.startswith("templates?")]:
+                del self.docs[cached]
+        if len(self.generation) > 4 * self.max_entries:
+            self.generation.clear()
+            self.docs.clear()
+
+    def source_up(self) -> None:
+        self.live_sources += 1
+
+    def source_down(self) -> None:
+        self.live_sources -= 1
+        self.docs.clear()
+
+
+_ROUTES: Final = (
+    ("/requests/", "get_request", keys.request_key),
+    ("/machines/", "get_machine", keys.machine_key),
+    ("/commands/", "get_command", keys.command_key),
+)
+
+
+def fast_key(path: str, query: bytes) -> tuple[str, str] | None:
+    """The local key a GET can be answered from without the framework, if any."""
+    if path == "/templates":
+        return "list_templates", "templates?" + query.decode("latin-1")
+    if query not in (b"", b"include_machines=true", b"include_machines=false"):
+        return None
+    for prefix, route, key_of in _ROUTES:
+        if path.startswith(prefix):
+            ident = path[len(prefix):]
+            if not ident or "/" in ident:
+                return None
+            if query == b"include_machines=false":
+                if route != "get_request":
+                    return None
+                return route, keys.request_summary_key(ident)
+            if query and route != "get_request":
+                return None
+            return route, key_of(ident)
+    return None
+
+
+class FastPath:
+    """Answers repeated GETs from ``LocalViews``; everything else goes to the app."""
+
+    def __init__(self, app: ASGIApp, local: LocalViews,
+                 count: Callable[[str, int], None]) -> None:
+        self.app = app
+        self.local = local
+        self.count = count
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "GET" and self.local.enabled:
+            found = fast_key(scope["path"], scope["query_string"])
+            doc = self.local.get(found[1]) if found else None
+            if found is not None and doc is not None:
+                await self._answer(found, doc, scope, send)
+                return
+        await self.app(scope, receive, send)
+
+    async def _answer(self, found: tuple[str, str], doc: bytes, scope: Scope,
+                      send: Send) -> None:
+        route, key = found
+        headers = [_JSON, _NO_CACHE]
+        status = 200
+        if route != "list_templates":
+            etag = f'"{key.removeprefix(keys.PREFIX)}@{doc_version(doc)}"'.encode()
+            headers.append((b"etag", etag))
+            for name, value in scope["headers"]:
+                if name == b"if-none-match" and etag in value:
+                    status, doc = 304, b""
+        headers.append((b"content-length", str(len(doc)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": doc})
+        self.count(route, status)
