@@ -255,26 +255,7 @@ def bench_lag(redis_url: str, rate: float, duration_s: float, workdir: Path,
     watcher.start()
     time.sleep(0.5)
     producer = Celery("lag-producer", broker=redis_url, set_as_current=False)
-    interval = 1.0 / rate
-    started = time.perf_counter()
-    n = 0
-    while time.perf_counter() - started < duration_s:
-        due = started + n * interval
-        time.sleep(max(0.0, due - time.perf_counter()))
-        command_id = str(uuid.uuid4())
-        if n % 3 == 0:
-            task, queue, kwargs = ("commands.create_request", "commands.requests",
-                                   {"template_id": "x86-large", "max_number": 2})
-        else:
-            task, queue, kwargs = ("commands.update_machine_status", "commands.machines",
-                                   {"machine_id": f"lag-{n // 3}-{n % 3}", "status": "running",
-                                    "request_id": f"req-lag-{n // 3}"})
-            kwargs["request_id"] = last_request
-        sent[command_id] = time.perf_counter()
-        producer.send_task(task, kwargs=kwargs, task_id=command_id, queue=queue)
-        if n % 3 == 0:
-            last_request = f"req-{command_id}"
-        n += 1
+    steady_load(producer, rate, duration_s, sent)
     wait_until(lambda: len(seen) >= len(sent), 60, "every command to be visible", 0.05)
     stop.set()
     watcher.join()
@@ -285,6 +266,29 @@ def bench_lag(redis_url: str, rate: float, duration_s: float, workdir: Path,
     return {"rate_per_s": round(rate, 1), "commands": len(sent),
             "p50_ms": round(statistics.median(lags), 2),
             "p99_ms": round(lags[int(len(lags) * 0.99) - 1], 2), "max_ms": round(lags[-1], 2)}
+
+
+def steady_load(producer: Celery, rate: float, duration_s: float,
+                sent: dict[str, float]) -> None:
+    """A create, then two machine reports for it, and so on, at ``rate`` commands/s."""
+    interval = 1.0 / rate
+    started = time.perf_counter()
+    n = 0
+    request_id = ""
+    while time.perf_counter() - started < duration_s:
+        time.sleep(max(0.0, started + n * interval - time.perf_counter()))
+        command_id = str(uuid.uuid4())
+        if n % 3 == 0:
+            task, queue = "commands.create_request", "commands.requests"
+            kwargs: dict[str, Any] = {"template_id": "x86-large", "max_number": 2}
+            request_id = f"req-{command_id}"
+        else:
+            task, queue = "commands.update_machine_status", "commands.machines"
+            kwargs = {"machine_id": f"{request_id}-{n % 3}", "status": "running",
+                      "request_id": request_id}
+        sent[command_id] = time.perf_counter()
+        producer.send_task(task, kwargs=kwargs, task_id=command_id, queue=queue)
+        n += 1
 
 
 def _http_ok(url: str) -> bool:
