@@ -19,6 +19,7 @@ from celery import Celery, bootsteps
 from kombu import Exchange, Queue
 
 from commands_worker import logs
+from commands_worker.batching import FLUSH_EVERY
 from shared import names
 from shared.settings import Settings
 
@@ -57,7 +58,9 @@ app.conf.update(
     task_ignore_result=True,
     task_acks_late=True,
     task_reject_on_worker_lost=True,
-    worker_prefetch_multiplier=1,
+    # Enough reserved messages per pool process to fill a batch (see batching.py); they are
+    # recorded as unacknowledged, so a dead worker still loses none of them.
+    worker_prefetch_multiplier=2 * FLUSH_EVERY,
     worker_consumer="commands_worker.consumer:Consumer",
     worker_hijack_root_logger=False,
     worker_send_task_events=False,

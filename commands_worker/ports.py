@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Protocol, Self
@@ -98,6 +99,12 @@ class UnitOfWork(Protocol):
     def save_machine(self, machine: Machine, expected_version: int) -> None: ...
 
     def get_command(self, command_id: str) -> CommandRecord | None: ...
+
+    def get_commands(self, command_ids: list[str]) -> dict[str, CommandRecord]: ...
+
+    def savepoint(self) -> AbstractContextManager[None]:
+        """A nested transaction: leaving it with an exception undoes only what it wrote."""
+        ...
 
     def record_command(self, record: CommandRecord) -> None: ...
 

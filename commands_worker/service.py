@@ -83,6 +83,16 @@ def parse(model: type[Command], kwargs: dict[str, Any]) -> Command:
         raise InvalidCommand(problems) from None
 
 
+@dataclass(frozen=True)
+class Batch:
+    """What a batch of commands came to: one outcome per command, in order (an ``Execution``,
+    or ``RetryLater`` for one that may apply once earlier commands are in), and every view
+    document the batch committed, for one projection."""
+
+    outcomes: list[Execution | RetryLater]
+    docs: list[ViewDoc]
+
+
 class Executor:
     def __init__(self, new_uow: Callable[[], UnitOfWork], retention_s: int,
                  clock: Callable[[], float] = time.time) -> None:
@@ -91,29 +101,56 @@ class Executor:
         self.clock = clock
 
     def execute(self, env: Envelope) -> Execution:
-        for attempt in range(MAX_RACE_ATTEMPTS):
+        """One command; raises ``RetryLater`` when it may apply once earlier ones are in."""
+        batch = self.execute_batch([env])
+        outcome = batch.outcomes[0]
+        if isinstance(outcome, RetryLater):
+            raise outcome
+        return Execution(outcome.record, batch.docs, outcome.duplicate)
+
+    def execute_batch(self, envs: list[Envelope]) -> Batch:
+        """Many commands in one transaction, each in a savepoint of its own, so a refusal
+        undoes only its command. A lost race reruns the batch; a batch that keeps losing
+        goes one command at a time."""
+        for attempt in range(MAX_RACE_ATTEMPTS if len(envs) == 1 else 2):
             try:
-                return self._execute_once(env)
+                return self._apply(envs)
             except ConcurrentUpdate:
                 time.sleep(random.uniform(0, 0.002 * (attempt + 1)))
-        raise ConcurrentUpdate(f"command {env.command_id} lost {MAX_RACE_ATTEMPTS} races")
+        if len(envs) == 1:
+            raise ConcurrentUpdate(f"command {envs[0].command_id} lost {MAX_RACE_ATTEMPTS} races")
+        singles = [self.execute_batch([env]) for env in envs]
+        return Batch([b.outcomes[0] for b in singles], [d for b in singles for d in b.docs])
 
-    def _execute_once(self, env: Envelope) -> Execution:
+    def _apply(self, envs: list[Envelope]) -> Batch:
         now = self.clock()
-        try:
-            with self.new_uow() as uow:
-                prior = uow.get_command(env.command_id)
+        outcomes: list[Execution | RetryLater] = []
+        with self.new_uow() as uow:
+            known = uow.get_commands(list({env.command_id for env in envs}))
+            for env in envs:
+                prior = known.get(env.command_id)
                 if prior is not None and prior.outcome != REPLAYING:
-                    return Execution(prior, [], duplicate=True)
+                    outcomes.append(Execution(prior, [], duplicate=True))
+                    continue
+                outcome = self._apply_one(uow, env, prior, now)
+                if isinstance(outcome, Execution):
+                    known[env.command_id] = outcome.record
+                outcomes.append(outcome)
+            return Batch(outcomes, uow.commit())
+
+    def _apply_one(self, uow: UnitOfWork, env: Envelope, prior: CommandRecord | None,
+                   now: float) -> Execution | RetryLater:
+        try:
+            with uow.savepoint():
                 effect = self._handle(env, uow, now)
                 record = self._record(env, effect, prior, now)
                 self._emit(uow, effect, record)
                 uow.record_command(record)
-                return Execution(record, uow.commit())
+                return Execution(record, [])
         except CommandRefused as refusal:
             if refusal.may_succeed_later and not env.final_attempt:
-                raise RetryLater(refusal) from refusal
-            return self._refuse(env, refusal, now)
+                return RetryLater(refusal)
+            return self._refuse(uow, env, refusal, prior, now)
 
     @staticmethod
     def _handle(env: Envelope, uow: UnitOfWork, now: float) -> Effect:
@@ -150,30 +187,27 @@ class Executor:
                 uow.emit(views.machine_doc(effect.machine))
         uow.emit(views.command_doc(record, self.retention_s))
 
-    def _refuse(self, env: Envelope, refusal: CommandRefused, now: float) -> Execution:
-        with self.new_uow() as uow:
-            prior = uow.get_command(env.command_id)
-            if prior is not None and prior.outcome != REPLAYING:
-                return Execution(prior, [], duplicate=True)
-            record = CommandRecord(
-                command_id=env.command_id,
-                task=env.task,
-                outcome="rejected",
-                recorded_at=now,
-                reason=refusal.reason,
-                request_id=_str_or_none(env.kwargs.get("request_id")) or (
-                    f"req-{env.command_id}" if env.task == CREATE_REQUEST_TASK else None),
-                machine_id=_str_or_none(env.kwargs.get("machine_id")),
-                correlation_id=env.correlation_id,
-                version=prior.version + 1 if prior else 1,
-            )
-            uow.record_command(record)
-            uow.add_dead_letter(DeadLetter(
-                reason=refusal.reason, raw=env.raw(), first_at=now, last_at=now,
-                command_id=env.command_id, task=env.task, queue=env.queue,
-            ))
-            uow.emit(views.command_doc(record, self.retention_s))
-            return Execution(record, uow.commit())
+    def _refuse(self, uow: UnitOfWork, env: Envelope, refusal: CommandRefused,
+                prior: CommandRecord | None, now: float) -> Execution:
+        record = CommandRecord(
+            command_id=env.command_id,
+            task=env.task,
+            outcome="rejected",
+            recorded_at=now,
+            reason=refusal.reason,
+            request_id=_str_or_none(env.kwargs.get("request_id")) or (
+                f"req-{env.command_id}" if env.task == CREATE_REQUEST_TASK else None),
+            machine_id=_str_or_none(env.kwargs.get("machine_id")),
+            correlation_id=env.correlation_id,
+            version=prior.version + 1 if prior else 1,
+        )
+        uow.record_command(record)
+        uow.add_dead_letter(DeadLetter(
+            reason=refusal.reason, raw=env.raw(), first_at=now, last_at=now,
+            command_id=env.command_id, task=env.task, queue=env.queue,
+        ))
+        uow.emit(views.command_doc(record, self.retention_s))
+        return Execution(record, [])
 
 
 def _str_or_none(value: Any) -> str | None:

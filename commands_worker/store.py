@@ -356,6 +356,22 @@ class SqlUnitOfWork:
             commands.select().where(commands.c.command_id == command_id)).first()
         return _command(row) if row else None
 
+    def get_commands(self, command_ids: list[str]) -> dict[str, CommandRecord]:
+        rows = self.conn.execute(commands.select().where(commands.c.command_id.in_(command_ids)))
+        return {row.command_id: _command(row) for row in rows}
+
+    @contextlib.contextmanager
+    def savepoint(self) -> Iterator[None]:
+        emitted = len(self._docs)
+        nested = self.conn.begin_nested()
+        try:
+            yield
+        except BaseException:
+            nested.rollback()
+            del self._docs[emitted:]
+            raise
+        nested.commit()
+
     def record_command(self, record: CommandRecord) -> None:
         values = {"task": record.task, "outcome": record.outcome, "reason": record.reason,
                   "request_id": record.request_id, "machine_id": record.machine_id,

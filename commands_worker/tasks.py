@@ -1,10 +1,15 @@
-"""The Celery tasks: thin adapters. Decode, apply exactly once, project, log."""
+"""The Celery tasks: thin adapters. Decode, apply exactly once, project, log.
+
+The worker runs them in batches (``commands_worker.batching``): ``run_batch`` is what a pool
+process executes. Called directly (``task.apply``), a task runs as a batch of one.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from celery import Task
@@ -12,73 +17,83 @@ from celery.exceptions import Reject
 
 from commands_worker import bootstrap
 from commands_worker.app import app
+from commands_worker.batching import BatchedCommandTask
 from commands_worker.errors import CacheUnavailable, RetryLater, StoreUnavailable
+from commands_worker.ports import ViewDoc
 from commands_worker.service import Envelope, Execution
 from shared import keys, names
 
 log = logging.getLogger("hostfactory.commands")
 
-
 # A machine reported before its request is applied waits this many retries (about 25 s in
 # all) for the CreateRequest to land before it is refused as request_not_found.
 WAIT_FOR_EARLIER_RETRIES = 8
+
+Payload = tuple[str, str, list[Any], dict[str, Any], int, "str | None"]
+Action = str | tuple[str, float]
 
 
 def _backoff_s(retries: int) -> float:
     return float(min(2 ** retries, 30))
 
 
-def run_command(task: Task, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+def run_batch(payload: Sequence[Payload]) -> list[Action]:
+    """Apply a batch in one transaction; say per message: ack, retry after N s, or requeue."""
     started = time.perf_counter()
-    request = task.request
     d = bootstrap.deps()
-    env = Envelope(task=task.name, task_id=request.id, kwargs=kwargs, args=tuple(args),
-                   queue=(request.delivery_info or {}).get("routing_key"),
-                   final_attempt=request.retries >= WAIT_FOR_EARLIER_RETRIES)
+    envs = [Envelope(task=name, task_id=task_id, kwargs=kwargs, args=tuple(args), queue=queue,
+                     final_attempt=retries >= WAIT_FOR_EARLIER_RETRIES)
+            for task_id, name, args, kwargs, retries, queue in payload]
+    retries_of = [p[4] for p in payload]
     try:
-        execution = d.executor.execute(env)
-    except RetryLater as exc:
-        _log(env, "retry", started, reason=str(exc), retries=request.retries)
-        raise task.retry(exc=exc, countdown=0.2 * 2 ** min(request.retries, 5)) from exc
+        batch = d.executor.execute_batch(envs)
     except StoreUnavailable as exc:
-        return _store_unavailable(task, env, exc, started)
+        return [_store_unavailable(d, env, retries, exc, started)
+                for env, retries in zip(envs, retries_of, strict=True)]
     except Exception as exc:
-        _log(env, "error", started, reason=f"{type(exc).__name__}: {exc}")
-        # Back to the queue; after MAX_REDELIVERIES hand-backs it becomes a dead letter.
-        raise Reject(str(exc), requeue=True) from exc
-    projected = _project(d, execution)
-    _log(env, execution.record.outcome, started, execution=execution, projected=projected)
-    return {"command_id": env.command_id, "outcome": execution.record.outcome}
+        for env in envs:
+            _log(env, "error", started, len(envs), reason=f"{type(exc).__name__}: {exc}")
+        return ["requeue"] * len(envs)  # counted hand-backs end in dead letters
+    projected = _project(d, batch.docs)
+    actions: list[Action] = []
+    for env, retries, outcome in zip(envs, retries_of, batch.outcomes, strict=True):
+        if isinstance(outcome, RetryLater):
+            _log(env, "retry", started, len(envs), reason=str(outcome), retries=retries)
+            actions.append(("retry", 0.2 * 2 ** min(retries, 5)))
+        else:
+            _log(env, outcome.record.outcome, started, len(envs), execution=outcome,
+                 projected=projected)
+            actions.append("ack")
+    return actions
 
 
-def _project(d: bootstrap.Deps, execution: Execution) -> bool:
-    if not execution.docs:
+def _project(d: bootstrap.Deps, docs: list[ViewDoc]) -> bool:
+    if not docs:
         return True
     try:
-        d.projector.project(execution.docs)
+        d.projector.project(docs)
     except CacheUnavailable:
         # Committed: the outbox keeps the documents and the worker projects them later.
         return False
-    d.store.projected.add(doc.outbox_id for doc in execution.docs)
+    d.store.projected.add(doc.outbox_id for doc in docs)
     return True
 
 
-def _store_unavailable(task: Task, env: Envelope, exc: StoreUnavailable,
-                       started: float) -> dict[str, Any]:
-    retries = task.request.retries
-    if retries < bootstrap.deps().settings.max_retries:
-        _log(env, "retry", started, reason=str(exc), retries=retries)
-        raise task.retry(exc=exc, countdown=_backoff_s(retries))
+def _store_unavailable(d: bootstrap.Deps, env: Envelope, retries: int, exc: Exception,
+                       started: float) -> Action:
+    if retries < d.settings.max_retries:
+        _log(env, "retry", started, 1, reason=str(exc), retries=retries)
+        return ("retry", _backoff_s(retries))
     reason = f"store unavailable after {retries + 1} attempts: {exc}"
     # The store is down, so the letter waits in Redis until the worker can move it there.
-    bootstrap.deps().broker.lpush(keys.DEAD_LETTER_INBOX_KEY, json.dumps({
+    d.broker.lpush(keys.DEAD_LETTER_INBOX_KEY, json.dumps({
         "queue": env.queue, "reason": reason, "at": time.time(), "command": env.raw()}))
-    _log(env, "dead_lettered", started, reason=reason)
-    return {"command_id": env.command_id, "outcome": "dead_lettered"}
+    _log(env, "dead_lettered", started, 1, reason=reason)
+    return "ack"
 
 
-def _log(env: Envelope, outcome: str, started: float, execution: Execution | None = None,
-         **fields: Any) -> None:
+def _log(env: Envelope, outcome: str, started: float, batch_size: int,
+         execution: Execution | None = None, **fields: Any) -> None:
     record = execution.record if execution else None
     log.info("command", extra={
         "event": "command", "task": env.task, "command_id": env.command_id,
@@ -87,15 +102,30 @@ def _log(env: Envelope, outcome: str, started: float, execution: Execution | Non
         "request_id": record.request_id if record else env.kwargs.get("request_id"),
         "machine_id": record.machine_id if record else env.kwargs.get("machine_id"),
         "reason": record.reason if record else fields.pop("reason", None),
+        "batch_size": batch_size,
         "duration_ms": round((time.perf_counter() - started) * 1000, 3), **fields,
     })
 
 
-@app.task(name=names.CREATE_REQUEST_TASK, bind=True)  # type: ignore[untyped-decorator]
-def create_request(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
+def run_command(task: Task, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    """A task called directly, outside the worker's batching: a batch of one."""
+    request = task.request
+    queue = (request.delivery_info or {}).get("routing_key")
+    [action] = run_batch([(request.id, task.name, list(args), kwargs, request.retries, queue)])
+    if action == "ack":
+        return "done"
+    if action == "requeue":
+        raise Reject("could not apply", requeue=True)
+    raise task.retry(countdown=action[1])
+
+
+@app.task(name=names.CREATE_REQUEST_TASK, bind=True,  # type: ignore[untyped-decorator]
+          base=BatchedCommandTask)
+def create_request(self: Task, *args: Any, **kwargs: Any) -> str:
     return run_command(self, args, kwargs)
 
 
-@app.task(name=names.UPDATE_MACHINE_STATUS_TASK, bind=True)  # type: ignore[untyped-decorator]
-def update_machine_status(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
+@app.task(name=names.UPDATE_MACHINE_STATUS_TASK, bind=True,  # type: ignore[untyped-decorator]
+          base=BatchedCommandTask)
+def update_machine_status(self: Task, *args: Any, **kwargs: Any) -> str:
     return run_command(self, args, kwargs)

@@ -123,6 +123,25 @@ class QoS(kredis.QoS):  # type: ignore[misc]
             except kredis.MutexHeld:
                 pass
 
+    def restore_unacked(self, client: Any = None) -> None:
+        """Hand back what we hold when the channel closes, if the broker still answers. If it
+        does not (the usual reason for closing), the messages stay recorded in ``unacked``
+        and come back when our lease lapses: a failure here must not kill the worker."""
+        try:
+            super().restore_unacked(client)
+        except Exception:
+            self._delivered.clear()
+
+    def ack_many(self, delivery_tags: list[str]) -> None:
+        """Acknowledge a batch in one round trip."""
+        with self.channel.conn_or_acquire() as client:
+            pipe = client.pipeline()
+            for tag in delivery_tags:
+                self._remove_from_indices(tag, pipe).hdel(keys.REDELIVERIES_KEY, tag)
+            pipe.execute()
+        for tag in delivery_tags:
+            virtual.QoS.ack(self, tag)
+
     def reject(self, delivery_tag: str, requeue: bool = False) -> None:
         if not requeue:
             self.ack(delivery_tag)

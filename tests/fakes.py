@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+from collections.abc import Iterator
 from dataclasses import replace
 from types import TracebackType
 from typing import Any, Self
@@ -88,6 +90,19 @@ class FakeUnitOfWork:
 
     def get_command(self, command_id: str) -> CommandRecord | None:
         return self.w.commands.get(command_id)
+
+    def get_commands(self, command_ids: list[str]) -> dict[str, CommandRecord]:
+        return {c: self.w.commands[c] for c in command_ids if c in self.w.commands}
+
+    @contextlib.contextmanager
+    def savepoint(self) -> Iterator[None]:
+        saved, emitted = copy.deepcopy(self.w), len(self.docs)
+        try:
+            yield
+        except BaseException:
+            self.work = saved
+            del self.docs[emitted:]
+            raise
 
     def record_command(self, record: CommandRecord) -> None:
         prior = self.w.commands.get(record.command_id)

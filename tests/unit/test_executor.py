@@ -139,3 +139,34 @@ def test_machine_racing_ahead_of_its_request_is_retried_not_refused(
     assert state.commands == {} and state.dead_letters == []
     send(executor, CREATE, "t1", template_id="small", max_number=2)
     assert executor.execute(early).record.outcome == "applied"
+
+
+def test_a_batch_applies_in_order_in_one_transaction(executor: Executor,
+                                                     state: FakeState) -> None:
+    batch = executor.execute_batch([
+        Envelope(CREATE, "t1", {"template_id": "small", "max_number": 2}),
+        Envelope(UPDATE, "u1", {"machine_id": "m1", "status": "running", "request_id": "req-t1"}),
+        Envelope(UPDATE, "u1", {"machine_id": "m1", "status": "running", "request_id": "req-t1"}),
+        Envelope(CREATE, "bad", {"template_id": "nope", "max_number": 1}),
+        Envelope(UPDATE, "u2", {"machine_id": "m2", "status": "running", "request_id": "req-t1"}),
+    ])
+    outcomes = [o.record.outcome for o in batch.outcomes if not isinstance(o, Exception)]
+    assert outcomes == ["applied", "applied", "applied", "rejected", "applied"]
+    assert [getattr(o, "duplicate", None) for o in batch.outcomes][2] is True
+    assert state.requests["req-t1"].status == "complete"
+    assert state.requests["req-t1"].version == 3
+    assert state.machines["m1"].version == 1  # the in-batch duplicate changed nothing
+    assert [letter.command_id for letter in state.dead_letters] == ["bad"]
+    assert {d.key for d in batch.docs} >= {keys.request_key("req-t1"), keys.command_key("bad")}
+
+
+def test_a_refusal_in_a_batch_undoes_only_its_own_writes(executor: Executor,
+                                                         state: FakeState) -> None:
+    send(executor, CREATE, "t1", template_id="small", max_number=1)
+    batch = executor.execute_batch([
+        Envelope(UPDATE, "u1", {"machine_id": "m1", "status": "pending", "request_id": "req-t1"}),
+        Envelope(UPDATE, "u2", {"machine_id": "m2", "status": "pending", "request_id": "req-t1"}),
+    ])
+    assert [o.record.outcome for o in batch.outcomes
+            if not isinstance(o, Exception)] == ["applied", "rejected"]
+    assert set(state.machines) == {"m1"}
