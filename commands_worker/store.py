@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Final, Self
 
 import orjson
 import sqlalchemy as sa
@@ -233,8 +233,46 @@ class ProjectedBacklog:
             return ids
 
 
+def _by(table: sa.Table, column: str) -> sa.Select[Any]:
+    return table.select().where(table.c[column] == sa.bindparam("key"))
+
+
+def _versioned_update(table: sa.Table, key: str, columns: tuple[str, ...]) -> sa.Update:
+    return (table.update()
+            .where(table.c[key] == sa.bindparam("b_key"),
+                   table.c.version == sa.bindparam("b_expected"))
+            .values({c: sa.bindparam(c) for c in columns}))
+
+
+# Built once: constructing Core statements per call costs more than running them here.
+_MACHINE_COLUMNS = ("status", "details", "observed_at", "version", "updated_at")
+_COMMAND_COLUMNS = ("task", "outcome", "reason", "request_id", "machine_id", "correlation_id",
+                    "recorded_at", "version")
+_Q: Final = {
+    "template": _by(templates, "template_id"),
+    "request": _by(requests, "request_id"),
+    "machine": _by(machines, "machine_id"),
+    "machines_of": _by(machines, "request_id").order_by(machines.c.machine_id),
+    "command": _by(commands, "command_id"),
+    "commands": commands.select().where(
+        commands.c.command_id.in_(sa.bindparam("keys", expanding=True))),
+    "dead_letter": _by(dead_letters, "command_id"),
+    "insert_request": requests.insert(),
+    "insert_machine": machines.insert(),
+    "insert_command": commands.insert(),
+    "insert_outbox": outbox.insert().returning(outbox.c.id, sort_by_parameter_order=True),
+    "update_request": _versioned_update(requests, "request_id",
+                                        ("status", "version", "updated_at")),
+    "update_machine": _versioned_update(machines, "machine_id", _MACHINE_COLUMNS),
+    "update_command": _versioned_update(commands, "command_id", _COMMAND_COLUMNS),
+    "delete_outbox": outbox.delete().where(
+        outbox.c.id.in_(sa.bindparam("keys", expanding=True))),
+}
+
+
 class SqlUnitOfWork:
-    """One store transaction. Statements are few and small; the outbox rides along."""
+    """One store transaction. Statements are few, small and prepared once; the outbox rows
+    of the whole transaction go in with one multi-row insert at commit."""
 
     def __init__(self, engine: Engine, projected: ProjectedBacklog) -> None:
         self.engine = engine
@@ -272,77 +310,76 @@ class SqlUnitOfWork:
             self._conn.close()
             self._conn = None
 
+    def _one(self, query: str, key: str) -> Any:
+        return self.conn.execute(_Q[query], {"key": key}).first()
+
     def commit(self) -> list[ViewDoc]:
         done = self.projected.take()
-        if done:
-            # Rows projected after earlier commands go in this transaction: no commit of
-            # their own. Lost on a crash, they are projected again (a no-op) by the sweep.
-            self.conn.execute(outbox.delete().where(outbox.c.id.in_(done)))
         try:
+            if done:
+                # Rows projected after earlier commands go in this transaction: no commit of
+                # their own. Lost on a crash, they are projected again (a no-op) by the sweep.
+                self.conn.execute(_Q["delete_outbox"], {"keys": done})
+            docs = self._write_outbox()
             self.conn.commit()
         except BaseException:
             self.projected.add(done)
             raise
-        docs, self._docs = self._docs, []
+        self._docs = []
         return docs
 
-    # --- templates --------------------------------------------------------------------
+    def _write_outbox(self) -> list[ViewDoc]:
+        if not self._docs:
+            return []
+        now = time.time()
+        ids = self.conn.execute(_Q["insert_outbox"], [
+            {"key": d.key, "version": d.version, "body": d.body, "ttl_s": d.ttl_s,
+             "seq": d.seq, "status": d.status, "created_at": now} for d in self._docs
+        ]).scalars().all()
+        return [replace(doc, outbox_id=int(i)) for doc, i in zip(self._docs, ids, strict=True)]
+
+    # --- templates, requests, machines ---------------------------------------------------
     def get_template(self, template_id: str) -> Template | None:
-        row = self.conn.execute(
-            templates.select().where(templates.c.template_id == template_id)).first()
+        row = self._one("template", template_id)
         return _template(row) if row else None
 
-    # --- requests ---------------------------------------------------------------------
     def get_request(self, request_id: str) -> Request | None:
-        row = self.conn.execute(
-            requests.select().where(requests.c.request_id == request_id)).first()
+        row = self._one("request", request_id)
         return _request(row) if row else None
 
     def add_request(self, request: Request) -> None:
-        result = self.conn.execute(requests.insert().values(
-            request_id=request.request_id, template_id=request.template_id,
-            max_number=request.max_number, attributes=_json(request.attributes),
-            status=request.status, version=request.version,
-            created_at=request.created_at, updated_at=request.updated_at,
-        ))
+        result = self.conn.execute(_Q["insert_request"], {
+            "request_id": request.request_id, "template_id": request.template_id,
+            "max_number": request.max_number, "attributes": _json(request.attributes),
+            "status": request.status, "version": request.version,
+            "created_at": request.created_at, "updated_at": request.updated_at})
         request.seq = _inserted_id(result)
 
     def save_request(self, request: Request, expected_version: int) -> None:
-        result = self.conn.execute(
-            requests.update()
-            .where(requests.c.request_id == request.request_id,
-                   requests.c.version == expected_version)
-            .values(status=request.status, version=request.version,
-                    updated_at=request.updated_at))
-        if result.rowcount != 1:
-            raise ConcurrentUpdate(f"request {request.request_id} moved past {expected_version}")
+        self._update("update_request", request.request_id, expected_version, {
+            "status": request.status, "version": request.version,
+            "updated_at": request.updated_at})
 
-    # --- machines ---------------------------------------------------------------------
+    def _update(self, query: str, key: str, expected: int, values: dict[str, Any]) -> None:
+        result = self.conn.execute(_Q[query], {"b_key": key, "b_expected": expected, **values})
+        if result.rowcount != 1:
+            raise ConcurrentUpdate(f"{key} moved past version {expected}")
+
     def get_machine(self, machine_id: str) -> Machine | None:
-        row = self.conn.execute(
-            machines.select().where(machines.c.machine_id == machine_id)).first()
+        row = self._one("machine", machine_id)
         return _machine(row) if row else None
 
     def machines_of(self, request_id: str) -> list[Machine]:
-        rows = self.conn.execute(
-            machines.select().where(machines.c.request_id == request_id)
-            .order_by(machines.c.machine_id))
-        return [_machine(r) for r in rows]
+        return [_machine(r) for r in self.conn.execute(_Q["machines_of"], {"key": request_id})]
 
     def add_machine(self, machine: Machine) -> None:
-        self.conn.execute(machines.insert().values(**self._machine_values(machine),
-                                                   machine_id=machine.machine_id,
-                                                   request_id=machine.request_id,
-                                                   created_at=machine.created_at))
+        self.conn.execute(_Q["insert_machine"], {
+            **self._machine_values(machine), "machine_id": machine.machine_id,
+            "request_id": machine.request_id, "created_at": machine.created_at})
 
     def save_machine(self, machine: Machine, expected_version: int) -> None:
-        result = self.conn.execute(
-            machines.update()
-            .where(machines.c.machine_id == machine.machine_id,
-                   machines.c.version == expected_version)
-            .values(**self._machine_values(machine)))
-        if result.rowcount != 1:
-            raise ConcurrentUpdate(f"machine {machine.machine_id} moved past {expected_version}")
+        self._update("update_machine", machine.machine_id, expected_version,
+                     self._machine_values(machine))
 
     @staticmethod
     def _machine_values(machine: Machine) -> dict[str, Any]:
@@ -352,46 +389,36 @@ class SqlUnitOfWork:
 
     # --- commands, dead letters, outbox -----------------------------------------------
     def get_command(self, command_id: str) -> CommandRecord | None:
-        row = self.conn.execute(
-            commands.select().where(commands.c.command_id == command_id)).first()
+        row = self._one("command", command_id)
         return _command(row) if row else None
 
     def get_commands(self, command_ids: list[str]) -> dict[str, CommandRecord]:
-        rows = self.conn.execute(commands.select().where(commands.c.command_id.in_(command_ids)))
+        rows = self.conn.execute(_Q["commands"], {"keys": command_ids})
         return {row.command_id: _command(row) for row in rows}
 
     @contextlib.contextmanager
     def savepoint(self) -> Iterator[None]:
+        # Savepoints here never nest, so one fixed name serves (and needs no compiling).
         emitted = len(self._docs)
-        nested = self.conn.begin_nested()
+        self.conn.exec_driver_sql("SAVEPOINT hf_command")
         try:
             yield
         except BaseException:
-            nested.rollback()
+            self.conn.exec_driver_sql("ROLLBACK TO SAVEPOINT hf_command")
+            self.conn.exec_driver_sql("RELEASE SAVEPOINT hf_command")
             del self._docs[emitted:]
             raise
-        nested.commit()
+        self.conn.exec_driver_sql("RELEASE SAVEPOINT hf_command")
 
     def record_command(self, record: CommandRecord) -> None:
-        values = {"task": record.task, "outcome": record.outcome, "reason": record.reason,
-                  "request_id": record.request_id, "machine_id": record.machine_id,
-                  "correlation_id": record.correlation_id, "recorded_at": record.recorded_at,
-                  "version": record.version}
+        values = {c: getattr(record, c) for c in _COMMAND_COLUMNS}
         if record.version == 1:
-            self.conn.execute(commands.insert().values(command_id=record.command_id, **values))
-            return
-        result = self.conn.execute(
-            commands.update().where(commands.c.command_id == record.command_id,
-                                    commands.c.version == record.version - 1).values(**values))
-        if result.rowcount != 1:
-            raise ConcurrentUpdate(f"command {record.command_id} was recorded meanwhile")
+            self.conn.execute(_Q["insert_command"], {"command_id": record.command_id, **values})
+        else:
+            self._update("update_command", record.command_id, record.version - 1, values)
 
     def add_dead_letter(self, letter: DeadLetter) -> None:
-        existing = None
-        if letter.command_id is not None:
-            existing = self.conn.execute(
-                dead_letters.select().where(dead_letters.c.command_id == letter.command_id)
-            ).first()
+        existing = self._one("dead_letter", letter.command_id) if letter.command_id else None
         if existing is None:
             self.conn.execute(dead_letters.insert().values(
                 command_id=letter.command_id, task=letter.task, queue=letter.queue,
@@ -403,10 +430,8 @@ class SqlUnitOfWork:
             attempts=existing.attempts + letter.attempts, last_at=letter.last_at))
 
     def emit(self, doc: ViewDoc) -> None:
-        result = self.conn.execute(outbox.insert().values(
-            key=doc.key, version=doc.version, body=doc.body, ttl_s=doc.ttl_s, seq=doc.seq,
-            status=doc.status, created_at=time.time()))
-        self._docs.append(replace(doc, outbox_id=_inserted_id(result)))
+        """Queue a view document for the outbox; written with the commit."""
+        self._docs.append(doc)
 
 
 class Store:

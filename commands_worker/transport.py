@@ -55,19 +55,28 @@ local function record(item, queue, unacked, index, inbox, now)
   return true
 end
 """
-# KEYS: unacked, unacked index, dead-letter inbox, queue keys...  ARGV: now, reason
+# KEYS: unacked, unacked index, dead-letter inbox, queue keys...  ARGV: now, reason, most
+# Pops up to ``most`` messages (fewer when the queues run dry); returns key, item pairs, with
+# an empty item for a message that went to the dead-letter inbox.
 POP_LUA: Final = _RECORD_LUA + """
+local out, wanted = {}, tonumber(ARGV[3])
 for i = 4, #KEYS do
-  local item = redis.call('RPOP', KEYS[i])
-  if item then
+  while #out < 2 * wanted do
+    local item = redis.call('RPOP', KEYS[i])
+    if not item then break end
+    out[#out + 1] = KEYS[i]
     if record(item, KEYS[i], KEYS[1], KEYS[2], KEYS[3], ARGV[1]) then
-      return {KEYS[i], item}
+      out[#out + 1] = item
+    else
+      out[#out + 1] = ''
     end
-    return {KEYS[i], ''}
   end
 end
-return false
+if #out == 0 then return false end
+return out
 """
+# Pops per round trip, at most: prefetch room caps it further.
+POP_MOST: Final = 32
 # KEYS: in-flight list, unacked, unacked index, inbox.  ARGV: now, reason, item, queue key
 CLAIM_LUA: Final = _RECORD_LUA + """
 if redis.call('LREM', KEYS[1], 1, ARGV[3]) == 0 then
@@ -229,7 +238,7 @@ class Channel(kredis.Channel):  # type: ignore[misc]
             script_keys = [self.unacked_key, self.unacked_index_key,
                            keys.DEAD_LETTER_INBOX_KEY, *self._queue_keys(queues)]
             conn.send_command("EVALSHA", sha, len(script_keys), *script_keys,
-                              time.time(), UNDECODABLE)
+                              time.time(), UNDECODABLE, self._room())
 
     def _brpop_read(self, **options: Any) -> bool:
         kind, key = self._pending
@@ -245,33 +254,39 @@ class Channel(kredis.Channel):  # type: ignore[misc]
         finally:
             self._in_poll = None
             self._flush_brpop_reauth()
-        item, dest = self._received(kind, key, reply)
-        if item is None:
+        delivered = self._received(kind, key, reply)
+        if not delivered:
             raise virtual.Empty()
-        queue = dest.rsplit(self.sep, 1)[0]
-        self._queue_cycle.rotate(queue)
-        self.connection._deliver(loads(item), queue)
+        for dest, item in delivered:
+            queue = dest.rsplit(self.sep, 1)[0]
+            self._queue_cycle.rotate(queue)
+            self.connection._deliver(loads(item), queue)
         return True
 
-    def _received(self, kind: str, key: str, reply: Any) -> tuple[Any, str]:
+    def _room(self) -> int:
+        """How many messages prefetch still allows us to take."""
+        estimate = self.qos.can_consume_max_estimate()
+        return max(1, min(POP_MOST, estimate if estimate is not None else POP_MOST))
+
+    def _received(self, kind: str, key: str, reply: Any) -> list[tuple[str, bytes]]:
         """Decide what a reply delivers, and whether to block or sweep next."""
         if kind == "EVALSHA":
             if not reply:
                 self._block_next = True  # everything is empty: block for a while
-                return None, ""
-            dest, item = reply
-            dest = dest.decode() if isinstance(dest, bytes) else dest
-            return (item or None), dest
+                return []
+            pairs = zip(reply[::2], reply[1::2], strict=True)
+            return [(dest.decode() if isinstance(dest, bytes) else dest, item)
+                    for dest, item in pairs if item]
         self._block_next = False  # after a block, sweep every queue again
         if reply is None:
-            return None, ""
+            return []
         with self.conn_or_acquire() as client:
             claimed = self._eval(
                 client, CLAIM_LUA,
                 [keys.inflight_key(self.consumer_id, key), self.unacked_key,
                  self.unacked_index_key, keys.DEAD_LETTER_INBOX_KEY],
                 [time.time(), UNDECODABLE, reply, key])
-        return (reply if claimed == 1 else None), key
+        return [(key, reply)] if claimed == 1 else []
 
     def _register_consumer(self, client: Any, queues: list[str]) -> None:
         """Before a BLMOVE into our in-flight list: make sure others can find and recover it."""
