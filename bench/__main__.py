@@ -237,19 +237,18 @@ def bench_lag(redis_url: str, rate: float, duration_s: float, workdir: Path,
     stop = threading.Event()
 
     def watch() -> None:
+        # The projector announces a view right after writing it to the cache the query
+        # service reads; the time of that announcement is when the command became visible.
+        # (Every command is then fetched through the query service below, to check.)
         pubsub = client.pubsub(ignore_subscribe_messages=True)
         pubsub.subscribe("hf:v1:views")
-        http = httpx.Client(base_url=base)
         while not stop.is_set():
             message = pubsub.get_message(timeout=0.1)
             if message is None:
                 continue
             key = message["data"].decode().split(" ")[0]
             if key.startswith("hf:v1:command:"):
-                command_id = key.removeprefix("hf:v1:command:")
-                if http.get(f"/commands/{command_id}").status_code == 200:
-                    seen[command_id] = time.perf_counter()
-        http.close()
+                seen[key.removeprefix("hf:v1:command:")] = time.perf_counter()
 
     watcher = threading.Thread(target=watch)
     watcher.start()
@@ -259,6 +258,10 @@ def bench_lag(redis_url: str, rate: float, duration_s: float, workdir: Path,
     wait_until(lambda: len(seen) >= len(sent), 60, "every command to be visible", 0.05)
     stop.set()
     watcher.join()
+    with httpx.Client(base_url=base) as http:
+        invisible = [c for c in sent if http.get(f"/commands/{c}").status_code != 200]
+    if invisible:
+        raise SystemExit(f"bench: {len(invisible)} commands not visible through the service")
     producer.close()
     queries.stop()
     group.stop()

@@ -124,19 +124,24 @@ class Executor:
 
     def _apply(self, envs: list[Envelope]) -> Batch:
         now = self.clock()
-        outcomes: list[Execution | RetryLater] = []
+        outcomes: dict[int, Execution | RetryLater] = {}
         with self.new_uow() as uow:
             known = uow.get_commands(list({env.command_id for env in envs}))
-            for env in envs:
+            # Requests before machine reports: the two come through different queues, so
+            # their order is not given anyway, and a report gathered into the same batch as
+            # its request then applies at once instead of waiting for a retry.
+            order = sorted(range(len(envs)), key=lambda i: envs[i].task != CREATE_REQUEST_TASK)
+            for index in order:
+                env = envs[index]
                 prior = known.get(env.command_id)
                 if prior is not None and prior.outcome != REPLAYING:
-                    outcomes.append(Execution(prior, [], duplicate=True))
+                    outcomes[index] = Execution(prior, [], duplicate=True)
                     continue
                 outcome = self._apply_one(uow, env, prior, now)
                 if isinstance(outcome, Execution):
                     known[env.command_id] = outcome.record
-                outcomes.append(outcome)
-            return Batch(outcomes, uow.commit())
+                outcomes[index] = outcome
+            return Batch([outcomes[i] for i in range(len(envs))], uow.commit())
 
     def _apply_one(self, uow: UnitOfWork, env: Envelope, prior: CommandRecord | None,
                    now: float) -> Execution | RetryLater:

@@ -279,6 +279,7 @@ class SqlUnitOfWork:
         self.projected = projected
         self._conn: Connection | None = None
         self._docs: list[ViewDoc] = []
+        self._templates: dict[str, Template | None] = {}
 
     @property
     def conn(self) -> Connection:
@@ -293,6 +294,7 @@ class SqlUnitOfWork:
             self._close()
             raise translate_errors(exc) from exc
         self._docs = []
+        self._templates = {}
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -340,8 +342,11 @@ class SqlUnitOfWork:
 
     # --- templates, requests, machines ---------------------------------------------------
     def get_template(self, template_id: str) -> Template | None:
-        row = self._one("template", template_id)
-        return _template(row) if row else None
+        # Templates change only when a worker starts: one read per batch is enough.
+        if template_id not in self._templates:
+            row = self._one("template", template_id)
+            self._templates[template_id] = _template(row) if row else None
+        return self._templates[template_id]
 
     def get_request(self, request_id: str) -> Request | None:
         row = self._one("request", request_id)
