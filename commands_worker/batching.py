@@ -52,6 +52,10 @@ class Batcher:
         self.buffer: list[Item] = []
         self.tref: Any = None
         self.flush_due = 0.0
+        # Batches out at the pool at once: no more than it has processes. While they are
+        # busy, messages gather into the next batch, so batches grow with the load.
+        self.in_flight = 0
+        self.slots = max(1, int(getattr(consumer.pool, "num_processes", 1) or 1))
 
     def on_message(self, message: Any, body: Any, ack: Any, reject: Any, callbacks: Any,
                    **kwargs: Any) -> None:
@@ -88,16 +92,24 @@ class Batcher:
         if self.tref is not None:
             self.tref.cancel()
             self.tref = None
+        if not self.buffer or (self.in_flight >= self.slots and len(self.buffer) < FLUSH_EVERY):
+            return  # a finishing batch flushes what gathered meanwhile
         items, self.buffer = self.buffer, []
-        if not items:
-            return
         from commands_worker.tasks import run_batch
 
+        self.in_flight += 1
         self.consumer.pool.apply_async(
             run_batch, args=([item.payload() for item in items],),
             callback=partial(self._done, items), error_callback=partial(self._failed, items))
 
     def _done(self, items: list[Item], actions: list[Any]) -> None:
+        self.in_flight -= 1
+        try:
+            self._settle(items, actions)
+        finally:
+            self.flush()
+
+    def _settle(self, items: list[Item], actions: list[Any]) -> None:
         settled = []
         for item, action in zip(items, actions, strict=True):
             if action == "ack":
@@ -112,6 +124,8 @@ class Batcher:
         _ack_all(settled)
 
     def _failed(self, items: list[Item], exc: BaseException) -> None:
+        self.in_flight -= 1
+        self.flush()
         log.error("batch lost; its messages go back to their queues",
                   extra={"event": "batch_lost", "size": len(items), "error": repr(exc)})
         for item in items:

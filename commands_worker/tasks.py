@@ -25,10 +25,10 @@ from shared import keys, names
 
 log = logging.getLogger("hostfactory.commands")
 
-# A machine reported before its request is applied waits this many retries (about 21 s in
-# all, the first after 50 ms) for the CreateRequest to land, then is refused as
+# A machine reported before its request is applied waits this many retries (about 20 s in
+# all, the first after 20 ms) for the CreateRequest to land, then is refused as
 # request_not_found.
-WAIT_FOR_EARLIER_RETRIES = 10
+WAIT_FOR_EARLIER_RETRIES = 11
 
 Payload = tuple[str, str, list[Any], dict[str, Any], int, "str | None"]
 Action = str | tuple[str, float]
@@ -60,7 +60,7 @@ def run_batch(payload: Sequence[Payload]) -> list[Action]:
     for env, retries, outcome in zip(envs, retries_of, batch.outcomes, strict=True):
         if isinstance(outcome, RetryLater):
             _log(env, "retry", started, len(envs), reason=str(outcome), retries=retries)
-            actions.append(("retry", min(0.05 * 2 ** retries, 5.0)))
+            actions.append(("retry", min(0.02 * 2 ** retries, 5.0)))
         else:
             _log(env, outcome.record.outcome, started, len(envs), execution=outcome,
                  projected=projected)

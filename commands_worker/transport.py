@@ -26,7 +26,7 @@ from redis.exceptions import NoScriptError
 
 from shared import keys
 
-BLOCK_S: Final = 0.05  # how long BLMOVE waits on one queue before the others are swept again
+BLOCK_S: Final = 0.02  # how long BLMOVE waits on one queue before the others are swept again
 UNDECODABLE: Final = "undecodable message: not a kombu JSON envelope with a delivery tag"
 
 # Shared by the pop and the claim: record ``item`` as unacked under its delivery tag, or
