@@ -3,10 +3,11 @@
     celery -A commands_worker.app worker -Q commands.requests,commands.machines
 
 Settings for at-least-once delivery made harmless (README, "Delivery guarantees"): late
-acknowledgement (a message is acknowledged only after its command is committed), requeue when
-a pool process dies mid-task, prefetch of one message per process (a dead worker strands at
-most its in-flight messages), a lease-based visibility timeout of seconds, and a bounded count
-of hand-backs after which a message is dead-lettered instead of looping.
+acknowledgement (a message is acknowledged only after its command is committed and
+projected), requeue when a pool process dies mid-batch, a prefetch large enough to fill
+batches (every reserved message is recorded as unacknowledged by the transport, so a dead
+worker strands none), a lease-based visibility timeout of seconds, and a bounded count of
+hand-backs after which a message is dead-lettered instead of looping.
 """
 
 from __future__ import annotations
