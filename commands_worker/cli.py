@@ -16,8 +16,7 @@ from urllib.parse import urlparse
 
 from shared import names
 from shared.settings import Settings
-
-FINAL = ("complete", "complete_with_error")
+from shared.views import FINAL_REQUEST_STATUSES
 
 
 def _query_url(settings: Settings) -> str:
@@ -125,43 +124,40 @@ def _client() -> Any:
     return CommandClient.from_env()
 
 
-def cmd_send_create(args: argparse.Namespace) -> int:
+def _send(task: str, kwargs: dict[str, Any]) -> int:
+    """Validate and send one command; print the ids to poll."""
     from pydantic import ValidationError
 
     client = _client()
     try:
-        sent = client.create_request(
-            args.template_id, args.max_number, attributes=_json_arg(args.attributes),
-            request_id=args.request_id, command_id=args.command_id,
-            correlation_id=args.correlation_id, user_id=args.user_id)
+        sent = client.send(task, kwargs)
     except ValidationError as exc:
         print(f"refused before sending:\n{exc}", file=sys.stderr)
         return 2
     finally:
         client.close()
-    print(json.dumps({"command_id": sent.command_id, "request_id": sent.request_id}))
+    shown = {"command_id": sent.command_id, "request_id": sent.request_id,
+             "machine_id": sent.machine_id}
+    print(json.dumps({k: v for k, v in shown.items() if v is not None}))
     return 0
+
+
+def cmd_send_create(args: argparse.Namespace) -> int:
+    return _send(names.CREATE_REQUEST_TASK, {
+        "template_id": args.template_id, "max_number": args.max_number,
+        "attributes": _json_arg(args.attributes), "request_id": args.request_id,
+        "command_id": args.command_id, "correlation_id": args.correlation_id,
+        "user_id": args.user_id})
 
 
 def cmd_send_machine(args: argparse.Namespace) -> int:
-    from pydantic import ValidationError
-
     observed: Any = args.observed_at
     if observed is not None and observed.replace(".", "", 1).isdigit():
         observed = float(observed)
-    client = _client()
-    try:
-        sent = client.update_machine_status(
-            args.machine_id, args.status, request_id=args.request_id,
-            metadata=_json_arg(args.metadata), observed_at=observed,
-            command_id=args.command_id, correlation_id=args.correlation_id)
-    except ValidationError as exc:
-        print(f"refused before sending:\n{exc}", file=sys.stderr)
-        return 2
-    finally:
-        client.close()
-    print(json.dumps({"command_id": sent.command_id, "machine_id": sent.machine_id}))
-    return 0
+    return _send(names.UPDATE_MACHINE_STATUS_TASK, {
+        "machine_id": args.machine_id, "status": args.status, "request_id": args.request_id,
+        "metadata": _json_arg(args.metadata), "observed_at": observed,
+        "command_id": args.command_id, "correlation_id": args.correlation_id})
 
 
 def _progress(view: dict[str, Any]) -> str:
@@ -192,7 +188,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         if line != last:
             print(("\r" + line) if tty else line, end="" if tty else "\n", flush=True)
             last = line
-        if not args.wait or (view and view["status"] in FINAL):
+        if not args.wait or (view and view["status"] in FINAL_REQUEST_STATUSES):
             break
         if time.monotonic() > deadline:
             print(f"\ngave up after {args.timeout}s", file=sys.stderr)

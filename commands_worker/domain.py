@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from commands_worker.errors import IllegalTransition, MachineLimitReached
+from shared.views import FINAL_REQUEST_STATUSES
 
 # EC2's lifecycle order. Reporters poll, so any forward skip is legal.
 _LIFECYCLE: Final[dict[str, int]] = {
@@ -22,7 +23,6 @@ _LIFECYCLE: Final[dict[str, int]] = {
 }
 _TERMINAL: Final = frozenset({"terminated", "failed"})
 _RESTARTS: Final = frozenset({("stopped", "pending"), ("stopped", "running")})
-FINAL_REQUEST_STATUSES: Final = frozenset({"complete", "complete_with_error"})
 MACHINE_FIELDS: Final = (
     "name", "private_ip", "public_ip", "instance_type", "price_type", "launch_time", "message",
 )

@@ -15,8 +15,7 @@ import redis
 from commands_worker.errors import CacheUnavailable
 from commands_worker.ports import ViewDoc
 from shared import keys
-
-REQUEST_STATUSES: Final = ("pending", "in_progress", "complete", "complete_with_error")
+from shared.views import REQUEST_STATUSES
 
 # KEYS[1] document; for requests also KEYS[2] the all-requests index, KEYS[3] the index of the
 # new status and KEYS[4..] the other status indexes.

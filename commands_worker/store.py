@@ -541,9 +541,6 @@ class Store:
             with self.engine.begin() as conn:
                 conn.execute(outbox.delete().where(outbox.c.id.in_(outbox_ids)))
 
-    def flush_projected(self) -> None:
-        """Delete the outbox rows of projected documents now (idle time, shutdown)."""
-        self.mark_projected(self.projected.take())
 
     # --- read-side rebuild ------------------------------------------------------------
     def iter_requests(self, batch: int = 500) -> Iterator[tuple[Request, list[Machine]]]:

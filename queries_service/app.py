@@ -28,10 +28,10 @@ from queries_service.local import FastPath, LocalViews
 from queries_service.notify import ViewNotifier
 from shared import keys
 from shared.settings import Settings
+from shared.views import REQUEST_STATUSES
 
 JSON: Final = "application/json"
 _ID_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+=-]{0,199}$")
-REQUEST_STATUSES: Final = ("pending", "in_progress", "complete", "complete_with_error")
 MAX_PAGE: Final = 500
 
 

@@ -9,6 +9,7 @@ import orjson
 from pydantic import TypeAdapter
 
 from shared.views import (
+    REQUEST_STATUSES,
     CommandOutcomeView,
     ErrorBody,
     MachineView,
@@ -56,8 +57,8 @@ def _get(summary: str, schema: dict[str, Any], params: list[dict[str, Any]],
 
 
 def _paths() -> dict[str, Any]:
-    status = {"name": "status", "in": "query", "required": False, "schema": {
-        "type": "string", "enum": ["pending", "in_progress", "complete", "complete_with_error"]}}
+    status = {"name": "status", "in": "query", "required": False,
+              "schema": {"type": "string", "enum": list(REQUEST_STATUSES)}}
     cursor = {"name": "cursor", "in": "query", "required": False,
               "schema": {"type": "string", "maxLength": 64}}
     plain = {"type": "object"}

@@ -55,6 +55,3 @@ def consumer_lease_key(consumer_id: str) -> str:
 def inflight_key(consumer_id: str, queue_key: str) -> str:
     return f"{PREFIX}broker:inflight:{consumer_id}:{queue_key}"
 
-
-# The cache's own readiness marker: the worker sets it once every view has been projected.
-CACHE_READY_KEY: Final = f"{PREFIX}ready"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
@@ -54,7 +54,6 @@ class Settings:
     # Bearer tokens the query service accepts; empty: no authentication.
     query_api_tokens: tuple[str, ...] = ()
     query_max_wait_s: int = 60
-    extra: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

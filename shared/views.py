@@ -14,6 +14,8 @@ RequestStatus = Literal["pending", "in_progress", "complete", "complete_with_err
 MachineResult = Literal["executing", "succeed", "fail"]
 Outcome = Literal["applied", "rejected", "superseded"]
 
+REQUEST_STATUSES: tuple[RequestStatus, ...] = (
+    "pending", "in_progress", "complete", "complete_with_error")
 FINAL_REQUEST_STATUSES = frozenset({"complete", "complete_with_error"})
 
 

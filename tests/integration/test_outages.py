@@ -98,8 +98,9 @@ def test_redis_restart_loses_nothing(start_worker: Any, own_redis: tuple[str, An
                                      strict=True) if d is None]
         raise AssertionError(
             f"{len(missing)} without outcome; queue {client.llen('commands.requests')}, "
-            f"unacked {client.hlen('unacked')}, inbox {client.llen('hf:v1:broker:dead-letter-inbox')}"
-            f", in flight {[k for k in client.scan_iter('hf:v1:broker:inflight:*')]}, "
+            f"unacked {client.hlen('unacked')}, "
+            f"inbox {client.llen('hf:v1:broker:dead-letter-inbox')}, "
+            f"in flight {list(client.scan_iter('hf:v1:broker:inflight:*'))}, "
             f"first missing {missing[:3]}") from None
     assert {o["outcome"] for o in got.values()} == {"applied"}
     for task_id in ids[::25]:

@@ -163,7 +163,7 @@ def test_long_poll_wakes_within_100ms_of_the_projection(pair: dict[str, Any]) ->
         answered: dict[str, Any] = {}
 
         def poll(v: int = version, box: dict[str, Any] = answered) -> None:
-            response = get(urls[version % 2], f"/requests/{request_id}", min_version=v,
+            response = get(urls[v % 2], f"/requests/{request_id}", min_version=v,
                            wait=20)
             box["at"], box["version"] = time.monotonic(), response.json()["version"]
 

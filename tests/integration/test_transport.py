@@ -4,6 +4,7 @@ dead-lettered."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Iterator
@@ -41,10 +42,8 @@ def receive_one(connection: Connection) -> Any:
     consumer.consume()
     deadline = time.monotonic() + 5
     while not got and time.monotonic() < deadline:
-        try:
+        with contextlib.suppress(TimeoutError):
             connection.drain_events(timeout=0.5)
-        except TimeoutError:
-            pass
     assert got, "no message delivered"
     return got[0]
 
