@@ -70,5 +70,7 @@ class Projector:
                 doc_keys, args = _keys_and_args(doc)
                 self._cas(keys=doc_keys, args=args, client=pipe)
             return sum(int(r) for r in pipe.execute())
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        except (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError) as exc:
+            # ReadOnlyError: a failover demoted the primary under us. The outbox keeps the
+            # documents; the next attempt finds the new primary.
             raise CacheUnavailable(str(exc)) from exc

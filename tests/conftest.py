@@ -23,6 +23,7 @@ import sqlalchemy as sa
 
 from commands_worker.templates import EXAMPLE_TEMPLATES
 from shared import keys
+from shared.redis_urls import sync_client
 
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
 TEST_POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL",
@@ -172,7 +173,7 @@ def start_worker(stack_env: dict[str, str], tmp_path: Path,
         proc = Proc(worker_argv(concurrency, f"worker{len(started)}"), {**stack_env, **env},
                     tmp_path / f"worker-{len(started)}.log").start()
         started.append(proc)
-        client = redis.Redis.from_url(env.get("REDIS_URL", redis_url))
+        client = sync_client(env.get("CACHE_URL") or env.get("REDIS_URL", redis_url))
         wait_for(lambda: client.exists(keys.TEMPLATES_KEY) or proc.proc.poll() is not None,
                  30, what="the worker to start")
         client.close()

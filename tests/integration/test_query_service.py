@@ -127,3 +127,33 @@ def test_views_kept_in_process_follow_every_projection(client: TestClient,
         wait_for(lambda v=version: client.get("/requests/r9").json()["version"] == v, 5,
                  what=f"version {version} through the in-process copy")
     assert client.get("/requests/r9?include_machines=false").json()["version"] == 4
+
+
+def test_machines_of_a_request_page_in_the_order_first_reported(
+        client: TestClient, rclient: redis.Redis) -> None:
+    request = Request("r5", "t", 20, {}, "in_progress", 1.0, 2.0, version=1, seq=5)
+    machines: list[Machine] = []
+
+    def report_two() -> None:  # ids sort against report order on purpose
+        for _ in range(2):
+            machines.append(Machine(f"m{20 - len(machines):02d}", "r5", "pending", 1.0,
+                                    float(len(machines)), 1.0, version=1))
+        request.version += 1
+        Projector(rclient).project(request_docs(request, machines))
+
+    for _ in range(3):
+        report_two()
+    seen: list[str] = []
+    cursor = None
+    while True:
+        params = {"limit": 3, **({"cursor": cursor} if cursor else {})}
+        page = client.get("/requests/r5/machines", params=params).json()
+        seen += [m["machine_id"] for m in page["machines"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+        if len(machines) < 12:
+            report_two()  # more machines are reported between pages
+    assert seen == [m.machine_id for m in machines]  # report order, no gap, no repeat
+    assert client.get("/requests/nope/machines").status_code == 404
+    assert client.get("/requests/r5/machines", params={"cursor": "zz"}).status_code == 422
