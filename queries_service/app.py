@@ -97,6 +97,7 @@ class QueryApp:
         self.max_wait_s = settings.query_max_wait_s
         self.notifier = ViewNotifier(cache, local)
         self.requests_served: Counter[tuple[str, int]] = Counter()
+        self._reading: dict[str, asyncio.Future[bytes | None]] = {}
         self._templates: tuple[int, list[dict[str, Any]]] = (-1, [])
 
     async def get_request(self, request: Request) -> Response:
@@ -114,22 +115,40 @@ class QueryApp:
         return _document(request, key, doc, "request", ident)
 
     async def _read(self, key: str, min_version: int = 0) -> bytes | None:
-        """A view from this process if it is known current, else from Redis (then kept)."""
+        """A view from this process if it is known current, else from Redis (then kept).
+        Concurrent reads of one key share one Redis round trip: a thousand long-polls woken
+        by one projection cost one read, not a thousand."""
         doc = self.local.get(key)
         if doc is not None and (not min_version or doc_version(doc) >= min_version):
             return doc
-        stamp = self.local.stamp(key)
-        doc = await self.cache.get(key, min_version)
-        if doc is not None:
-            self.local.keep(key, doc, stamp)
-        return doc
+        pending = self._reading.get(key)
+        if pending is not None:
+            doc = await asyncio.shield(pending)
+            if doc is None or doc_version(doc) >= min_version:
+                return doc
+        future: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+        self._reading[key] = future
+        try:
+            stamp = self.local.stamp(key)
+            doc = await self.cache.get(key, min_version)
+            if doc is not None:
+                self.local.keep(key, doc, stamp)
+            future.set_result(doc)
+            return doc
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: a failed shared read is reported by each caller
+            raise
+        finally:
+            if self._reading.get(key) is future:
+                del self._reading[key]
 
     async def _wait_for(self, key: str, min_version: int, wait_s: int) -> bytes | None:
         """Hold the poll until the view reaches ``min_version`` or ``wait_s`` pass."""
         deadline = asyncio.get_running_loop().time() + wait_s
         with self.notifier.waiting(key, min_version) as event:
             while True:
-                doc = await self.cache.get(key, min_version)
+                doc = await self._read(key, min_version)
                 left = deadline - asyncio.get_running_loop().time()
                 if (doc is not None and doc_version(doc) >= min_version) or left <= 0:
                     return doc
