@@ -247,3 +247,53 @@ def _aclfile(tmp_path: Path) -> Path:
     path.write_text("user default off\nuser hf on >s3cret ~* &* +@all\n")
     return path
 
+
+
+def test_tls_works_on_both_sides(tmp_path: Path, start_worker: Any,
+                                 stack_env: dict[str, str]) -> None:
+    import shutil
+
+    from tests.conftest import unavailable
+
+    if shutil.which("openssl") is None:
+        unavailable("openssl (to make a test certificate)")
+    ca, cert, key = _certificates(tmp_path)
+    port = free_port()
+    server = subprocess.Popen(
+        ["redis-server", "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
+         "--tls-cert-file", str(cert), "--tls-key-file", str(key), "--tls-ca-cert-file",
+         str(ca), "--tls-auth-clients", "no", "--save", "", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL)
+    url = f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={ca}&ssl_cert_reqs=required"
+    try:
+        wait_for(lambda: _ping(redis.Redis.from_url(url)), 10, what="redis-server with TLS")
+        start_worker(2, REDIS_URL=url)
+        service_port = free_port()
+        service = Proc([sys.executable, "-m", "queries_service"],
+                       {**stack_env, "REDIS_URL": url, "QUERY_PORT": str(service_port)},
+                       tmp_path / "queries-tls.log").start()
+        base = f"http://127.0.0.1:{service_port}"
+        wait_for(lambda: _healthy(base), 20, what="query service")
+        producer = Celery("tls-producer", broker=url, set_as_current=False)
+        request_id = create(producer)
+        wait_for(lambda: get(base, f"/requests/{request_id}").status_code == 200, 20,
+                 what="the view through TLS")
+        producer.close()
+        service.stop()
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def _certificates(tmp: Path) -> tuple[Path, Path, Path]:
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=tmp, check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out",
+            "ca.crt", "-days", "1", "-subj", "/CN=hf-test-ca")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out",
+            "server.csr", "-subj", "/CN=127.0.0.1")
+    (tmp / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", "server.crt", "-days", "1", "-extfile", "ext.cnf")
+    return tmp / "ca.crt", tmp / "server.crt", tmp / "server.key"
