@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -80,6 +81,10 @@ class UnitOfWork(Protocol):
 
     def commit(self) -> list[ViewDoc]:
         """Commit; returns the view documents written to the outbox in this transaction."""
+        ...
+
+    def preload(self, request_ids: Iterable[str], machine_ids: Iterable[str]) -> None:
+        """A hint: read these in bulk now rather than one by one later."""
         ...
 
     def get_template(self, template_id: str) -> Template | None: ...

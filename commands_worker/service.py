@@ -127,6 +127,7 @@ class Executor:
         outcomes: dict[int, Execution | RetryLater] = {}
         with self.new_uow() as uow:
             known = uow.get_commands(list({env.command_id for env in envs}))
+            uow.preload(*_named_ids(envs))
             # Requests before machine reports: the two come through different queues, so
             # their order is not given anyway, and a report gathered into the same batch as
             # its request then applies at once instead of waiting for a retry.
@@ -213,6 +214,15 @@ class Executor:
         ))
         uow.emit(views.command_doc(record, self.retention_s))
         return Execution(record, [])
+
+
+def _named_ids(envs: list[Envelope]) -> tuple[set[str], set[str]]:
+    """The request and machine ids a batch names (the request ids it would create too)."""
+    requests = {r for env in envs if isinstance(r := env.kwargs.get("request_id"), str)}
+    requests |= {f"req-{env.command_id}" for env in envs
+                 if env.task == CREATE_REQUEST_TASK and "request_id" not in env.kwargs}
+    machines = {m for env in envs if isinstance(m := env.kwargs.get("machine_id"), str)}
+    return requests, machines
 
 
 def _str_or_none(value: Any) -> str | None:

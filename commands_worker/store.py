@@ -179,6 +179,11 @@ def _machine(row: Any) -> Machine:
     )
 
 
+def _copy(machine: Machine | None) -> Machine | None:
+    """Handlers change what they load; what this transaction knows stays as stored."""
+    return replace(machine, details=dict(machine.details)) if machine else None
+
+
 def _command(row: Any) -> CommandRecord:
     return CommandRecord(
         command_id=row.command_id, task=row.task, outcome=row.outcome,
@@ -298,6 +303,12 @@ _Q: Final = {
                                         ("status", "version", "updated_at")),
     "update_machine": _versioned_update(machines, "machine_id", _MACHINE_COLUMNS),
     "update_command": _versioned_update(commands, "command_id", _COMMAND_COLUMNS),
+    "requests_in": requests.select().where(
+        requests.c.request_id.in_(sa.bindparam("keys", expanding=True))),
+    "machines_in": machines.select().where(
+        machines.c.machine_id.in_(sa.bindparam("keys", expanding=True))),
+    "machines_of_in": machines.select().where(
+        machines.c.request_id.in_(sa.bindparam("keys", expanding=True))),
     "delete_outbox": outbox.delete().where(
         outbox.c.id.in_(sa.bindparam("keys", expanding=True))),
 }
@@ -331,6 +342,10 @@ class SqlUnitOfWork:
             raise translate_errors(exc) from exc
         self._docs = []
         self._templates = {}
+        # What this transaction has read or written, so a batch reads each row once.
+        self._requests: dict[str, Request | None] = {}
+        self._machines: dict[str, Machine | None] = {}
+        self._owned: dict[str, list[str]] = {}
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -387,9 +402,36 @@ class SqlUnitOfWork:
             self._templates[template_id] = _template(row) if row else None
         return self._templates[template_id]
 
+    def preload(self, request_ids: Iterable[str], machine_ids: Iterable[str]) -> None:
+        """Read in three queries what a batch names: its machines, its requests (and those
+        of its machines) and every machine of those requests."""
+        wanted_machines = set(machine_ids) - self._machines.keys()
+        wanted_requests = set(request_ids)
+        if wanted_machines:
+            for row in self.conn.execute(_Q["machines_in"], {"keys": list(wanted_machines)}):
+                self._machines[row.machine_id] = _machine(row)
+                wanted_requests.add(row.request_id)
+            for machine_id in wanted_machines - self._machines.keys():
+                self._machines[machine_id] = None
+        wanted_requests -= self._requests.keys()
+        if not wanted_requests:
+            return
+        for row in self.conn.execute(_Q["requests_in"], {"keys": list(wanted_requests)}):
+            self._requests[row.request_id] = _request(row)
+        for request_id in wanted_requests:
+            self._requests.setdefault(request_id, None)
+            self._owned.setdefault(request_id, [])
+        for row in self.conn.execute(_Q["machines_of_in"], {"keys": list(wanted_requests)}):
+            self._machines[row.machine_id] = _machine(row)
+            if row.machine_id not in self._owned[row.request_id]:
+                self._owned[row.request_id].append(row.machine_id)
+
     def get_request(self, request_id: str) -> Request | None:
-        row = self._one("request", request_id)
-        return _request(row) if row else None
+        if request_id not in self._requests:
+            row = self._one("request", request_id)
+            self._requests[request_id] = _request(row) if row else None
+        known = self._requests[request_id]
+        return replace(known) if known else None
 
     def add_request(self, request: Request) -> None:
         result = self.conn.execute(_Q["insert_request"], {
@@ -398,11 +440,14 @@ class SqlUnitOfWork:
             "status": request.status, "version": request.version,
             "created_at": request.created_at, "updated_at": request.updated_at})
         request.seq = _inserted_id(result)
+        self._requests[request.request_id] = replace(request)
+        self._owned[request.request_id] = []
 
     def save_request(self, request: Request, expected_version: int) -> None:
         self._update("update_request", request.request_id, expected_version, {
             "status": request.status, "version": request.version,
             "updated_at": request.updated_at})
+        self._requests[request.request_id] = replace(request)
 
     def _update(self, query: str, key: str, expected: int, values: dict[str, Any]) -> None:
         result = self.conn.execute(_Q[query], {"b_key": key, "b_expected": expected, **values})
@@ -410,20 +455,34 @@ class SqlUnitOfWork:
             raise ConcurrentUpdate(f"{key} moved past version {expected}")
 
     def get_machine(self, machine_id: str) -> Machine | None:
-        row = self._one("machine", machine_id)
-        return _machine(row) if row else None
+        if machine_id not in self._machines:
+            row = self._one("machine", machine_id)
+            self._machines[machine_id] = _machine(row) if row else None
+        return _copy(self._machines[machine_id])
 
     def machines_of(self, request_id: str) -> list[Machine]:
-        return [_machine(r) for r in self.conn.execute(_Q["machines_of"], {"key": request_id})]
+        if request_id not in self._owned:
+            rows = self.conn.execute(_Q["machines_of"], {"key": request_id})
+            self._owned[request_id] = []
+            for row in rows:
+                self._machines[row.machine_id] = _machine(row)
+                self._owned[request_id].append(row.machine_id)
+        owned = (self._machines[m] for m in sorted(self._owned[request_id]))
+        return [m for m in map(_copy, owned) if m is not None]
 
     def add_machine(self, machine: Machine) -> None:
         self.conn.execute(_Q["insert_machine"], {
             **self._machine_values(machine), "machine_id": machine.machine_id,
             "request_id": machine.request_id, "created_at": machine.created_at})
+        self._machines[machine.machine_id] = _copy(machine)
+        owned = self._owned.get(machine.request_id)
+        if owned is not None:
+            owned.append(machine.machine_id)
 
     def save_machine(self, machine: Machine, expected_version: int) -> None:
         self._update("update_machine", machine.machine_id, expected_version,
                      self._machine_values(machine))
+        self._machines[machine.machine_id] = _copy(machine)
 
     @staticmethod
     def _machine_values(machine: Machine) -> dict[str, Any]:
@@ -444,6 +503,8 @@ class SqlUnitOfWork:
     def savepoint(self) -> Iterator[None]:
         # Savepoints here never nest, so one fixed name serves (and needs no compiling).
         emitted = len(self._docs)
+        known = (dict(self._requests), dict(self._machines),
+                 {k: list(v) for k, v in self._owned.items()})
         self.conn.exec_driver_sql("SAVEPOINT hf_command")
         try:
             yield
@@ -451,6 +512,7 @@ class SqlUnitOfWork:
             self.conn.exec_driver_sql("ROLLBACK TO SAVEPOINT hf_command")
             self.conn.exec_driver_sql("RELEASE SAVEPOINT hf_command")
             del self._docs[emitted:]
+            self._requests, self._machines, self._owned = known
             raise
         self.conn.exec_driver_sql("RELEASE SAVEPOINT hf_command")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from types import TracebackType
 from typing import Any, Self
@@ -50,6 +50,9 @@ class FakeUnitOfWork:
         self.state.__dict__.update(copy.deepcopy(self.w.__dict__))
         docs, self.docs = self.docs, []
         return docs
+
+    def preload(self, request_ids: Iterable[str], machine_ids: Iterable[str]) -> None:
+        return None
 
     def get_template(self, template_id: str) -> Template | None:
         return self.w.templates.get(template_id)
