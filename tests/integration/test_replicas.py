@@ -225,28 +225,33 @@ def test_acl_credentials_work_on_both_sides(tmp_path: Path, start_worker: Any,
         with pytest.raises(redis.AuthenticationError):
             redis.Redis(port=secured.port).ping()
         url = f"redis://hf:s3cret@127.0.0.1:{secured.port}/0"
-        start_worker(2, REDIS_URL=url)
-        port = free_port()
-        service = Proc([sys.executable, "-m", "queries_service"],
-                       {**stack_env, "REDIS_URL": url, "QUERY_PORT": str(port)},
-                       tmp_path / "queries-acl.log").start()
-        base = f"http://127.0.0.1:{port}"
-        wait_for(lambda: _healthy(base), 20, what="query service")
-        producer = Celery("acl-producer", broker=url, set_as_current=False)
-        request_id = create(producer)
-        wait_for(lambda: get(base, f"/requests/{request_id}").status_code == 200, 20,
-                 what="the view through ACL credentials")
-        producer.close()
-        service.stop()
+        round_trip(url, start_worker, stack_env, tmp_path / "queries-acl.log")
     finally:
         secured.stop()
+
+
+def round_trip(url: str, start_worker: Any, stack_env: dict[str, str], log: Path) -> None:
+    """Worker, query service and a producer all on ``url``: a request becomes visible."""
+    start_worker(2, REDIS_URL=url)
+    port = free_port()
+    service = Proc([sys.executable, "-m", "queries_service"],
+                   {**stack_env, "REDIS_URL": url, "QUERY_PORT": str(port)}, log).start()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: _healthy(base), 20, what="query service")
+        producer = Celery("round-trip-producer", broker=url, set_as_current=False)
+        request_id = create(producer)
+        wait_for(lambda: get(base, f"/requests/{request_id}").status_code == 200, 20,
+                 what=f"the view through {url.split(':', maxsplit=1)[0]}")
+        producer.close()
+    finally:
+        service.stop()
 
 
 def _aclfile(tmp_path: Path) -> Path:
     path = tmp_path / "users.acl"
     path.write_text("user default off\nuser hf on >s3cret ~* &* +@all\n")
     return path
-
 
 
 def test_tls_works_on_both_sides(tmp_path: Path, start_worker: Any,
@@ -267,19 +272,7 @@ def test_tls_works_on_both_sides(tmp_path: Path, start_worker: Any,
     url = f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={ca}&ssl_cert_reqs=required"
     try:
         wait_for(lambda: _ping(redis.Redis.from_url(url)), 10, what="redis-server with TLS")
-        start_worker(2, REDIS_URL=url)
-        service_port = free_port()
-        service = Proc([sys.executable, "-m", "queries_service"],
-                       {**stack_env, "REDIS_URL": url, "QUERY_PORT": str(service_port)},
-                       tmp_path / "queries-tls.log").start()
-        base = f"http://127.0.0.1:{service_port}"
-        wait_for(lambda: _healthy(base), 20, what="query service")
-        producer = Celery("tls-producer", broker=url, set_as_current=False)
-        request_id = create(producer)
-        wait_for(lambda: get(base, f"/requests/{request_id}").status_code == 200, 20,
-                 what="the view through TLS")
-        producer.close()
-        service.stop()
+        round_trip(url, start_worker, stack_env, tmp_path / "queries-tls.log")
     finally:
         server.terminate()
         server.wait(timeout=10)
