@@ -17,41 +17,48 @@ from commands_worker.ports import ViewDoc
 from shared import keys
 from shared.views import REQUEST_STATUSES
 
-# KEYS[1] document; for requests also KEYS[2] the all-requests index, KEYS[3] the index of the
-# new status and KEYS[4..] the other status indexes.
-# ARGV: version, body, ttl ms (0: none), channel, index score, member.
+# Many documents per call. ARGV[1] is the views channel; then six values per document:
+# its key count, version, body, TTL in ms (0: none), index score and index member. Its keys
+# come in order in KEYS: the document's, and for a request the all-requests index, the index
+# of its new status and the other status indexes.
 _CAS_SCRIPT: Final = """
-local cur = redis.call('GET', KEYS[1])
-local v = tonumber(ARGV[1])
-if cur then
-  local cv = tonumber(string.match(cur, '^{"version":(%d+)'))
-  if cv and cv >= v then return 0 end
+local written, k, a = 0, 1, 2
+while a <= #ARGV do
+  local nkeys, v = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+  local key, member, score = KEYS[k], ARGV[a + 5], ARGV[a + 4]
+  local cur = redis.call('GET', key)
+  local cv = cur and tonumber(string.match(cur, '^{"version":(%d+)'))
+  if not (cv and cv >= v) then
+    local ttl = tonumber(ARGV[a + 3])
+    if ttl > 0 then
+      redis.call('SET', key, ARGV[a + 2], 'PX', ttl)
+    else
+      redis.call('SET', key, ARGV[a + 2])
+    end
+    if nkeys > 1 then
+      redis.call('ZADD', KEYS[k + 1], score, member)
+      for i = k + 3, k + nkeys - 1 do redis.call('ZREM', KEYS[i], member) end
+      redis.call('ZADD', KEYS[k + 2], score, member)
+    end
+    redis.call('PUBLISH', ARGV[1], key .. ' ' .. ARGV[a + 1])
+    written = written + 1
+  end
+  k, a = k + nkeys, a + 6
 end
-local ttl = tonumber(ARGV[3])
-if ttl > 0 then
-  redis.call('SET', KEYS[1], ARGV[2], 'PX', ttl)
-else
-  redis.call('SET', KEYS[1], ARGV[2])
-end
-if #KEYS > 1 then
-  redis.call('ZADD', KEYS[2], ARGV[5], ARGV[6])
-  for i = 4, #KEYS do redis.call('ZREM', KEYS[i], ARGV[6]) end
-  redis.call('ZADD', KEYS[3], ARGV[5], ARGV[6])
-end
-redis.call('PUBLISH', ARGV[4], KEYS[1] .. ' ' .. ARGV[1])
-return 1
+return written
 """
+_DOCS_PER_CALL: Final = 200
 
 
 def _keys_and_args(doc: ViewDoc) -> tuple[list[str], list[str | bytes | int]]:
     ttl_ms = doc.ttl_s * 1000
     if not doc.status:
-        return [doc.key], [doc.version, doc.body, ttl_ms, keys.VIEWS_CHANNEL, 0, ""]
+        return [doc.key], [1, doc.version, doc.body, ttl_ms, 0, ""]
     request_id = doc.key.removeprefix(keys.request_key(""))
     others = [keys.requests_by_status_key(s) for s in REQUEST_STATUSES if s != doc.status]
     doc_keys = [doc.key, keys.REQUESTS_INDEX_KEY, keys.requests_by_status_key(doc.status),
                 *others]
-    return doc_keys, [doc.version, doc.body, ttl_ms, keys.VIEWS_CHANNEL, doc.seq, request_id]
+    return doc_keys, [len(doc_keys), doc.version, doc.body, ttl_ms, doc.seq, request_id]
 
 
 class Projector:
@@ -66,9 +73,14 @@ class Projector:
             return 0
         try:
             pipe = self.client.pipeline(transaction=False)
-            for doc in docs:
-                doc_keys, args = _keys_and_args(doc)
-                self._cas(keys=doc_keys, args=args, client=pipe)
+            for first in range(0, len(docs), _DOCS_PER_CALL):
+                script_keys: list[str] = []
+                args: list[str | bytes | int] = [keys.VIEWS_CHANNEL]
+                for doc in docs[first:first + _DOCS_PER_CALL]:
+                    doc_keys, doc_args = _keys_and_args(doc)
+                    script_keys += doc_keys
+                    args += doc_args
+                self._cas(keys=script_keys, args=args, client=pipe)
             return sum(int(r) for r in pipe.execute())
         except (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError) as exc:
             # ReadOnlyError: a failover demoted the primary under us. The outbox keeps the
