@@ -16,7 +16,7 @@ import redis
 from commands_worker import views
 from commands_worker.projector import Projector
 from commands_worker.service import Executor
-from commands_worker.store import Store, create_engine
+from commands_worker.store import Store
 from commands_worker.templates import load_templates_file
 from shared.redis_urls import sync_client
 from shared.settings import Settings
@@ -38,10 +38,9 @@ _deps: Deps | None = None
 _lock = threading.Lock()
 
 
-def build(settings: Settings | None = None, create_schema: bool = True) -> Deps:
+def build(settings: Settings | None = None) -> Deps:
     settings = settings or Settings.from_env()
-    store = (Store.from_url(settings.store_url) if create_schema
-             else Store(create_engine(settings.store_url)))
+    store = Store.from_url(settings.store_url)
     cache: redis.Redis = sync_client(settings.cache_url, socket_timeout=5,
                                      socket_connect_timeout=5, health_check_interval=30)
     broker: redis.Redis = (cache if settings.broker_url == settings.cache_url else

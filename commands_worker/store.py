@@ -290,8 +290,6 @@ _Q: Final = {
     "template": _by(templates, "template_id"),
     "request": _by(requests, "request_id"),
     "machine": _by(machines, "machine_id"),
-    "machines_of": _by(machines, "request_id").order_by(machines.c.machine_id),
-    "command": _by(commands, "command_id"),
     "commands": commands.select().where(
         commands.c.command_id.in_(sa.bindparam("keys", expanding=True))),
     "dead_letter": _by(dead_letters, "command_id"),
@@ -420,8 +418,13 @@ class SqlUnitOfWork:
             self._requests[row.request_id] = _request(row)
         for request_id in wanted_requests:
             self._requests.setdefault(request_id, None)
+        self._load_machines_of(wanted_requests)
+
+    def _load_machines_of(self, request_ids: set[str]) -> None:
+        """Every machine of these requests, read in one query and remembered."""
+        for request_id in request_ids:
             self._owned.setdefault(request_id, [])
-        for row in self.conn.execute(_Q["machines_of_in"], {"keys": list(wanted_requests)}):
+        for row in self.conn.execute(_Q["machines_of_in"], {"keys": list(request_ids)}):
             self._machines[row.machine_id] = _machine(row)
             if row.machine_id not in self._owned[row.request_id]:
                 self._owned[row.request_id].append(row.machine_id)
@@ -462,11 +465,7 @@ class SqlUnitOfWork:
 
     def machines_of(self, request_id: str) -> list[Machine]:
         if request_id not in self._owned:
-            rows = self.conn.execute(_Q["machines_of"], {"key": request_id})
-            self._owned[request_id] = []
-            for row in rows:
-                self._machines[row.machine_id] = _machine(row)
-                self._owned[request_id].append(row.machine_id)
+            self._load_machines_of({request_id})
         owned = (self._machines[m] for m in sorted(self._owned[request_id]))
         return [m for m in map(_copy, owned) if m is not None]
 
@@ -491,10 +490,6 @@ class SqlUnitOfWork:
                 "updated_at": machine.updated_at}
 
     # --- commands, dead letters, outbox -----------------------------------------------
-    def get_command(self, command_id: str) -> CommandRecord | None:
-        row = self._one("command", command_id)
-        return _command(row) if row else None
-
     def get_commands(self, command_ids: list[str]) -> dict[str, CommandRecord]:
         rows = self.conn.execute(_Q["commands"], {"keys": command_ids})
         return {row.command_id: _command(row) for row in rows}

@@ -61,17 +61,26 @@ class FakeUnitOfWork:
         found = self.w.requests.get(request_id)
         return copy.deepcopy(found) if found else None
 
+    @staticmethod
+    def _insert(rows: dict[str, Any], key: str, row: Request | Machine) -> None:
+        if key in rows:
+            raise ConcurrentUpdate(key)
+        rows[key] = copy.deepcopy(row)
+
+    @staticmethod
+    def _save(rows: dict[str, Any], key: str, row: Request | Machine, expected: int) -> None:
+        if rows[key].version != expected:
+            raise ConcurrentUpdate(key)
+        rows[key] = copy.deepcopy(row)
+
     def add_request(self, request: Request) -> None:
-        if request.request_id in self.w.requests:
-            raise ConcurrentUpdate(request.request_id)
-        self.w.seq += 1
-        request.seq = self.w.seq
-        self.w.requests[request.request_id] = copy.deepcopy(request)
+        if request.request_id not in self.w.requests:
+            self.w.seq += 1
+            request.seq = self.w.seq
+        self._insert(self.w.requests, request.request_id, request)
 
     def save_request(self, request: Request, expected_version: int) -> None:
-        if self.w.requests[request.request_id].version != expected_version:
-            raise ConcurrentUpdate(request.request_id)
-        self.w.requests[request.request_id] = copy.deepcopy(request)
+        self._save(self.w.requests, request.request_id, request, expected_version)
 
     def get_machine(self, machine_id: str) -> Machine | None:
         found = self.w.machines.get(machine_id)
@@ -82,17 +91,10 @@ class FakeUnitOfWork:
                        if m.request_id == request_id), key=lambda m: m.machine_id)
 
     def add_machine(self, machine: Machine) -> None:
-        if machine.machine_id in self.w.machines:
-            raise ConcurrentUpdate(machine.machine_id)
-        self.w.machines[machine.machine_id] = copy.deepcopy(machine)
+        self._insert(self.w.machines, machine.machine_id, machine)
 
     def save_machine(self, machine: Machine, expected_version: int) -> None:
-        if self.w.machines[machine.machine_id].version != expected_version:
-            raise ConcurrentUpdate(machine.machine_id)
-        self.w.machines[machine.machine_id] = copy.deepcopy(machine)
-
-    def get_command(self, command_id: str) -> CommandRecord | None:
-        return self.w.commands.get(command_id)
+        self._save(self.w.machines, machine.machine_id, machine, expected_version)
 
     def get_commands(self, command_ids: list[str]) -> dict[str, CommandRecord]:
         return {c: self.w.commands[c] for c in command_ids if c in self.w.commands}
