@@ -30,6 +30,7 @@ def test_cache_behind_sentinel_survives_a_failover(tmp_path: Path, start_worker:
                     "sentinel failover-timeout hfcache 5000\n")
     sentinel = subprocess.Popen(["redis-server", str(conf), "--sentinel"],
                                 stdout=subprocess.DEVNULL)
+    service: Proc | None = None
     try:
         sentinel_client = redis.Redis(port=sentinel_port)
         wait_for(lambda: _replicas_known(sentinel_client), 20, what="the sentinel")
@@ -60,8 +61,9 @@ def test_cache_behind_sentinel_survives_a_failover(tmp_path: Path, start_worker:
         promoted = redis.Redis(port=second.port)
         assert promoted.exists(f"hf:v1:machine:{request_id}-a"), (
             promoted.keys("hf:v1:machine:*"), redis.Redis(port=first.port).keys("hf:v1:m*"))
-        service.stop()
     finally:
+        if service is not None:
+            service.stop()  # also when the test fails: no query service left running
         sentinel.terminate()
         sentinel.wait(timeout=10)
         second.stop()
