@@ -326,7 +326,7 @@ def _ms(text: str | None) -> float | None:
 def bench_queries(redis_url: str, connections: int, duration_s: int,
                   workdir: Path) -> dict[str, Any]:
     from commands_worker import bootstrap
-    from commands_worker.service import Envelope
+    from commands_worker.service_layer.executor import Envelope
     from shared.settings import Settings
 
     client = redis.Redis.from_url(redis_url)

@@ -12,8 +12,8 @@ import redis
 
 from bench.__main__ import redis_server, stack_env
 from commands_worker import bootstrap
-from commands_worker.housekeeping import rebuild_read_model
-from commands_worker.service import Envelope
+from commands_worker.service_layer.executor import Envelope
+from commands_worker.service_layer.maintenance import rebuild_read_model
 from shared.settings import Settings
 
 

@@ -27,9 +27,9 @@ from bench.__main__ import (
     wait_until,
     wrk,
 )
-from commands_worker.domain import Machine, Request
-from commands_worker.projector import Projector
-from commands_worker.views import request_docs
+from commands_worker.adapters.projector import Projector
+from commands_worker.domain.model import Machine, Request
+from commands_worker.service_layer.documents import request_docs
 
 
 def project(client: redis.Redis, version: int, machines: int = 5) -> None:

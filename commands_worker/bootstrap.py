@@ -13,11 +13,11 @@ from dataclasses import dataclass
 
 import redis
 
-from commands_worker import views
-from commands_worker.projector import Projector
-from commands_worker.service import Executor
-from commands_worker.store import Store
-from commands_worker.templates import load_templates_file
+from commands_worker.adapters.projector import Projector
+from commands_worker.adapters.sql.store import Store
+from commands_worker.adapters.templates_file import load_templates_file
+from commands_worker.service_layer import documents as views
+from commands_worker.service_layer.executor import Executor
 from shared.redis_urls import sync_client
 from shared.settings import Settings
 

@@ -24,8 +24,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from queries_service import openapi
 from queries_service.cache import CacheUnavailable, ReadCache, doc_version
-from queries_service.local import FastPath, LocalViews
-from queries_service.notify import ViewNotifier
+from queries_service.hot_views import FastPath, LocalViews
+from queries_service.notifications import ViewNotifier
 from shared import keys
 from shared.settings import Settings
 from shared.views import REQUEST_STATUSES

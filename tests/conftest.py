@@ -21,7 +21,7 @@ import pytest
 import redis
 import sqlalchemy as sa
 
-from commands_worker.templates import EXAMPLE_TEMPLATES
+from commands_worker.adapters.templates_file import EXAMPLE_TEMPLATES
 from shared import keys
 from shared.redis_urls import sync_client
 
@@ -95,7 +95,7 @@ def postgres_server() -> str:
 
 @pytest.fixture
 def postgres_url(postgres_server: str) -> str:
-    from commands_worker.store import metadata
+    from commands_worker.adapters.sql.store import metadata
 
     engine = sa.create_engine(postgres_server)
     metadata.drop_all(engine)

@@ -9,9 +9,9 @@ from dataclasses import replace
 from types import TracebackType
 from typing import Any, Self
 
-from commands_worker.domain import Machine, Request, Template
-from commands_worker.errors import ConcurrentUpdate
-from commands_worker.ports import CommandRecord, DeadLetter, ViewDoc
+from commands_worker.domain.errors import ConcurrentUpdate
+from commands_worker.domain.model import Machine, Request, Template
+from commands_worker.service_layer.ports import CommandRecord, DeadLetter, ViewDoc
 
 
 class FakeState:

@@ -32,7 +32,7 @@ def test_up_send_status_wait_and_ctrl_c(tmp_path: Path) -> None:
            if not k.startswith(("REDIS_", "BROKER_", "CACHE_", "STORE_", "QUERY_"))}
     env.update({"REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
                 "QUERY_PORT": str(query_port), "PYTHONPATH": str(ROOT)})
-    hfctl = [sys.executable, "-m", "commands_worker.cli"]
+    hfctl = [sys.executable, "-m", "hfctl"]
     log = (tmp_path / "up.log").open("wb")
     up = subprocess.Popen([*hfctl, "up", "--simulate"], cwd=tmp_path, env=env, stdout=log,
                           stderr=subprocess.STDOUT, start_new_session=True)

@@ -19,7 +19,7 @@ CREATE = "commands.create_request"
 
 
 def hfctl(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "commands_worker.cli", *args], env=env,
+    return subprocess.run([sys.executable, "-m", "hfctl", *args], env=env,
                           cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import orjson
 import redis
 
-from commands_worker.domain import Request
-from commands_worker.ports import ViewDoc
-from commands_worker.projector import Projector
-from commands_worker.views import request_docs
+from commands_worker.adapters.projector import Projector
+from commands_worker.domain.model import Request
+from commands_worker.service_layer.documents import request_docs
+from commands_worker.service_layer.ports import ViewDoc
 from shared import keys
 
 

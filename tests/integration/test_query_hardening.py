@@ -13,9 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
-from commands_worker.domain import Machine, Request
-from commands_worker.projector import Projector
-from commands_worker.views import request_docs
+from commands_worker.adapters.projector import Projector
+from commands_worker.domain.model import Machine, Request
+from commands_worker.service_layer.documents import request_docs
 from queries_service.app import create_app
 from queries_service.openapi import document
 from shared.settings import Settings

@@ -10,9 +10,9 @@ import pytest
 import redis
 from starlette.testclient import TestClient
 
-from commands_worker.domain import Machine, Request
-from commands_worker.projector import Projector
-from commands_worker.views import machine_doc, request_docs
+from commands_worker.adapters.projector import Projector
+from commands_worker.domain.model import Machine, Request
+from commands_worker.service_layer.documents import machine_doc, request_docs
 from queries_service.app import create_app
 from shared.settings import Settings
 

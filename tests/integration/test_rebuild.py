@@ -9,7 +9,7 @@ from typing import Any
 import redis
 
 from commands_worker import bootstrap
-from commands_worker.service import Envelope
+from commands_worker.service_layer.executor import Envelope
 from shared.settings import Settings
 from tests.conftest import ROOT
 
@@ -45,7 +45,7 @@ def test_wiped_cache_is_rebuilt_byte_for_byte(stack_env: dict[str, str],
     assert len(before) > 100
 
     rclient.flushdb()  # Redis restarted without persistence
-    result = subprocess.run([sys.executable, "-m", "commands_worker.cli", "rebuild-read-model"],
+    result = subprocess.run([sys.executable, "-m", "hfctl", "rebuild-read-model"],
                             env=stack_env, cwd=ROOT, capture_output=True, text=True,
                             timeout=120, check=False)
     assert result.returncode == 0, result.stderr

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from commands_worker.service import Envelope, Executor
-from commands_worker.store import Store
-from commands_worker.templates import EXAMPLE_TEMPLATES, load_templates_file
+from commands_worker.adapters.sql.store import Store
+from commands_worker.adapters.templates_file import EXAMPLE_TEMPLATES, load_templates_file
+from commands_worker.service_layer.executor import Envelope, Executor
 
 CREATE = "commands.create_request"
 UPDATE = "commands.update_machine_status"

@@ -14,7 +14,7 @@ import pytest
 import redis
 from kombu import Connection, Consumer, Exchange, Producer, Queue
 
-from commands_worker.transport import Transport
+from commands_worker.adapters.broker.transport import Transport
 from shared import keys
 
 QUEUE = Queue("t.q", Exchange("t.q", "direct"), routing_key="t.q")

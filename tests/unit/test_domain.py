@@ -1,7 +1,7 @@
 import pytest
 
-from commands_worker.domain import Machine, request_status, transition_allowed
-from commands_worker.errors import IllegalTransition
+from commands_worker.domain.errors import IllegalTransition
+from commands_worker.domain.model import Machine, request_status, transition_allowed
 
 
 def machine(status: str, version: int = 1) -> Machine:

@@ -5,7 +5,7 @@ import itertools
 import orjson
 import pytest
 
-from commands_worker.service import Envelope, Executor
+from commands_worker.service_layer.executor import Envelope, Executor
 from shared import keys
 from tests.fakes import FakeState, FakeUnitOfWork, templates
 
@@ -130,7 +130,7 @@ def test_refused_command_resent_keeps_first_outcome(executor: Executor,
 
 def test_machine_racing_ahead_of_its_request_is_retried_not_refused(
         executor: Executor, state: FakeState) -> None:
-    from commands_worker.errors import RetryLater
+    from commands_worker.domain.errors import RetryLater
 
     early = Envelope(UPDATE, "u1", {"machine_id": "m1", "status": "pending",
                                     "request_id": "req-t1"}, final_attempt=False)

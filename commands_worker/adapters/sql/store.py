@@ -23,9 +23,9 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
-from commands_worker.domain import Machine, Request, Template
-from commands_worker.errors import ConcurrentUpdate, StoreUnavailable
-from commands_worker.ports import CommandRecord, DeadLetter, ViewDoc
+from commands_worker.domain.errors import ConcurrentUpdate, StoreUnavailable
+from commands_worker.domain.model import Machine, Request, Template
+from commands_worker.service_layer.ports import CommandRecord, DeadLetter, ViewDoc
 
 metadata = sa.MetaData()
 _BigInt = sa.BigInteger().with_variant(sa.Integer(), "sqlite")

@@ -1,6 +1,6 @@
 """The Celery tasks: thin adapters. Decode, apply exactly once, project, log.
 
-The worker runs them in batches (``commands_worker.batching``): ``run_batch`` is what a pool
+The worker runs them in batches (``entrypoints.batching``): ``run_batch`` is what a pool
 process executes. Called directly (``task.apply``), a task runs as a batch of one.
 """
 
@@ -16,11 +16,11 @@ from celery import Task
 from celery.exceptions import Reject
 
 from commands_worker import bootstrap
-from commands_worker.app import app
-from commands_worker.batching import BatchedCommandTask
-from commands_worker.errors import CacheUnavailable, RetryLater, StoreUnavailable
-from commands_worker.ports import ViewDoc
-from commands_worker.service import Envelope, Execution
+from commands_worker.domain.errors import CacheUnavailable, RetryLater, StoreUnavailable
+from commands_worker.entrypoints.batching import BatchedCommandTask
+from commands_worker.entrypoints.celery_app import app
+from commands_worker.service_layer.executor import Envelope, Execution
+from commands_worker.service_layer.ports import ViewDoc
 from shared import keys, names
 
 log = logging.getLogger("hostfactory.commands")

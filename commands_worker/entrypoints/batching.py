@@ -95,7 +95,7 @@ class Batcher:
         if not self.buffer or (self.in_flight >= self.slots and len(self.buffer) < FLUSH_EVERY):
             return  # a finishing batch flushes what gathered meanwhile
         items, self.buffer = self.buffer, []
-        from commands_worker.tasks import run_batch
+        from commands_worker.entrypoints.tasks import run_batch
 
         self.in_flight += 1
         self.consumer.pool.apply_async(
@@ -165,4 +165,4 @@ def strategy(task: Any, app: Any, consumer: Any, **kwargs: Any) -> Any:
 class BatchedCommandTask(Task):  # type: ignore[misc]
     """A command task whose messages the worker applies in batches (see module doc)."""
 
-    Strategy = "commands_worker.batching:strategy"
+    Strategy = "commands_worker.entrypoints.batching:strategy"

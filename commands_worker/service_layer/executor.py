@@ -16,15 +16,21 @@ from typing import Any, Final
 
 from pydantic import ValidationError
 
-from commands_worker import views
-from commands_worker.errors import (
+from commands_worker.domain.errors import (
     CommandRefused,
     ConcurrentUpdate,
     InvalidCommand,
     RetryLater,
 )
-from commands_worker.handlers import HANDLERS, Context
-from commands_worker.ports import CommandRecord, DeadLetter, Effect, UnitOfWork, ViewDoc
+from commands_worker.service_layer import documents as views
+from commands_worker.service_layer.handlers import HANDLERS, Context
+from commands_worker.service_layer.ports import (
+    CommandRecord,
+    DeadLetter,
+    Effect,
+    UnitOfWork,
+    ViewDoc,
+)
 from shared.commands import MAX_ID_LEN, Command
 from shared.names import CREATE_REQUEST_TASK
 

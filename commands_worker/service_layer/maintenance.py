@@ -9,9 +9,9 @@ import time
 from collections.abc import Iterator
 from typing import Any, cast
 
-from commands_worker import views
 from commands_worker.bootstrap import Deps
-from commands_worker.ports import DeadLetter, ViewDoc
+from commands_worker.service_layer import documents as views
+from commands_worker.service_layer.ports import DeadLetter, ViewDoc
 from shared import keys
 
 log = logging.getLogger("hostfactory.worker")

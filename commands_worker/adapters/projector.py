@@ -12,8 +12,8 @@ from typing import Final
 
 import redis
 
-from commands_worker.errors import CacheUnavailable
-from commands_worker.ports import ViewDoc
+from commands_worker.domain.errors import CacheUnavailable
+from commands_worker.service_layer.ports import ViewDoc
 from shared import keys
 from shared.views import REQUEST_STATUSES
 

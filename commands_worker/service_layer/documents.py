@@ -11,8 +11,8 @@ from typing import Any
 
 import orjson
 
-from commands_worker.domain import MACHINE_FIELDS, Machine, Request, Template
-from commands_worker.ports import CommandRecord, ViewDoc
+from commands_worker.domain.model import MACHINE_FIELDS, Machine, Request, Template
+from commands_worker.service_layer.ports import CommandRecord, ViewDoc
 from shared import keys
 
 

@@ -79,7 +79,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     started.append(_spawn("queries", [py, "-m", "queries_service"]))
     if args.simulate:
         started.append(_spawn("simulator", [
-            py, "-m", "commands_worker.cli", "simulate",
+            py, "-m", "hfctl", "simulate",
             "--failure-rate", str(args.failure_rate)]))
     url = _query_url(settings)
     print(f"hostfactory-cqrs is up: store {settings.store_url}, cache {settings.cache_url}\n"
@@ -209,14 +209,14 @@ def _deps() -> Any:
 
 
 def cmd_rebuild(args: argparse.Namespace) -> int:
-    from commands_worker.housekeeping import rebuild_read_model
+    from commands_worker.service_layer.maintenance import rebuild_read_model
 
     print(json.dumps(rebuild_read_model(_deps())))
     return 0
 
 
 def cmd_dead_letters_list(args: argparse.Namespace) -> int:
-    from commands_worker.housekeeping import drain_dead_letter_inbox
+    from commands_worker.service_layer.maintenance import drain_dead_letter_inbox
 
     d = _deps()
     drain_dead_letter_inbox(d)
@@ -234,7 +234,7 @@ def cmd_dead_letters_list(args: argparse.Namespace) -> int:
 
 
 def cmd_dead_letters_replay(args: argparse.Namespace) -> int:
-    from commands_worker.replay import replay
+    from commands_worker.adapters.broker.replay import replay
 
     d = _deps()
     code = 0
@@ -250,8 +250,8 @@ def cmd_dead_letters_replay(args: argparse.Namespace) -> int:
 def cmd_simulate(args: argparse.Namespace) -> int:
     import redis
 
-    from commands_worker import logs
-    from commands_worker.simulator import Simulator
+    from hfctl.simulator import Simulator
+    from shared import logs
 
     settings = Settings.from_env()
     logs.configure(settings.log_level)

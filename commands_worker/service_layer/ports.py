@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Protocol, Self
 
-from commands_worker.domain import Machine, Request, Template
+from commands_worker.domain.model import Machine, Request, Template
 
 
 @dataclass(frozen=True)

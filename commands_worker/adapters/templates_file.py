@@ -8,9 +8,9 @@ from typing import Any
 
 import orjson
 
-from commands_worker.domain import Template
+from commands_worker.domain.model import Template
 
-EXAMPLE_TEMPLATES = Path(__file__).with_name("example_templates.json")
+EXAMPLE_TEMPLATES = Path(__file__).parent.parent / "example_templates.json"
 
 
 class TemplatesFileError(ValueError):

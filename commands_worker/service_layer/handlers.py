@@ -10,8 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from commands_worker.domain import Machine, Request
-from commands_worker.errors import (
+from commands_worker.domain.errors import (
     InvalidCommand,
     MachineRequestMismatch,
     MaxNumberExceeded,
@@ -19,7 +18,8 @@ from commands_worker.errors import (
     RequestNotFound,
     TemplateNotFound,
 )
-from commands_worker.ports import Effect, UnitOfWork
+from commands_worker.domain.model import Machine, Request
+from commands_worker.service_layer.ports import Effect, UnitOfWork
 from shared import names
 from shared.commands import Command, CreateRequest, UpdateMachineStatus
 

@@ -11,7 +11,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 
 from queries_service.cache import UNAVAILABLE, ReadCache
-from queries_service.local import LocalViews
+from queries_service.hot_views import LocalViews
 from shared import keys
 
 log = logging.getLogger("hostfactory.queries")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from commands_worker.errors import IllegalTransition, MachineLimitReached
+from commands_worker.domain.errors import IllegalTransition, MachineLimitReached
 from shared.views import FINAL_REQUEST_STATUSES
 
 # EC2's lifecycle order. Reporters poll, so any forward skip is legal.
