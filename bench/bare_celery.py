@@ -11,7 +11,7 @@ from commands_worker.entrypoints.batching import FLUSH_EVERY
 app = Celery("bare", broker=os.environ.get("REDIS_URL", "redis://localhost:6379/0"))
 app.conf.update(
     task_serializer="json", accept_content=["json"], task_ignore_result=True,
-    # The same prefetch as the command worker (commands_worker/entrypoints/celery_app.py), so the two differ
+    # The same prefetch as the command worker (entrypoints/celery_app.py), so the two differ
     # only in what the worker does per message.
     task_acks_late=True, task_reject_on_worker_lost=True,
     worker_prefetch_multiplier=2 * FLUSH_EVERY,

@@ -36,7 +36,7 @@ def main() -> None:
             d.executor.execute_batch(envs)
         print(f"stored {n} requests in {time.perf_counter() - started:.1f} s")
         redis.Redis.from_url(url).flushdb()
-        result = rebuild_read_model(d)
+        result = rebuild_read_model(d.store, d.projector, d.settings.command_retention_s)
         print(f"rebuild of {n} requests: {result}")
 
 

@@ -1,8 +1,8 @@
 """A simulated provider: answers each new request by reporting its machines through the
 public commands, ``pending`` and then ``running`` (or ``failed`` at a set rate).
 
-It learns of new requests from the projector's announcements on the views channel (and, on
-start, from the pending index), exactly as an outside system could.
+It learns of new requests as any outside system could: by listing the pending requests on
+the query service (``GET /requests?status=pending``) a few times a second.
 """
 
 from __future__ import annotations
@@ -11,14 +11,12 @@ import heapq
 import logging
 import random
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
+from urllib.parse import quote
 
-import orjson
-import redis
-
-from shared import keys
-from shared.client import CommandClient
+from shared.client import CommandClient, fetch_json
 
 log = logging.getLogger("hostfactory.simulator")
 
@@ -33,24 +31,21 @@ class _Report:
 
 
 class Simulator:
-    def __init__(self, client: CommandClient, cache: redis.Redis, failure_rate: float = 0.0,
-                 delay_s: float = 1.0, seed: int | None = None) -> None:
+    def __init__(self, client: CommandClient, query_url: str, failure_rate: float = 0.0,
+                 delay_s: float = 1.0, seed: int | None = None, poll_s: float = 0.1) -> None:
         self.client = client
-        self.cache = cache
+        self.query_url = query_url
+        self.poll_s = poll_s
         self.failure_rate = failure_rate
         self.delay_s = delay_s
         self.random = random.Random(seed)
         self.queue: list[_Report] = []
         self.seen: set[str] = set()
 
-    def plan(self, request_id: str) -> None:
-        if request_id in self.seen:
-            return
-        doc = self.cache.get(keys.request_summary_key(request_id))
-        if doc is None:
-            return
-        view = orjson.loads(doc)
-        if view["status"] != "pending" or view["machine_count"]:
+    def plan(self, view: dict[str, Any]) -> None:
+        """Machines for a request nobody has reported on yet."""
+        request_id = view["request_id"]
+        if request_id in self.seen or view["status"] != "pending" or view["machine_count"]:
             return
         self.seen.add(request_id)
         now = time.time()
@@ -80,20 +75,27 @@ class Simulator:
             sent += 1
         return sent
 
+    def pending(self) -> Iterator[dict[str, Any]]:
+        """Every pending request's summary view, page by page."""
+        cursor: str | None = ""
+        while cursor is not None:
+            page = fetch_json(f"{self.query_url}/requests?status=pending&limit=500"
+                              + (f"&cursor={quote(cursor)}" if cursor else ""))
+            if page is None:
+                return
+            yield from page["requests"]
+            cursor = page["next_cursor"]
+
     def run(self, stop_after_s: float | None = None) -> None:
-        pubsub = self.cache.pubsub(  # type: ignore[no-untyped-call]
-            ignore_subscribe_messages=True)
-        pubsub.subscribe(keys.VIEWS_CHANNEL)
-        pending = cast(list[bytes], self.cache.zrange(keys.requests_by_status_key("pending"),
-                                                      0, -1))
-        for member in pending:
-            self.plan(member.decode())
-        prefix = keys.request_summary_key("")
         deadline = None if stop_after_s is None else time.monotonic() + stop_after_s
         while deadline is None or time.monotonic() < deadline:
-            message = pubsub.get_message(timeout=0.05)
-            if message is not None:
-                key, _, version = message["data"].decode().partition(" ")
-                if key.startswith(prefix) and version == "1":
-                    self.plan(key.removeprefix(prefix))
+            try:
+                listed = set()
+                for view in self.pending():
+                    self.plan(view)
+                    listed.add(view["request_id"])
+                self.seen &= listed  # reported on: no longer pending, never listed again
+            except OSError as exc:  # the query service is not up yet, or restarting
+                log.warning("cannot list pending requests", extra={"error": str(exc)})
             self.send_due()
+            time.sleep(self.poll_s)

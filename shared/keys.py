@@ -42,6 +42,8 @@ VIEWS_CHANNEL: Final = f"{PREFIX}views"
 # --- broker-side bookkeeping of the command worker ---------------------------------------
 # Messages the worker could not even decode wait here (raw) until moved into the store.
 DEAD_LETTER_INBOX_KEY: Final = f"{PREFIX}broker:dead-letter-inbox"
+# Held by the one worker moving the inbox into the store.
+DEAD_LETTER_DRAIN_LOCK_KEY: Final = f"{PREFIX}broker:dead-letter-drain-lock"
 # How often a message was handed back after a worker died holding it (poison detection).
 REDELIVERIES_KEY: Final = f"{PREFIX}broker:redeliveries"
 # Live consumers: hash consumer id -> JSON list of queue keys it blocks on.

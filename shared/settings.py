@@ -1,82 +1,110 @@
-"""Settings: one typed object built from the environment, with defaults that run on one box."""
+"""Settings: one typed object built from the environment, with defaults that run on one box.
+
+Every variable is typed and range-checked by pydantic-settings; a bad value stops the process
+with an error that names the variable (``QUERY_PORT: Input should be less than or equal to
+65535 (got '70000')``). The variable names are the operator contract (README, docs/).
+"""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Any, Final, Literal
 
-DEFAULT_REDIS_URL = "redis://localhost:6379/0"
-DEFAULT_STORE_URL = "sqlite:///var/hostfactory.sqlite3"
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+DEFAULT_REDIS_URL: Final = "redis://localhost:6379/0"
+DEFAULT_STORE_URL: Final = "sqlite:///var/hostfactory.sqlite3"
 
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        return int(raw)
-    except ValueError as exc:
-        raise ValueError(f"{name} must be an integer, got {raw!r}") from exc
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+Port = Annotated[int, Field(ge=1, le=65535)]
 
 
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        return float(raw)
-    except ValueError as exc:
-        raise ValueError(f"{name} must be a number, got {raw!r}") from exc
+class SettingsError(ValueError):
+    """A setting's value cannot be used; the message names the variable."""
 
 
-@dataclass(frozen=True)
-class Settings:
-    redis_url: str = DEFAULT_REDIS_URL
-    broker_url: str = DEFAULT_REDIS_URL
-    cache_url: str = DEFAULT_REDIS_URL
-    cache_read_url: str = DEFAULT_REDIS_URL
-    store_url: str = DEFAULT_STORE_URL
-    templates_file: Path | None = None
-    query_host: str = "127.0.0.1"
-    query_port: int = 8080
-    query_workers: int = 1
-    command_retention_s: int = 7 * 24 * 3600
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(frozen=True, extra="ignore", case_sensitive=True,
+                                      populate_by_name=False)
+
+    redis_url: str = Field(DEFAULT_REDIS_URL, validation_alias="REDIS_URL", min_length=1)
+    # Separate Redis for the broker and for the read cache; both default to REDIS_URL.
+    broker_url: str = Field(DEFAULT_REDIS_URL, validation_alias="BROKER_URL", min_length=1)
+    cache_url: str = Field(DEFAULT_REDIS_URL, validation_alias="CACHE_URL", min_length=1)
+    # Where a query service reads (a replica); defaults to CACHE_URL.
+    cache_read_url: str = Field(DEFAULT_REDIS_URL, validation_alias="CACHE_READ_URL",
+                                min_length=1)
+    # With a kombu ``sentinel://`` BROKER_URL: the name of the master.
+    broker_sentinel_master: str | None = Field(None, validation_alias="BROKER_SENTINEL_MASTER")
+    store_url: str = Field(DEFAULT_STORE_URL, validation_alias="STORE_URL", min_length=1)
+    templates_file: Path | None = Field(None, validation_alias="TEMPLATES_FILE")
+    query_host: str = Field("127.0.0.1", validation_alias="QUERY_HOST", min_length=1)
+    query_port: Port = Field(8080, validation_alias="QUERY_PORT")
+    query_workers: int = Field(1, validation_alias="QUERY_WORKERS", ge=1, le=64)
+    # Where clients (hfctl, the simulator) reach a query service; defaults to QUERY_HOST:PORT.
+    query_url: str = Field("http://127.0.0.1:8080", validation_alias="QUERY_URL")
+    # Bearer tokens the query service accepts (comma-separated); empty: no authentication.
+    query_api_tokens: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), validation_alias="QUERY_API_TOKENS")
+    # The longest long-poll ``wait`` a query service accepts.
+    query_max_wait_s: int = Field(60, validation_alias="QUERY_MAX_WAIT_S", ge=1, le=3600)
+    # How long outcomes and their dedupe records are kept.
+    command_retention_s: int = Field(7 * 24 * 3600, validation_alias="COMMAND_RETENTION_S",
+                                     ge=60)
     # A message a worker holds but has not acknowledged comes back after this long without
     # a lease renewal from its worker (live workers renew every visibility_timeout_s / 4).
-    visibility_timeout_s: float = 30.0
+    visibility_timeout_s: float = Field(30.0, validation_alias="BROKER_VISIBILITY_TIMEOUT_S",
+                                        ge=1.0, le=86400.0)
     # Deliveries of one message to workers that died holding it before it is dead-lettered.
-    max_redeliveries: int = 5
-    # Retries (with backoff) of a command whose store or cache is unreachable.
-    max_retries: int = 8
-    log_level: str = "INFO"
-    # Bearer tokens the query service accepts; empty: no authentication.
-    query_api_tokens: tuple[str, ...] = ()
-    query_max_wait_s: int = 60
+    max_redeliveries: int = Field(5, validation_alias="MAX_REDELIVERIES", ge=0, le=1000)
+    # Retries (with backoff) of a command while the store is unreachable.
+    max_retries: int = Field(8, validation_alias="COMMAND_MAX_RETRIES", ge=0, le=1000)
+    log_level: LogLevel = Field("INFO", validation_alias="LOG_LEVEL")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fallbacks(cls, data: Any) -> Any:
+        """Unset or empty variables take their defaults; the split URLs follow REDIS_URL."""
+        if not isinstance(data, dict):
+            return data
+        data = {k: v for k, v in data.items() if v is not None and v != ""}
+        redis_url = data.setdefault("REDIS_URL", DEFAULT_REDIS_URL)
+        data.setdefault("BROKER_URL", redis_url)
+        cache_url = data.setdefault("CACHE_URL", redis_url)
+        data.setdefault("CACHE_READ_URL", cache_url)
+        data.setdefault("QUERY_URL", "http://{}:{}".format(data.get("QUERY_HOST", "127.0.0.1"),
+                                                            data.get("QUERY_PORT", 8080)))
+        return data
+
+    @field_validator("query_api_tokens", mode="before")
+    @classmethod
+    def _split_tokens(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(t.strip() for t in value.split(",") if t.strip())
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        env = os.environ if env is None else env
-        redis_url = env.get("REDIS_URL") or DEFAULT_REDIS_URL
-        cache_url = env.get("CACHE_URL") or redis_url
-        templates = env.get("TEMPLATES_FILE")
-        return cls(
-            redis_url=redis_url,
-            broker_url=env.get("BROKER_URL") or redis_url,
-            cache_url=cache_url,
-            cache_read_url=env.get("CACHE_READ_URL") or cache_url,
-            store_url=env.get("STORE_URL") or DEFAULT_STORE_URL,
-            templates_file=Path(templates) if templates else None,
-            query_host=env.get("QUERY_HOST") or "127.0.0.1",
-            query_port=_int(env, "QUERY_PORT", 8080),
-            query_workers=_int(env, "QUERY_WORKERS", 1),
-            command_retention_s=_int(env, "COMMAND_RETENTION_S", 7 * 24 * 3600),
-            visibility_timeout_s=_float(env, "BROKER_VISIBILITY_TIMEOUT_S", 30.0),
-            max_redeliveries=_int(env, "MAX_REDELIVERIES", 5),
-            max_retries=_int(env, "COMMAND_MAX_RETRIES", 8),
-            log_level=env.get("LOG_LEVEL") or "INFO",
-            query_api_tokens=tuple(t.strip() for t in env.get("QUERY_API_TOKENS", "").split(",")
-                                   if t.strip()),
-            query_max_wait_s=_int(env, "QUERY_MAX_WAIT_S", 60),
-        )
+        """Settings from ``env`` (default: the process environment)."""
+        source = os.environ if env is None else env
+        names = {f.validation_alias for f in cls.model_fields.values()}
+        try:
+            return cls.model_validate({k: v for k, v in source.items() if k in names})
+        except ValidationError as exc:
+            raise SettingsError(_explain(exc)) from None
+
+
+def _explain(exc: ValidationError) -> str:
+    problems = []
+    for err in exc.errors(include_url=False):
+        name = ".".join(str(p) for p in err["loc"]) or "settings"
+        problems.append(f"{name}: {err['msg']} (got {err.get('input')!r})")
+    return "; ".join(problems)

@@ -3,12 +3,12 @@
 Celery hands each message to a pool process on its own: about a millisecond of overhead per
 message before any work, and one store transaction per command. Here the consumer (the
 worker's main process) gathers the messages of both command tasks for a few milliseconds (or
-until ``FLUSH_EVERY``) and sends them to a pool process together: one store transaction with
-a savepoint per command, one Redis pipeline for every view, one pipeline for every
-acknowledgement. No guarantee is weakened: a message is acknowledged only after its command is
-committed and projected; a pool process that dies hands its whole batch back (counted, so a
-batch that keeps killing workers ends in dead letters); messages held here are recorded as
-unacknowledged by the transport and come back if the worker dies.
+until ``FLUSH_EVERY``) and sends them to a pool process together (``batch_runner``): one store
+transaction with a savepoint per command, one Redis pipeline for every view, one pipeline for
+every acknowledgement. No guarantee is weakened: a message is acknowledged only after its
+command is committed and projected; a pool process that dies hands its whole batch back
+(counted, so a batch that keeps killing workers ends in dead letters); messages held here are
+recorded as unacknowledged by the transport and come back if the worker dies.
 """
 
 from __future__ import annotations
@@ -22,6 +22,15 @@ from typing import Any, Final
 
 from celery import Task
 
+from commands_worker.entrypoints.batch_runner import (
+    Action,
+    BatchItem,
+    Verdict,
+    budget_headers,
+    item_from,
+    run_batch,
+)
+
 log = logging.getLogger("hostfactory.worker")
 
 FLUSH_EVERY: Final = 64
@@ -29,17 +38,11 @@ FLUSH_INTERVAL_S: Final = 0.004
 
 
 @dataclass
-class Item:
-    message: Any
-    task_id: str
-    name: str
-    args: list[Any]
-    kwargs: dict[str, Any]
-    retries: int
-    queue: str | None
+class Held:
+    """A message and what the pool will be handed for it."""
 
-    def payload(self) -> tuple[str, str, list[Any], dict[str, Any], int, str | None]:
-        return (self.task_id, self.name, self.args, self.kwargs, self.retries, self.queue)
+    message: Any
+    item: BatchItem
 
 
 class Batcher:
@@ -49,7 +52,7 @@ class Batcher:
         self.app = app
         self.consumer = consumer
         self.connection = consumer.connection
-        self.buffer: list[Item] = []
+        self.buffer: list[Held] = []
         self.tref: Any = None
         self.flush_due = 0.0
         # Batches out at the pool at once: no more than it has processes. While they are
@@ -63,24 +66,23 @@ class Batcher:
         # message to our Consumer, which dead-letters it.
         args, task_kwargs, _embed = message.decode()
         headers = message.headers
-        item = Item(message, headers["id"], headers["task"], list(args or []),
-                    dict(task_kwargs or {}), int(headers.get("retries") or 0),
-                    (message.delivery_info or {}).get("routing_key"))
+        held = Held(message, item_from(headers, args, task_kwargs,
+                                       (message.delivery_info or {}).get("routing_key")))
         eta = _epoch(headers.get("eta"))
         if eta is not None and eta > time.time():
             # A retry with a countdown: held (and its lease renewed) until due. The timer
             # runs on the monotonic clock, so it is given a delay, not a wall-clock time.
             self.consumer.qos.increment_eventually()
-            self.consumer.timer.call_after(eta - time.time(), partial(self._due, item))
+            self.consumer.timer.call_after(eta - time.time(), partial(self._due, held))
             return
-        self._add(item)
+        self._add(held)
 
-    def _due(self, item: Item) -> None:
+    def _due(self, held: Held) -> None:
         self.consumer.qos.decrement_eventually()
-        self._add(item)
+        self._add(held)
 
-    def _add(self, item: Item) -> None:
-        self.buffer.append(item)
+    def _add(self, held: Held) -> None:
+        self.buffer.append(held)
         overdue = self.tref is not None and time.monotonic() > self.flush_due + 0.5
         if len(self.buffer) >= FLUSH_EVERY or overdue:  # overdue: the timer was lost
             self.flush()
@@ -94,55 +96,58 @@ class Batcher:
             self.tref = None
         if not self.buffer or (self.in_flight >= self.slots and len(self.buffer) < FLUSH_EVERY):
             return  # a finishing batch flushes what gathered meanwhile
-        items, self.buffer = self.buffer, []
-        from commands_worker.entrypoints.tasks import run_batch
-
+        held, self.buffer = self.buffer, []
         self.in_flight += 1
         self.consumer.pool.apply_async(
-            run_batch, args=([item.payload() for item in items],),
-            callback=partial(self._done, items), error_callback=partial(self._failed, items))
+            run_batch, args=([h.item for h in held],),
+            callback=partial(self._done, held), error_callback=partial(self._failed, held))
 
-    def _done(self, items: list[Item], actions: list[Any]) -> None:
+    def _done(self, held: list[Held], verdicts: list[Verdict]) -> None:
         self.in_flight -= 1
         try:
-            self._settle(items, actions)
+            self._settle(held, verdicts)
         finally:
             self.flush()
 
-    def _settle(self, items: list[Item], actions: list[Any]) -> None:
+    def _settle(self, held: list[Held], verdicts: list[Verdict]) -> None:
         settled = []
-        for item, action in zip(items, actions, strict=True):
-            if action == "ack":
-                settled.append(item)
-            elif action[0] == "retry":
-                self.app.send_task(item.name, args=item.args, kwargs=item.kwargs,
-                                   task_id=item.task_id, countdown=action[1],
-                                   retries=item.retries + 1, queue=item.queue)
-                settled.append(item)
-            else:
-                item.message.reject(requeue=True)
+        for one, verdict in zip(held, verdicts, strict=True):
+            if verdict.action is Action.REQUEUE:
+                one.message.reject(requeue=True)
+                continue
+            if verdict.action is Action.RETRY:
+                self._send_again(one.item, verdict)
+            settled.append(one)
         _ack_all(settled)
 
-    def _failed(self, items: list[Item], exc: BaseException) -> None:
+    def _send_again(self, item: BatchItem, verdict: Verdict) -> None:
+        """The same task id and kwargs, due after the delay, with one budget spent more."""
+        spent = item._replace(**{verdict.budget: getattr(item, verdict.budget) + 1})
+        self.app.send_task(item.task, args=item.args, kwargs=item.kwargs,
+                           task_id=item.task_id, countdown=verdict.delay_s,
+                           retries=spent.waits + spent.outages, queue=item.queue,
+                           headers=budget_headers(spent))
+
+    def _failed(self, held: list[Held], exc: BaseException) -> None:
         self.in_flight -= 1
         self.flush()
         log.error("batch lost; its messages go back to their queues",
-                  extra={"event": "batch_lost", "size": len(items), "error": repr(exc)})
-        for item in items:
-            item.message.reject(requeue=True)
+                  extra={"event": "batch_lost", "size": len(held), "error": repr(exc)})
+        for one in held:
+            one.message.reject(requeue=True)
 
 
-def _ack_all(items: list[Item]) -> None:
-    if not items:
+def _ack_all(held: list[Held]) -> None:
+    if not held:
         return
-    qos = items[0].message.channel.qos
+    qos = held[0].message.channel.qos
     if hasattr(qos, "ack_many"):
-        qos.ack_many([item.message.delivery_tag for item in items])
-        for item in items:
-            item.message._state = "ACK"  # what Message.ack() would have recorded
+        qos.ack_many([one.message.delivery_tag for one in held])
+        for one in held:
+            one.message._state = "ACK"  # what Message.ack() would have recorded
         return
-    for item in items:
-        item.message.ack()
+    for one in held:
+        one.message.ack()
 
 
 def _epoch(eta: Any) -> float | None:

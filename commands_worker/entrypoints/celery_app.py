@@ -12,14 +12,13 @@ hand-backs after which a message is dead-lettered instead of looping.
 
 from __future__ import annotations
 
-import os
-from typing import Any
 from urllib.parse import urlparse
 
-from celery import Celery, bootsteps
+from celery import Celery
 from kombu import Exchange, Queue
 
 from commands_worker.entrypoints.batching import FLUSH_EVERY
+from commands_worker.entrypoints.housekeeping import Housekeeping
 from shared import logs, names
 from shared.settings import Settings
 
@@ -43,8 +42,8 @@ def _transport_options(s: Settings) -> dict[str, object]:
     }
     if _transport_for(s.broker_url):
         options["max_redeliveries"] = s.max_redeliveries
-    if os.environ.get("BROKER_SENTINEL_MASTER"):  # kombu's sentinel:// broker URLs
-        options["master_name"] = os.environ["BROKER_SENTINEL_MASTER"]
+    if s.broker_sentinel_master:  # kombu's sentinel:// broker URLs
+        options["master_name"] = s.broker_sentinel_master
     return options
 
 
@@ -70,48 +69,6 @@ app.conf.update(
     task_default_queue=names.REQUESTS_QUEUE,
     task_routes={task: {"queue": queue} for task, queue in names.QUEUE_OF_TASK.items()},
 )
-
-
-class Housekeeping(bootsteps.StartStopStep):  # type: ignore[misc]
-    """In the worker's main process: start-up (schema, templates, repairs), then every
-    second the outbox repair and the dead-letter inbox, and hourly the retention purge."""
-
-    requires = ("celery.worker.consumer.tasks:Tasks",)
-
-    def __init__(self, parent: Any, **kwargs: Any) -> None:
-        super().__init__(parent, **kwargs)
-        self.tref: Any = None
-        self.ready = False
-        self.last_purge = 0.0
-
-    def start(self, parent: Any) -> None:
-        self.tref = parent.timer.call_repeatedly(1.0, self.tick, priority=10)
-        self.tick()
-
-    def stop(self, parent: Any) -> None:
-        if self.tref is not None:
-            self.tref.cancel()
-            self.tref = None
-
-    def tick(self) -> None:
-        import time
-
-        from commands_worker import bootstrap
-        from commands_worker.service_layer import maintenance as housekeeping
-
-        try:
-            d = bootstrap.deps()
-            if not self.ready:
-                bootstrap.load_and_project_templates(d)
-                self.ready = True
-            housekeeping.repair_outbox(d)
-            housekeeping.drain_dead_letter_inbox(d)
-            if time.monotonic() - self.last_purge > 3600:
-                housekeeping.purge_expired_commands(d)
-                self.last_purge = time.monotonic()
-        except Exception:
-            bootstrap.log.exception("housekeeping failed; retrying in a second",
-                                    extra={"event": "housekeeping_failed"})
 
 
 app.steps["consumer"].add(Housekeeping)

@@ -25,6 +25,7 @@ from commands_worker.domain.errors import (
 from commands_worker.service_layer import documents as views
 from commands_worker.service_layer.handlers import HANDLERS, Context
 from commands_worker.service_layer.ports import (
+    REPLAYING,
     CommandRecord,
     DeadLetter,
     Effect,
@@ -34,7 +35,6 @@ from commands_worker.service_layer.ports import (
 from shared.commands import MAX_ID_LEN, Command
 from shared.names import CREATE_REQUEST_TASK
 
-REPLAYING: Final = "replaying"  # a dead letter sent through again: the next outcome counts
 MAX_RACE_ATTEMPTS: Final = 20
 _ID_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+=-]*$")
 

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import threading
+from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import Any, Final, Protocol, Self
 
 from commands_worker.domain.model import Machine, Request, Template
+
+# The outcome of a rejected command sent through again from its dead letter: the next
+# outcome counts, and nothing shows it (it is not served, rebuilt or purged).
+REPLAYING: Final = "replaying"
 
 
 @dataclass(frozen=True)
@@ -17,7 +22,7 @@ class CommandRecord:
 
     command_id: str
     task: str
-    outcome: str  # applied | rejected | superseded
+    outcome: str  # applied | rejected | superseded, or REPLAYING
     recorded_at: float
     reason: str | None = None
     request_id: str | None = None
@@ -114,3 +119,65 @@ class UnitOfWork(Protocol):
     def add_dead_letter(self, letter: DeadLetter) -> None: ...
 
     def emit(self, doc: ViewDoc) -> None: ...
+
+
+class ProjectedBacklog:
+    """Outbox rows already projected, to be deleted by the next transaction of this process."""
+
+    def __init__(self) -> None:
+        self._ids: list[int] = []
+        self._lock = threading.Lock()
+
+    def add(self, ids: Iterable[int]) -> None:
+        with self._lock:
+            self._ids.extend(i for i in ids if i)
+
+    def take(self) -> list[int]:
+        with self._lock:
+            ids, self._ids = self._ids, []
+            return ids
+
+
+class Projector(Protocol):
+    def project(self, docs: Iterable[ViewDoc]) -> int:
+        """Write the documents, never replacing a newer version; returns how many replaced
+        an older one."""
+        ...
+
+
+class DeadLetterStore(Protocol):
+    def add_dead_letter(self, letter: DeadLetter) -> None: ...
+
+
+class Store(DeadLetterStore, Protocol):
+    """The write store as a whole: what runs beside the units of work."""
+
+    projected: ProjectedBacklog
+
+    def unit_of_work(self) -> UnitOfWork: ...
+
+    def load_templates(self, loaded: list[Template]) -> tuple[list[Template], int]:
+        """Replace the templates; the list's version grows only when its content changed."""
+        ...
+
+    def templates(self) -> tuple[list[Template], int]: ...
+
+    def pending_docs(self, older_than_s: float, limit: int = 500) -> list[tuple[int, ViewDoc]]:
+        """Outbox rows committed at least ``older_than_s`` ago, oldest first."""
+        ...
+
+    def mark_projected(self, outbox_ids: list[int]) -> None: ...
+
+    def iter_requests(self, batch: int = 500) -> Iterator[tuple[Request, list[Machine]]]: ...
+
+    def iter_commands(self, since: float, batch: int = 2000) -> Iterator[CommandRecord]: ...
+
+    def purge_commands(self, older_than: float) -> int: ...
+
+    def dead_letters(self, state: str | None = "open", limit: int = 1000) -> list[DeadLetter]: ...
+
+    def begin_replay(self, letter_id: int) -> DeadLetter | None:
+        """Mark a dead letter replayed and let its command be applied again."""
+        ...
+
+    def counts(self) -> dict[str, int]: ...

@@ -8,15 +8,11 @@ the dead-letter inbox before it is acknowledged; the worker moves it into the st
 from __future__ import annotations
 
 import json
-import logging
-import time
 from typing import Any
 
 from celery.worker.consumer import Consumer as CeleryConsumer
 
-from shared import keys
-
-log = logging.getLogger("hostfactory.worker")
+from commands_worker.adapters.broker import dead_letter_inbox
 
 
 def _raw_text(message: Any) -> str:
@@ -29,11 +25,8 @@ def _raw_text(message: Any) -> str:
 
 def park_dead_letter(message: Any, reason: str) -> None:
     queue = (message.delivery_info or {}).get("routing_key")
-    entry = {"queue": queue, "reason": reason, "raw": _raw_text(message), "at": time.time()}
     with message.channel.conn_or_acquire() as client:
-        client.lpush(keys.DEAD_LETTER_INBOX_KEY, json.dumps(entry))
-    log.warning("message dead-lettered", extra={"event": "dead_lettered", "reason": reason,
-                                                "queue": queue})
+        dead_letter_inbox.park_message(client, queue, reason, _raw_text(message))
 
 
 class Consumer(CeleryConsumer):  # type: ignore[misc]

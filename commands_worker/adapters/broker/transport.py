@@ -24,84 +24,18 @@ from kombu.transport import virtual
 from kombu.utils.json import loads
 from redis.exceptions import NoScriptError
 
+from commands_worker.adapters import lua
+from commands_worker.adapters.broker import dead_letter_inbox
 from shared import keys
 
 BLOCK_S: Final = 0.02  # how long BLMOVE waits on one queue before the others are swept again
 UNDECODABLE: Final = "undecodable message: not a kombu JSON envelope with a delivery tag"
 
-# Shared by the pop and the claim: record ``item`` as unacked under its delivery tag, or
-# dead-letter it when it is not a message kombu could ever deliver.
-_RECORD_LUA: Final = """
-local function record(item, queue, unacked, index, inbox, now)
-  local ok, msg = pcall(cjson.decode, item)
-  local tag = nil
-  if ok and type(msg) == 'table' and type(msg.properties) == 'table' then
-    tag = msg.properties.delivery_tag
-  end
-  if type(tag) ~= 'string' then
-    redis.call('LPUSH', inbox, cjson.encode({queue = queue, reason = ARGV[2],
-                                             raw = item, at = tonumber(now)}))
-    return false
-  end
-  local di = msg.properties.delivery_info
-  local ex, rk = '', ''
-  if type(di) == 'table' then
-    if type(di.exchange) == 'string' then ex = di.exchange end
-    if type(di.routing_key) == 'string' then rk = di.routing_key end
-  end
-  redis.call('HSET', unacked, tag, '[' .. item .. ',' .. cjson.encode(ex) .. ','
-             .. cjson.encode(rk) .. ']')
-  redis.call('ZADD', index, now, tag)
-  return true
-end
-"""
-# KEYS: unacked, unacked index, dead-letter inbox, queue keys...  ARGV: now, reason, most
-# Pops up to ``most`` messages (fewer when the queues run dry); returns key, item pairs, with
-# an empty item for a message that went to the dead-letter inbox.
-POP_LUA: Final = _RECORD_LUA + """
-local out, wanted = {}, tonumber(ARGV[3])
-for i = 4, #KEYS do
-  while #out < 2 * wanted do
-    local item = redis.call('RPOP', KEYS[i])
-    if not item then break end
-    out[#out + 1] = KEYS[i]
-    if record(item, KEYS[i], KEYS[1], KEYS[2], KEYS[3], ARGV[1]) then
-      out[#out + 1] = item
-    else
-      out[#out + 1] = ''
-    end
-  end
-end
-if #out == 0 then return false end
-return out
-"""
+POP_LUA: Final = lua.source("record.lua", "pop.lua")
+CLAIM_LUA: Final = lua.source("record.lua", "claim.lua")
+RECOVER_LUA: Final = lua.source("recover.lua")
 # Pops per round trip, at most: prefetch room caps it further.
 POP_MOST: Final = 32
-# KEYS: in-flight list, unacked, unacked index, inbox.  ARGV: now, reason, item, queue key
-CLAIM_LUA: Final = _RECORD_LUA + """
-if redis.call('LREM', KEYS[1], 1, ARGV[3]) == 0 then
-  return 0  -- our lease lapsed and the message went back to its queue: not ours any more
-end
-if record(ARGV[3], ARGV[4], KEYS[2], KEYS[3], KEYS[4], ARGV[1]) then return 1 end
-return 2
-"""
-# KEYS: consumers hash.  ARGV: live-lease prefix.  Moves every dead consumer's in-flight
-# messages back to the head of their queues.
-RECOVER_LUA: Final = """
-local moved = 0
-local entries = redis.call('HGETALL', KEYS[1])
-for i = 1, #entries, 2 do
-  local consumer, queues = entries[i], cjson.decode(entries[i + 1])
-  if redis.call('EXISTS', ARGV[1] .. consumer) == 0 then
-    for _, q in ipairs(queues) do
-      local inflight = ARGV[2] .. consumer .. ':' .. q
-      while redis.call('RPOPLPUSH', inflight, q) do moved = moved + 1 end
-    end
-    redis.call('HDEL', KEYS[1], consumer)
-  end
-end
-return moved
-"""
 
 
 class QoS(kredis.QoS):  # type: ignore[misc]
@@ -170,12 +104,10 @@ class QoS(kredis.QoS):  # type: ignore[misc]
         self._remove_from_indices(tag, pipe).hdel(keys.REDELIVERIES_KEY, tag)
         if raw is not None:
             message = loads(raw)[0]
-            pipe.lpush(keys.DEAD_LETTER_INBOX_KEY, json.dumps({
-                "queue": message.get("properties", {}).get("delivery_info", {})
-                .get("routing_key"),
-                "reason": f"poison message: handed back {count - 1} times by workers "
-                          "that died or gave up while holding it",
-                "raw": json.dumps(message), "at": time.time()}))
+            queue = message.get("properties", {}).get("delivery_info", {}).get("routing_key")
+            dead_letter_inbox.park_message(
+                pipe, queue, f"poison message: handed back {count - 1} times by workers "
+                "that died or gave up while holding it", json.dumps(message))
         pipe.execute()
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import replace
@@ -25,7 +24,13 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from commands_worker.domain.errors import ConcurrentUpdate, StoreUnavailable
 from commands_worker.domain.model import Machine, Request, Template
-from commands_worker.service_layer.ports import CommandRecord, DeadLetter, ViewDoc
+from commands_worker.service_layer.ports import (
+    REPLAYING,
+    CommandRecord,
+    DeadLetter,
+    ProjectedBacklog,
+    ViewDoc,
+)
 
 metadata = sa.MetaData()
 _BigInt = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
@@ -252,23 +257,6 @@ def writer_lock_for(url: str) -> WriterLock:
     if url.startswith("sqlite") and database and database != ":memory:":
         return WriterLock(f"{database}.writer-lock")
     return WriterLock(None)
-
-
-class ProjectedBacklog:
-    """Outbox rows already projected, to be deleted by the next transaction of this process."""
-
-    def __init__(self) -> None:
-        self._ids: list[int] = []
-        self._lock = threading.Lock()
-
-    def add(self, ids: Iterable[int]) -> None:
-        with self._lock:
-            self._ids.extend(i for i in ids if i)
-
-    def take(self) -> list[int]:
-        with self._lock:
-            ids, self._ids = self._ids, []
-            return ids
 
 
 def _by(table: sa.Table, column: str) -> sa.Select[Any]:
@@ -633,7 +621,7 @@ class Store:
         with self.engine.begin() as conn:
             return int(conn.execute(commands.delete().where(
                 commands.c.recorded_at < older_than,
-                commands.c.outcome != "replaying")).rowcount)
+                commands.c.outcome != REPLAYING)).rowcount)
 
     # --- dead letters -----------------------------------------------------------------
     def add_dead_letter(self, letter: DeadLetter) -> None:
@@ -660,7 +648,7 @@ class Store:
             if row.command_id is not None:
                 conn.execute(commands.update().where(commands.c.command_id == row.command_id,
                                                      commands.c.outcome == "rejected")
-                             .values(outcome="replaying"))
+                             .values(outcome=REPLAYING))
             return _dead_letter(row)
 
     def counts(self) -> dict[str, int]:

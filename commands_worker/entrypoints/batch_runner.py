@@ -1,0 +1,151 @@
+"""What a pool process runs for a batch of messages: apply, project, and say per message what
+the consumer does with it. No Celery here: the consumer side (``batching``) hands over plain
+``BatchItem`` tuples and gets ``Verdict`` tuples back, across the pool's process boundary.
+
+Two retry budgets, counted apart in the message's own headers: ``waits`` for a machine report
+that arrived before its request (it may apply once the request is in), ``outages`` for a store
+that did not answer. A report that waited for its request still rides out a store outage with
+its full budget.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import random
+import time
+from collections.abc import Sequence
+from typing import Any, Final, NamedTuple
+
+from commands_worker import bootstrap
+from commands_worker.adapters.broker import dead_letter_inbox
+from commands_worker.domain.errors import CacheUnavailable, RetryLater, StoreUnavailable
+from commands_worker.service_layer.executor import Envelope, Execution
+from commands_worker.service_layer.ports import ViewDoc
+
+log = logging.getLogger("hostfactory.commands")
+
+# A machine reported before its request is applied waits this many retries (about 20 s in
+# all, the first after 20 ms) for the CreateRequest to land, then is refused as
+# request_not_found.
+MAX_WAITS: Final = 11
+WAIT_FIRST_S: Final = 0.02
+WAIT_MOST_S: Final = 5.0
+OUTAGE_MOST_S: Final = 30.0
+
+
+class Action(enum.Enum):
+    ACK = "ack"          # settled: applied, refused or parked as a dead letter
+    RETRY = "retry"      # send again after ``delay_s`` with the named budget spent once more
+    REQUEUE = "requeue"  # hand back as if the worker had died (counted: poison detection)
+
+
+class BatchItem(NamedTuple):
+    task_id: str
+    task: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    queue: str | None
+    waits: int = 0
+    outages: int = 0
+
+
+class Verdict(NamedTuple):
+    action: Action
+    delay_s: float = 0.0
+    budget: str = ""  # with RETRY: "waits" or "outages"
+
+
+ACK: Final = Verdict(Action.ACK)
+# The message headers that carry the two budgets across retries.
+WAITS_HEADER: Final = "hf_waits"
+OUTAGES_HEADER: Final = "hf_outages"
+
+
+def _count(headers: dict[str, Any], name: str) -> int:
+    value = headers.get(name)
+    return value if isinstance(value, int) and 0 <= value < 1_000_000 else 0
+
+
+def item_from(headers: dict[str, Any], args: Any, kwargs: Any, queue: str | None) -> BatchItem:
+    """A message's task, id, arguments and spent budgets, as the pool is handed them."""
+    return BatchItem(headers["id"], headers["task"], list(args or []), dict(kwargs or {}),
+                     queue, _count(headers, WAITS_HEADER), _count(headers, OUTAGES_HEADER))
+
+
+def budget_headers(item: BatchItem) -> dict[str, int]:
+    return {WAITS_HEADER: item.waits, OUTAGES_HEADER: item.outages}
+REQUEUE: Final = Verdict(Action.REQUEUE)
+
+
+def jittered(base_s: float, most_s: float) -> float:
+    """Exponential backoff with ±25 % jitter, so retries of one outage do not arrive as one."""
+    return min(base_s, most_s) * random.uniform(0.75, 1.25)
+
+
+def run_batch(items: Sequence[BatchItem]) -> list[Verdict]:
+    """Apply a batch in one transaction; say per message: ack, retry after N s, or requeue."""
+    started = time.perf_counter()
+    d = bootstrap.deps()
+    envs = [Envelope(task=i.task, task_id=i.task_id, kwargs=i.kwargs, args=tuple(i.args),
+                     queue=i.queue, final_attempt=i.waits >= MAX_WAITS) for i in items]
+    try:
+        batch = d.executor.execute_batch(envs)
+    except StoreUnavailable as exc:
+        return [_store_unavailable(d, env, item, exc, started)
+                for env, item in zip(envs, items, strict=True)]
+    except Exception as exc:
+        for env in envs:
+            _log(env, "error", started, len(envs), reason=f"{type(exc).__name__}: {exc}")
+        return [REQUEUE] * len(envs)  # counted hand-backs end in dead letters
+    projected = _project(d, batch.docs)
+    verdicts = []
+    for env, item, outcome in zip(envs, items, batch.outcomes, strict=True):
+        if isinstance(outcome, RetryLater):
+            _log(env, "retry", started, len(envs), reason=str(outcome), waits=item.waits)
+            verdicts.append(Verdict(Action.RETRY, jittered(WAIT_FIRST_S * 2 ** item.waits,
+                                                           WAIT_MOST_S), "waits"))
+        else:
+            _log(env, outcome.record.outcome, started, len(envs), execution=outcome,
+                 projected=projected)
+            verdicts.append(ACK)
+    return verdicts
+
+
+def _project(d: bootstrap.Deps, docs: list[ViewDoc]) -> bool:
+    if not docs:
+        return True
+    try:
+        d.projector.project(docs)
+    except CacheUnavailable:
+        # Committed: the outbox keeps the documents and the worker projects them later.
+        return False
+    d.store.projected.add(doc.outbox_id for doc in docs)
+    return True
+
+
+def _store_unavailable(d: bootstrap.Deps, env: Envelope, item: BatchItem, exc: Exception,
+                       started: float) -> Verdict:
+    if item.outages < d.settings.max_retries:
+        _log(env, "retry", started, 1, reason=str(exc), outages=item.outages)
+        return Verdict(Action.RETRY, jittered(2.0 ** item.outages, OUTAGE_MOST_S), "outages")
+    reason = f"store unavailable after {item.outages + 1} attempts: {exc}"
+    # The store is down, so the letter waits in Redis until the worker can move it there.
+    dead_letter_inbox.park_command(d.broker, env.raw(), env.queue, reason)
+    _log(env, "dead_lettered", started, 1, reason=reason)
+    return ACK
+
+
+def _log(env: Envelope, outcome: str, started: float, batch_size: int,
+         execution: Execution | None = None, **fields: Any) -> None:
+    record = execution.record if execution else None
+    log.info("command", extra={
+        "event": "command", "task": env.task, "command_id": env.command_id,
+        "correlation_id": env.correlation_id, "outcome": outcome,
+        "duplicate": bool(execution and execution.duplicate),
+        "request_id": record.request_id if record else env.kwargs.get("request_id"),
+        "machine_id": record.machine_id if record else env.kwargs.get("machine_id"),
+        "reason": record.reason if record else fields.pop("reason", None),
+        "batch_size": batch_size,
+        "duration_ms": round((time.perf_counter() - started) * 1000, 3), **fields,
+    })

@@ -1,0 +1,50 @@
+"""The worker's housekeeping, a step of its main process: at start the schema and templates,
+then every second the outbox repair and the dead-letter inbox, and hourly the retention
+purge. A failure is logged and tried again a second later; it never stops the worker."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from celery import bootsteps
+
+from commands_worker import bootstrap
+from commands_worker.adapters.broker import dead_letter_inbox
+from commands_worker.service_layer import maintenance
+
+PURGE_EVERY_S = 3600.0
+
+
+class Housekeeping(bootsteps.StartStopStep):  # type: ignore[misc]
+    requires = ("celery.worker.consumer.tasks:Tasks",)
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self.tref: Any = None
+        self.ready = False
+        self.last_purge = 0.0
+
+    def start(self, parent: Any) -> None:
+        self.tref = parent.timer.call_repeatedly(1.0, self.tick, priority=10)
+        self.tick()
+
+    def stop(self, parent: Any) -> None:
+        if self.tref is not None:
+            self.tref.cancel()
+            self.tref = None
+
+    def tick(self) -> None:
+        try:
+            d = bootstrap.deps()
+            if not self.ready:
+                bootstrap.load_and_project_templates(d)
+                self.ready = True
+            maintenance.repair_outbox(d.store, d.projector)
+            dead_letter_inbox.drain(d.broker, d.store)
+            if time.monotonic() - self.last_purge > PURGE_EVERY_S:
+                maintenance.purge_expired_commands(d.store, d.settings.command_retention_s)
+                self.last_purge = time.monotonic()
+        except Exception:
+            bootstrap.log.exception("housekeeping failed; retrying in a second",
+                                    extra={"event": "housekeeping_failed"})
