@@ -16,7 +16,7 @@ from typing import Final
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from queries_service.cache import doc_version
+from queries_service.responses import etag, not_modified
 from shared import keys
 
 _JSON: Final = (b"content-type", b"application/json")
@@ -127,11 +127,11 @@ class FastPath:
         headers = [_JSON, _NO_CACHE]
         status = 200
         if route != "list_templates":
-            etag = f'"{key.removeprefix(keys.PREFIX)}@{doc_version(doc)}"'.encode()
-            headers.append((b"etag", etag))
-            for name, value in scope["headers"]:
-                if name == b"if-none-match" and etag in value:
-                    status, doc = 304, b""
+            tag = etag(key, doc)
+            headers.append((b"etag", tag.encode()))
+            asked = dict(scope["headers"]).get(b"if-none-match", b"").decode("latin-1")
+            if not_modified(asked, tag):
+                status, doc = 304, b""
         headers.append((b"content-length", str(len(doc)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": doc})

@@ -1,4 +1,5 @@
-"""The service's OpenAPI document: paths written here, schemas taken from shared/views.py."""
+"""The service's OpenAPI document: paths written here, query parameters from the same table
+that parses them (``parameters.py``), schemas from ``shared/views.py``."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ from typing import Any
 import orjson
 from pydantic import TypeAdapter
 
+from queries_service.parameters import Parameters
+from shared.ids import MAX_ID_LEN
 from shared.views import (
-    REQUEST_STATUSES,
     CommandOutcomeView,
     ErrorBody,
     MachineView,
@@ -20,74 +22,62 @@ from shared.views import (
 
 _MODELS = {m.__name__: m for m in (RequestView, MachineView, CommandOutcomeView, RequestsPage,
                                    TemplatesPage, ErrorBody)}
-
-
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
+# Path -> (operation, OpenAPI operationId, summary, response schema name or None, path id)
+_PATHS: tuple[tuple[str, str, str, str, str | None, str | None], ...] = (
+    ("/requests/{request_id}", "get_request", "getRequest", "A request's view",
+     "RequestView", "request_id"),
+    ("/requests/{request_id}/machines", "list_machines", "listRequestMachines",
+     "A page of a request's machines, in the order first reported", None, "request_id"),
+    ("/requests", "list_requests", "listRequests", "A page of request views",
+     "RequestsPage", None),
+    ("/machines/{machine_id}", "get_machine", "getMachine", "A machine's view",
+     "MachineView", "machine_id"),
+    ("/commands/{command_id}", "get_command", "getCommand", "A command's outcome",
+     "CommandOutcomeView", "command_id"),
+    ("/templates", "list_templates", "listTemplates",
+     "Templates, filtered by any field (templateId=..., ncpus=...)", "TemplatesPage", None),
+)
 
 
 def _json(schema: dict[str, Any]) -> dict[str, Any]:
     return {"content": {"application/json": {"schema": schema}}}
 
 
-def _id_param(name: str) -> dict[str, Any]:
-    return {"name": name, "in": "path", "required": True,
-            "schema": {"type": "string", "minLength": 1, "maxLength": 200}}
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
 
 
-def _int(name: str, low: int, high: int) -> dict[str, Any]:
-    return {"name": name, "in": "query", "required": False,
-            "schema": {"type": "integer", "minimum": low, "maximum": high}}
-
-
-def _bool(name: str) -> dict[str, Any]:
-    return {"name": name, "in": "query", "required": False, "schema": {"type": "boolean"}}
-
-
-_ERRORS = {"404": {"description": "unknown id", **_json(_ref("ErrorBody"))},
+_ERRORS = {"401": {"description": "no valid bearer token", **_json(_ref("ErrorBody"))},
+           "404": {"description": "unknown id", **_json(_ref("ErrorBody"))},
            "422": {"description": "bad parameter", **_json(_ref("ErrorBody"))},
            "503": {"description": "read cache unreachable", **_json(_ref("ErrorBody"))}}
 
 
-def _get(summary: str, schema: dict[str, Any], params: list[dict[str, Any]],
-         op_id: str) -> dict[str, Any]:
-    responses: dict[str, Any] = {"200": {"description": "OK", **_json(schema)}, **_ERRORS}
+def _get(summary: str, op_id: str, ok: dict[str, Any],
+         params: list[dict[str, Any]]) -> dict[str, Any]:
     return {"get": {"summary": summary, "operationId": op_id, "parameters": params,
-                    "responses": responses}}
+                    "responses": {"200": {"description": "OK", **ok}, **_ERRORS}}}
 
 
-def _paths() -> dict[str, Any]:
-    status = {"name": "status", "in": "query", "required": False,
-              "schema": {"type": "string", "enum": list(REQUEST_STATUSES)}}
-    cursor = {"name": "cursor", "in": "query", "required": False,
-              "schema": {"type": "string", "maxLength": 64}}
-    plain = {"type": "object"}
-    return {
-        "/requests/{request_id}": _get(
-            "A request's view", _ref("RequestView"),
-            [_id_param("request_id"), _bool("include_machines"),
-             _int("min_version", 0, 2**31), _int("wait", 0, 60)], "getRequest"),
-        "/requests/{request_id}/machines": _get(
-            "A page of a request's machines, in the order first reported", plain,
-            [_id_param("request_id"), _int("limit", 1, 500), cursor], "listRequestMachines"),
-        "/requests": _get("A page of request views", _ref("RequestsPage"),
-                          [status, _int("limit", 1, 500), cursor, _bool("include_machines")],
-                          "listRequests"),
-        "/machines/{machine_id}": _get("A machine's view", _ref("MachineView"),
-                                       [_id_param("machine_id"), _int("min_version", 0, 2**31)],
-                                       "getMachine"),
-        "/commands/{command_id}": _get("A command's outcome", _ref("CommandOutcomeView"),
-                                       [_id_param("command_id")], "getCommand"),
-        "/templates": _get("Templates, filtered by any field (templateId=..., ncpus=...)",
-                           _ref("TemplatesPage"),
-                           [_int("limit", 1, 1000), _int("offset", 0, 10**6)], "listTemplates"),
-        "/healthz": _get("Liveness", plain, [], "healthz"),
-        "/readyz": _get("Readiness: the read cache answers", plain, [], "readyz"),
-    }
+def _paths(parameters: Parameters) -> dict[str, Any]:
+    paths: dict[str, Any] = {}
+    for path, operation, op_id, summary, schema, ident in _PATHS:
+        params = parameters.openapi(operation)
+        if ident:
+            params.insert(0, {"name": ident, "in": "path", "required": True, "schema": {
+                "type": "string", "minLength": 1, "maxLength": MAX_ID_LEN}})
+        ok = _json(_ref(schema) if schema else {"type": "object"})
+        paths[path] = _get(summary, op_id, ok, params)
+    plain = _json({"type": "object"})
+    paths["/healthz"] = _get("Liveness", "healthz", plain, [])
+    paths["/readyz"] = _get("Readiness: the read cache answers", "readyz", plain, [])
+    paths["/metrics"] = _get("Prometheus metrics", "metrics",
+                             {"content": {"text/plain": {"schema": {"type": "string"}}}}, [])
+    return paths
 
 
 @cache
-def document() -> bytes:
+def document(max_wait_s: int) -> bytes:
     schemas: dict[str, Any] = {}
     for name, model in _MODELS.items():
         schema = TypeAdapter(model).json_schema(ref_template="#/components/schemas/{model}")
@@ -95,5 +85,5 @@ def document() -> bytes:
         schemas[name] = schema
     doc = {"openapi": "3.1.0",
            "info": {"title": "hostfactory-cqrs query service", "version": "1"},
-           "paths": _paths(), "components": {"schemas": schemas}}
+           "paths": _paths(Parameters(max_wait_s)), "components": {"schemas": schemas}}
     return orjson.dumps(doc)

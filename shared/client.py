@@ -12,7 +12,6 @@ same messages by task name; see DESIGN.md's wire contract.
 from __future__ import annotations
 
 import json
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -23,6 +22,7 @@ from celery import Celery
 
 from shared import names
 from shared.commands import COMMAND_MODELS
+from shared.ids import default_request_id
 from shared.settings import Settings
 
 
@@ -32,10 +32,6 @@ class Sent:
     task: str
     request_id: str | None = None
     machine_id: str | None = None
-
-
-class CommandNotConfirmed(Exception):
-    """No outcome appeared for a command within the time given."""
 
 
 class CommandClient:
@@ -61,7 +57,7 @@ class CommandClient:
                            queue=names.QUEUE_OF_TASK[task])
         request_id = kwargs.get("request_id")
         if task == names.CREATE_REQUEST_TASK and not request_id:
-            request_id = f"req-{command_id}"
+            request_id = default_request_id(command_id)
         return Sent(command_id, task, request_id, kwargs.get("machine_id"))
 
     def create_request(self, template_id: str, max_number: int, **optional: Any) -> Sent:
@@ -71,23 +67,6 @@ class CommandClient:
     def update_machine_status(self, machine_id: str, status: str, **optional: Any) -> Sent:
         return self.send(names.UPDATE_MACHINE_STATUS_TASK,
                          {"machine_id": machine_id, "status": status, **optional})
-
-    def send_confirmed(self, task: str, kwargs: dict[str, Any], query_url: str,
-                       timeout_s: float = 30.0, resend_every_s: float = 5.0) -> dict[str, Any]:
-        """Send, then re-send under the same command id until the query service shows its
-        outcome: safe, since the worker applies a command id once. Returns the outcome."""
-        kwargs = {**kwargs, "command_id": kwargs.get("command_id") or str(uuid.uuid4())}
-        deadline = time.monotonic() + timeout_s
-        while True:
-            sent = self.send(task, kwargs)
-            resend_at = time.monotonic() + resend_every_s
-            while time.monotonic() < min(resend_at, deadline):
-                outcome = fetch_json(f"{query_url}/commands/{sent.command_id}")
-                if outcome is not None:
-                    return outcome
-                time.sleep(0.05)
-            if time.monotonic() >= deadline:
-                raise CommandNotConfirmed(f"no outcome for {sent.command_id} in {timeout_s}s")
 
 
 def fetch_json(url: str, timeout_s: float = 5.0) -> dict[str, Any] | None:

@@ -20,24 +20,19 @@ from pydantic import (
     field_validator,
 )
 
-MAX_ID_LEN: Final = 200
+from shared import names
+from shared.ids import ID_PATTERN, MAX_ID_LEN
+
 MAX_MACHINES_PER_REQUEST: Final = 10_000
 MAX_DOCUMENT_BYTES: Final = 16 * 1024
 MAX_MESSAGE_LEN: Final = 2_000
 
-# Ids end up in Redis keys and URL paths: no spaces, no slashes, no control characters.
-Id = Annotated[
-    StrictStr,
-    Field(min_length=1, max_length=MAX_ID_LEN, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@+=-]*$"),
-]
+Id = Annotated[StrictStr, Field(min_length=1, max_length=MAX_ID_LEN, pattern=ID_PATTERN)]
 ShortText = Annotated[StrictStr, Field(max_length=256)]
 
 MachineStatus = Literal[
     "pending", "running", "stopping", "stopped", "shutting-down", "terminated", "failed"
 ]
-MACHINE_STATUSES: Final[tuple[str, ...]] = (
-    "pending", "running", "stopping", "stopped", "shutting-down", "terminated", "failed"
-)
 
 
 def _bounded_document(value: dict[str, Any] | None, name: str) -> dict[str, Any] | None:
@@ -124,14 +119,8 @@ class UpdateMachineStatus(Command):
         return None if self.observed_at is None else float(self.observed_at)
 
 
-COMMAND_MODELS: Final[dict[str, type[Command]]] = {}
-
-
-def _register() -> None:
-    from shared import names
-
-    COMMAND_MODELS[names.CREATE_REQUEST_TASK] = CreateRequest
-    COMMAND_MODELS[names.UPDATE_MACHINE_STATUS_TASK] = UpdateMachineStatus
-
-
-_register()
+# Task name -> the model its kwargs must validate against.
+COMMAND_MODELS: Final[dict[str, type[Command]]] = {
+    names.CREATE_REQUEST_TASK: CreateRequest,
+    names.UPDATE_MACHINE_STATUS_TASK: UpdateMachineStatus,
+}

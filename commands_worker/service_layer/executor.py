@@ -8,7 +8,6 @@ refused attempt rolled back. A lost race runs the command again on fresh state.
 from __future__ import annotations
 
 import random
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,11 +31,11 @@ from commands_worker.service_layer.ports import (
     UnitOfWork,
     ViewDoc,
 )
-from shared.commands import MAX_ID_LEN, Command
+from shared.commands import COMMAND_MODELS, Command
+from shared.ids import default_request_id, is_valid_id
 from shared.names import CREATE_REQUEST_TASK
 
 MAX_RACE_ATTEMPTS: Final = 20
-_ID_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+=-]*$")
 
 
 @dataclass(frozen=True)
@@ -54,7 +53,8 @@ class Envelope:
     @property
     def command_id(self) -> str:
         given = self.kwargs.get("command_id")
-        if isinstance(given, str) and len(given) <= MAX_ID_LEN and _ID_RE.match(given):
+        if is_valid_id(given):
+            assert isinstance(given, str)
             return given
         return self.task_id
 
@@ -166,13 +166,13 @@ class Executor:
 
     @staticmethod
     def _handle(env: Envelope, uow: UnitOfWork, now: float) -> Effect:
-        try:
-            model, handler = HANDLERS[env.task]
-        except KeyError:
-            raise InvalidCommand(f"unknown task {env.task!r}") from None
+        model = COMMAND_MODELS.get(env.task)
+        if model is None:
+            raise InvalidCommand(f"unknown task {env.task!r}")
         if env.args:
             raise InvalidCommand("positional arguments are not accepted: send kwargs")
-        return handler(parse(model, env.kwargs), Context(env.command_id, now), uow)
+        command = parse(model, env.kwargs)
+        return HANDLERS[type(command)](command, Context(env.command_id, now), uow)
 
     @staticmethod
     def _record(env: Envelope, effect: Effect, prior: CommandRecord | None,
@@ -207,9 +207,10 @@ class Executor:
             outcome="rejected",
             recorded_at=now,
             reason=refusal.reason,
-            request_id=_str_or_none(env.kwargs.get("request_id")) or (
-                f"req-{env.command_id}" if env.task == CREATE_REQUEST_TASK else None),
-            machine_id=_str_or_none(env.kwargs.get("machine_id")),
+            request_id=_id_or_none(env.kwargs.get("request_id")) or (
+                default_request_id(env.command_id) if env.task == CREATE_REQUEST_TASK
+                else None),
+            machine_id=_id_or_none(env.kwargs.get("machine_id")),
             correlation_id=env.correlation_id,
             version=prior.version + 1 if prior else 1,
         )
@@ -225,11 +226,11 @@ class Executor:
 def _named_ids(envs: list[Envelope]) -> tuple[set[str], set[str]]:
     """The request and machine ids a batch names (the request ids it would create too)."""
     requests = {r for env in envs if isinstance(r := env.kwargs.get("request_id"), str)}
-    requests |= {f"req-{env.command_id}" for env in envs
+    requests |= {default_request_id(env.command_id) for env in envs
                  if env.task == CREATE_REQUEST_TASK and "request_id" not in env.kwargs}
     machines = {m for env in envs if isinstance(m := env.kwargs.get("machine_id"), str)}
     return requests, machines
 
 
-def _str_or_none(value: Any) -> str | None:
-    return value if isinstance(value, str) and len(value) <= MAX_ID_LEN else None
+def _id_or_none(value: Any) -> str | None:
+    return value if is_valid_id(value) else None

@@ -20,8 +20,8 @@ from commands_worker.domain.errors import (
 )
 from commands_worker.domain.model import Machine, Request
 from commands_worker.service_layer.ports import Effect, UnitOfWork
-from shared import names
 from shared.commands import Command, CreateRequest, UpdateMachineStatus
+from shared.ids import default_request_id
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class Context:
 
 
 def request_id_for(cmd: CreateRequest, command_id: str) -> str:
-    return cmd.request_id or f"req-{command_id}"
+    return cmd.request_id or default_request_id(command_id)
 
 
 def create_request(cmd: CreateRequest, ctx: Context, uow: UnitOfWork) -> Effect:
@@ -124,7 +124,9 @@ def _machines_changed(uow: UnitOfWork, request: Request, machines: list[Machine]
 
 Handler = Callable[[Any, Context, UnitOfWork], Effect]
 
-HANDLERS: dict[str, tuple[type[Command], Handler]] = {
-    names.CREATE_REQUEST_TASK: (CreateRequest, create_request),
-    names.UPDATE_MACHINE_STATUS_TASK: (UpdateMachineStatus, update_machine_status),
+# Command type -> its handler. Which model a wire task name decodes to is the contract's
+# business (shared.commands.COMMAND_MODELS), not the handlers'.
+HANDLERS: dict[type[Command], Handler] = {
+    CreateRequest: create_request,
+    UpdateMachineStatus: update_machine_status,
 }

@@ -1,0 +1,74 @@
+"""Rows to domain objects and back."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+
+from commands_worker.domain.model import Machine, Request, Template
+from commands_worker.service_layer.ports import CommandRecord, DeadLetter
+
+
+def dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def loads(text: str | bytes) -> Any:
+    return orjson.loads(text)
+
+
+def request_of(row: Any) -> Request:
+    return Request(
+        request_id=row.request_id, template_id=row.template_id, max_number=row.max_number,
+        attributes=loads(row.attributes), status=row.status, created_at=row.created_at,
+        updated_at=row.updated_at, version=row.version, seq=row.seq,
+    )
+
+
+def machine_of(row: Any) -> Machine:
+    return Machine(
+        machine_id=row.machine_id, request_id=row.request_id, status=row.status,
+        observed_at=row.observed_at, created_at=row.created_at, updated_at=row.updated_at,
+        version=row.version, details=loads(row.details),
+    )
+
+
+def copy_machine(machine: Machine | None) -> Machine | None:
+    """Handlers change what they load; what this transaction knows stays as stored."""
+    return replace(machine, details=dict(machine.details)) if machine else None
+
+
+def command_of(row: Any) -> CommandRecord:
+    return CommandRecord(
+        command_id=row.command_id, task=row.task, outcome=row.outcome,
+        recorded_at=row.recorded_at, reason=row.reason, request_id=row.request_id,
+        machine_id=row.machine_id, correlation_id=row.correlation_id, version=row.version,
+    )
+
+
+def template_of(row: Any) -> Template:
+    return Template(row.template_id, row.max_number, loads(row.attributes), loads(row.document))
+
+
+def dead_letter_of(row: Any) -> DeadLetter:
+    return DeadLetter(
+        id=row.id, command_id=row.command_id, task=row.task, queue=row.queue,
+        reason=row.reason, raw=loads(row.raw), attempts=row.attempts, state=row.state,
+        first_at=row.first_at, last_at=row.last_at,
+    )
+
+
+def inserted_id(result: sa.CursorResult[Any]) -> int:
+    key = result.inserted_primary_key
+    assert key is not None
+    return int(key[0])
+
+
+def machine_values(machine: Machine) -> dict[str, Any]:
+    """The columns a machine's report changes."""
+    return {"status": machine.status, "details": dumps(machine.details),
+            "observed_at": machine.observed_at, "version": machine.version,
+            "updated_at": machine.updated_at}

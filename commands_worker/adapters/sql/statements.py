@@ -1,0 +1,57 @@
+"""The statements of the hot path, built once: constructing Core statements per call costs
+more than running them here."""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import sqlalchemy as sa
+
+from commands_worker.adapters.sql.tables import (
+    commands,
+    dead_letters,
+    machines,
+    outbox,
+    requests,
+    templates,
+)
+
+
+def _by(table: sa.Table, column: str) -> sa.Select[Any]:
+    return table.select().where(table.c[column] == sa.bindparam("key"))
+
+
+def _versioned_update(table: sa.Table, key: str, columns: tuple[str, ...]) -> sa.Update:
+    return (table.update()
+            .where(table.c[key] == sa.bindparam("b_key"),
+                   table.c.version == sa.bindparam("b_expected"))
+            .values({c: sa.bindparam(c) for c in columns}))
+
+
+MACHINE_COLUMNS = ("status", "details", "observed_at", "version", "updated_at")
+COMMAND_COLUMNS = ("task", "outcome", "reason", "request_id", "machine_id", "correlation_id",
+                    "recorded_at", "version")
+STMT: Final = {
+    "template": _by(templates, "template_id"),
+    "request": _by(requests, "request_id"),
+    "machine": _by(machines, "machine_id"),
+    "commands": commands.select().where(
+        commands.c.command_id.in_(sa.bindparam("keys", expanding=True))),
+    "dead_letter": _by(dead_letters, "command_id"),
+    "insert_request": requests.insert(),
+    "insert_machine": machines.insert(),
+    "insert_command": commands.insert(),
+    "insert_outbox": outbox.insert().returning(outbox.c.id, sort_by_parameter_order=True),
+    "update_request": _versioned_update(requests, "request_id",
+                                        ("status", "version", "updated_at")),
+    "update_machine": _versioned_update(machines, "machine_id", MACHINE_COLUMNS),
+    "update_command": _versioned_update(commands, "command_id", COMMAND_COLUMNS),
+    "requests_in": requests.select().where(
+        requests.c.request_id.in_(sa.bindparam("keys", expanding=True))),
+    "machines_in": machines.select().where(
+        machines.c.machine_id.in_(sa.bindparam("keys", expanding=True))),
+    "machines_of_in": machines.select().where(
+        machines.c.request_id.in_(sa.bindparam("keys", expanding=True))),
+    "delete_outbox": outbox.delete().where(
+        outbox.c.id.in_(sa.bindparam("keys", expanding=True))),
+}

@@ -1,0 +1,91 @@
+"""The write store's tables (SQLAlchemy Core). The schema is created on start, so a new user
+runs no migration step. Every id column is as wide as the id rule allows (``MAX_ID_LEN``)."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+metadata = sa.MetaData()
+_BigInt = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+templates = sa.Table(
+    "templates", metadata,
+    sa.Column("template_id", sa.String(200), primary_key=True),
+    sa.Column("max_number", sa.Integer, nullable=False),
+    sa.Column("attributes", sa.Text, nullable=False),
+    sa.Column("document", sa.Text, nullable=False),
+)
+meta = sa.Table(
+    "meta", metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+)
+requests = sa.Table(
+    "requests", metadata,
+    sa.Column("seq", _BigInt, primary_key=True, autoincrement=True),
+    sa.Column("request_id", sa.String(200), nullable=False, unique=True),
+    sa.Column("template_id", sa.String(200), nullable=False),
+    sa.Column("max_number", sa.Integer, nullable=False),
+    sa.Column("attributes", sa.Text, nullable=False),
+    sa.Column("status", sa.String(32), nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+machines = sa.Table(
+    "machines", metadata,
+    sa.Column("machine_id", sa.String(200), primary_key=True),
+    sa.Column("request_id", sa.String(200), sa.ForeignKey("requests.request_id"),
+              nullable=False, index=True),
+    sa.Column("status", sa.String(32), nullable=False),
+    sa.Column("details", sa.Text, nullable=False),
+    sa.Column("observed_at", sa.Float, nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+commands = sa.Table(
+    "commands", metadata,
+    sa.Column("command_id", sa.String(200), primary_key=True),
+    sa.Column("task", sa.String(100), nullable=False),
+    sa.Column("outcome", sa.String(16), nullable=False),
+    sa.Column("reason", sa.Text),
+    sa.Column("request_id", sa.String(200)),
+    sa.Column("machine_id", sa.String(200)),
+    sa.Column("correlation_id", sa.String(200)),
+    sa.Column("recorded_at", sa.Float, nullable=False, index=True),
+    sa.Column("version", sa.Integer, nullable=False),
+)
+outbox = sa.Table(
+    "outbox", metadata,
+    sa.Column("id", _BigInt, primary_key=True, autoincrement=True),
+    sa.Column("key", sa.Text, nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("body", sa.LargeBinary, nullable=False),
+    sa.Column("ttl_s", sa.Integer, nullable=False),
+    sa.Column("seq", _BigInt, nullable=False),
+    sa.Column("status", sa.String(32), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False, index=True),
+)
+dead_letters = sa.Table(
+    "dead_letters", metadata,
+    sa.Column("id", _BigInt, primary_key=True, autoincrement=True),
+    sa.Column("command_id", sa.String(200), unique=True),
+    sa.Column("task", sa.String(200)),
+    sa.Column("queue", sa.String(200)),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("raw", sa.Text, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("first_at", sa.Float, nullable=False),
+    sa.Column("last_at", sa.Float, nullable=False),
+)
+
+
+def create_schema(engine: Engine) -> None:
+    """Create missing tables; several workers may start at once."""
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(727274)")
+        metadata.create_all(conn, checkfirst=True)

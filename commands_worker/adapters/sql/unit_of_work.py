@@ -1,0 +1,256 @@
+"""The SQL unit of work: one store transaction, a handful of prepared Core statements per
+command, the outbox rows of the whole transaction in one multi-row insert at commit."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import replace
+from types import TracebackType
+from typing import Any, Self
+
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError
+
+from commands_worker.adapters.sql.engine import WriterLock, translate_errors
+from commands_worker.adapters.sql.rows import (
+    command_of,
+    copy_machine,
+    dumps,
+    inserted_id,
+    machine_of,
+    machine_values,
+    request_of,
+    template_of,
+)
+from commands_worker.adapters.sql.statements import COMMAND_COLUMNS, STMT
+from commands_worker.adapters.sql.tables import dead_letters
+from commands_worker.domain.errors import ConcurrentUpdate
+from commands_worker.domain.model import Machine, Request, Template
+from commands_worker.service_layer.ports import CommandRecord, DeadLetter, ProjectedBacklog, ViewDoc
+
+
+class SqlUnitOfWork:
+    """One store transaction. Statements are few, small and prepared once; the outbox rows
+    of the whole transaction go in with one multi-row insert at commit."""
+
+    def __init__(self, engine: Engine, projected: ProjectedBacklog,
+                 writer_lock: WriterLock | None = None) -> None:
+        self.engine = engine
+        self.projected = projected
+        self.writer_lock = writer_lock or WriterLock(None)
+        self._conn: Connection | None = None
+        self._docs: list[ViewDoc] = []
+        self._templates: dict[str, Template | None] = {}
+
+    @property
+    def conn(self) -> Connection:
+        assert self._conn is not None, "use the unit of work in a with block"
+        return self._conn
+
+    def __enter__(self) -> Self:
+        self.writer_lock.__enter__()
+        try:
+            self._conn = self.engine.connect()
+            self._conn.begin()
+        except DBAPIError as exc:
+            self._close()
+            raise translate_errors(exc) from exc
+        self._docs = []
+        self._templates = {}
+        # What this transaction has read or written, so a batch reads each row once.
+        self._requests: dict[str, Request | None] = {}
+        self._machines: dict[str, Machine | None] = {}
+        self._owned: dict[str, list[str]] = {}
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        conn = self._conn
+        if conn is not None and conn.in_transaction():
+            with contextlib.suppress(DBAPIError):  # the connection may be gone
+                conn.rollback()
+        self._close()
+        if isinstance(exc, DBAPIError):
+            raise translate_errors(exc) from exc
+
+    def _close(self) -> None:
+        try:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+        finally:
+            self.writer_lock.__exit__()
+
+    def _one(self, query: str, key: str) -> Any:
+        return self.conn.execute(STMT[query], {"key": key}).first()
+
+    def commit(self) -> list[ViewDoc]:
+        done = self.projected.take()
+        try:
+            if done:
+                # Rows projected after earlier commands go in this transaction: no commit of
+                # their own. Lost on a crash, they are projected again (a no-op) by the sweep.
+                self.conn.execute(STMT["delete_outbox"], {"keys": done})
+            docs = insert_outbox(self.conn, self._docs)
+            self.conn.commit()
+        except BaseException:
+            self.projected.add(done)
+            raise
+        self._docs = []
+        return docs
+
+    # --- templates, requests, machines ---------------------------------------------------
+    def get_template(self, template_id: str) -> Template | None:
+        # Templates change only when a worker starts: one read per batch is enough.
+        if template_id not in self._templates:
+            row = self._one("template", template_id)
+            self._templates[template_id] = template_of(row) if row else None
+        return self._templates[template_id]
+
+    def preload(self, request_ids: Iterable[str], machine_ids: Iterable[str]) -> None:
+        """Read in three queries what a batch names: its machines, its requests (and those
+        of its machines) and every machine of those requests."""
+        wanted_machines = set(machine_ids) - self._machines.keys()
+        wanted_requests = set(request_ids)
+        if wanted_machines:
+            for row in self.conn.execute(STMT["machines_in"], {"keys": list(wanted_machines)}):
+                self._machines[row.machine_id] = machine_of(row)
+                wanted_requests.add(row.request_id)
+            for machine_id in wanted_machines - self._machines.keys():
+                self._machines[machine_id] = None
+        wanted_requests -= self._requests.keys()
+        if not wanted_requests:
+            return
+        for row in self.conn.execute(STMT["requests_in"], {"keys": list(wanted_requests)}):
+            self._requests[row.request_id] = request_of(row)
+        for request_id in wanted_requests:
+            self._requests.setdefault(request_id, None)
+        self._load_machines_of(wanted_requests)
+
+    def _load_machines_of(self, request_ids: set[str]) -> None:
+        """Every machine of these requests, read in one query and remembered."""
+        for request_id in request_ids:
+            self._owned.setdefault(request_id, [])
+        for row in self.conn.execute(STMT["machines_of_in"], {"keys": list(request_ids)}):
+            self._machines[row.machine_id] = machine_of(row)
+            if row.machine_id not in self._owned[row.request_id]:
+                self._owned[row.request_id].append(row.machine_id)
+
+    def get_request(self, request_id: str) -> Request | None:
+        if request_id not in self._requests:
+            row = self._one("request", request_id)
+            self._requests[request_id] = request_of(row) if row else None
+        known = self._requests[request_id]
+        return replace(known) if known else None
+
+    def add_request(self, request: Request) -> None:
+        result = self.conn.execute(STMT["insert_request"], {
+            "request_id": request.request_id, "template_id": request.template_id,
+            "max_number": request.max_number, "attributes": dumps(request.attributes),
+            "status": request.status, "version": request.version,
+            "created_at": request.created_at, "updated_at": request.updated_at})
+        request.seq = inserted_id(result)
+        self._requests[request.request_id] = replace(request)
+        self._owned[request.request_id] = []
+
+    def save_request(self, request: Request, expected_version: int) -> None:
+        self._update("update_request", request.request_id, expected_version, {
+            "status": request.status, "version": request.version,
+            "updated_at": request.updated_at})
+        self._requests[request.request_id] = replace(request)
+
+    def _update(self, query: str, key: str, expected: int, values: dict[str, Any]) -> None:
+        result = self.conn.execute(STMT[query], {"b_key": key, "b_expected": expected, **values})
+        if result.rowcount != 1:
+            raise ConcurrentUpdate(f"{key} moved past version {expected}")
+
+    def get_machine(self, machine_id: str) -> Machine | None:
+        if machine_id not in self._machines:
+            row = self._one("machine", machine_id)
+            self._machines[machine_id] = machine_of(row) if row else None
+        return copy_machine(self._machines[machine_id])
+
+    def machines_of(self, request_id: str) -> list[Machine]:
+        if request_id not in self._owned:
+            self._load_machines_of({request_id})
+        owned = (self._machines[m] for m in sorted(self._owned[request_id]))
+        return [m for m in map(copy_machine, owned) if m is not None]
+
+    def add_machine(self, machine: Machine) -> None:
+        self.conn.execute(STMT["insert_machine"], {
+            **machine_values(machine), "machine_id": machine.machine_id,
+            "request_id": machine.request_id, "created_at": machine.created_at})
+        self._machines[machine.machine_id] = copy_machine(machine)
+        owned = self._owned.get(machine.request_id)
+        if owned is not None:
+            owned.append(machine.machine_id)
+
+    def save_machine(self, machine: Machine, expected_version: int) -> None:
+        self._update("update_machine", machine.machine_id, expected_version,
+                     machine_values(machine))
+        self._machines[machine.machine_id] = copy_machine(machine)
+
+    # --- commands, dead letters, outbox -----------------------------------------------
+    def get_commands(self, command_ids: list[str]) -> dict[str, CommandRecord]:
+        rows = self.conn.execute(STMT["commands"], {"keys": command_ids})
+        return {row.command_id: command_of(row) for row in rows}
+
+    @contextlib.contextmanager
+    def savepoint(self) -> Iterator[None]:
+        # Savepoints here never nest, so one fixed name serves (and needs no compiling).
+        emitted = len(self._docs)
+        known = (dict(self._requests), dict(self._machines),
+                 {k: list(v) for k, v in self._owned.items()})
+        self.conn.exec_driver_sql("SAVEPOINT hf_command")
+        try:
+            yield
+        except BaseException:
+            self.conn.exec_driver_sql("ROLLBACK TO SAVEPOINT hf_command")
+            self.conn.exec_driver_sql("RELEASE SAVEPOINT hf_command")
+            del self._docs[emitted:]
+            self._requests, self._machines, self._owned = known
+            raise
+        self.conn.exec_driver_sql("RELEASE SAVEPOINT hf_command")
+
+    def record_command(self, record: CommandRecord) -> None:
+        values = {c: getattr(record, c) for c in COMMAND_COLUMNS}
+        if record.version == 1:
+            self.conn.execute(STMT["insert_command"], {"command_id": record.command_id, **values})
+        else:
+            self._update("update_command", record.command_id, record.version - 1, values)
+
+    def add_dead_letter(self, letter: DeadLetter) -> None:
+        write_dead_letter(self.conn, letter)
+
+    def emit(self, doc: ViewDoc) -> None:
+        """Queue a view document for the outbox; written with the commit."""
+        self._docs.append(doc)
+
+
+def insert_outbox(conn: Connection, docs: list[ViewDoc]) -> list[ViewDoc]:
+    """The transaction's view documents in one multi-row insert; returns them with row ids."""
+    if not docs:
+        return []
+    now = time.time()
+    ids = conn.execute(STMT["insert_outbox"], [
+        {"key": d.key, "version": d.version, "body": d.body, "ttl_s": d.ttl_s,
+         "seq": d.seq, "status": d.status, "created_at": now} for d in docs
+    ]).scalars().all()
+    return [replace(doc, outbox_id=int(i)) for doc, i in zip(docs, ids, strict=True)]
+
+
+def write_dead_letter(conn: Connection, letter: DeadLetter) -> None:
+    """A new letter, or one more attempt of the letter its command already has."""
+    existing = (conn.execute(STMT["dead_letter"], {"key": letter.command_id}).first()
+                if letter.command_id else None)
+    if existing is None:
+        conn.execute(dead_letters.insert().values(
+            command_id=letter.command_id, task=letter.task, queue=letter.queue,
+            reason=letter.reason, raw=dumps(letter.raw), attempts=letter.attempts,
+            state="open", first_at=letter.first_at, last_at=letter.last_at))
+        return
+    conn.execute(dead_letters.update().where(dead_letters.c.id == existing.id).values(
+        reason=letter.reason, raw=dumps(letter.raw), state="open",
+        attempts=existing.attempts + letter.attempts, last_at=letter.last_at))

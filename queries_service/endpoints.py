@@ -1,0 +1,198 @@
+"""The HTTP endpoints. Views are served as the projector stored them: no store, no broker,
+no re-serialisation of a document on the way out."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from queries_service import cursors, openapi
+from queries_service.cache import CacheUnavailable, ReadCache, doc_version
+from queries_service.hot_views import LocalViews
+from queries_service.metrics import CONTENT_TYPE, Metrics
+from queries_service.notifications import ViewNotifier
+from queries_service.parameters import QUERY_PARAMS, Parameters
+from queries_service.responses import JSON, document, error
+from shared import keys
+from shared.ids import is_valid_id
+from shared.settings import Settings
+
+
+def _ident(request: Request, name: str) -> str | None:
+    value: str = request.path_params[name]
+    return value if is_valid_id(value) else None
+
+
+class QueryApp:
+    """The endpoints, over one read cache."""
+
+    def __init__(self, cache: ReadCache, settings: Settings, local: LocalViews,
+                 metrics: Metrics) -> None:
+        self.cache = cache
+        self.local = local
+        self.params = Parameters(settings.query_max_wait_s)
+        self.notifier = ViewNotifier(cache, local)
+        self.metrics = metrics
+        self._reading: dict[str, asyncio.Future[bytes | None]] = {}
+        self._templates: tuple[int, list[dict[str, Any]]] = (-1, [])
+
+    async def get_request(self, request: Request) -> Response:
+        ident = _ident(request, "request_id")
+        if ident is None:
+            return error(404, "not_found", "no such request")
+        p = self.params.parse(request, "get_request")
+        key = (keys.request_key(ident) if p["include_machines"]
+               else keys.request_summary_key(ident))
+        if p["wait"] and p["min_version"]:
+            doc = await self._wait_for(key, p["min_version"], p["wait"])
+        else:
+            doc = await self._read(key, p["min_version"])
+        return document(request, key, doc, "request", ident)
+
+    async def _read(self, key: str, min_version: int = 0) -> bytes | None:
+        """A view from this process if it is known current, else from Redis (then kept).
+        Concurrent reads of one key share one Redis round trip: a thousand long-polls woken
+        by one projection cost one read, not a thousand."""
+        doc = self.local.get(key)
+        if doc is not None and (not min_version or doc_version(doc) >= min_version):
+            return doc
+        pending = self._reading.get(key)
+        if pending is not None:
+            doc = await asyncio.shield(pending)
+            if doc is None or doc_version(doc) >= min_version:
+                return doc
+        future: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+        self._reading[key] = future
+        try:
+            stamp = self.local.stamp(key)
+            doc = await self.cache.get(key, min_version)
+            if doc is not None:
+                self.local.keep(key, doc, stamp)
+            future.set_result(doc)
+            return doc
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: a failed shared read is reported by each caller
+            raise
+        finally:
+            if self._reading.get(key) is future:
+                del self._reading[key]
+
+    async def _wait_for(self, key: str, min_version: int, wait_s: int) -> bytes | None:
+        """Hold the poll until the view reaches ``min_version`` or ``wait_s`` pass."""
+        deadline = asyncio.get_running_loop().time() + wait_s
+        with self.notifier.waiting(key, min_version) as event:
+            while True:
+                doc = await self._read(key, min_version)
+                left = deadline - asyncio.get_running_loop().time()
+                if (doc is not None and doc_version(doc) >= min_version) or left <= 0:
+                    return doc
+                event.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(event.wait(), left)
+
+    async def list_machines(self, request: Request) -> Response:
+        """The machines of one request, in the order they were first reported."""
+        ident = _ident(request, "request_id")
+        doc = await self.cache.get(keys.request_key(ident)) if ident else None
+        if doc is None:
+            return error(404, "not_found", f"no request {ident!r}")
+        p = self.params.parse(request, "list_machines")
+        after = cursors.decode_machine(p["cursor"])
+        machines = sorted(orjson.loads(doc)["machines"],
+                          key=lambda m: (m["created_at"], m["machine_id"]))
+        page = [m for m in machines if (m["created_at"], m["machine_id"]) > after][:p["limit"]]
+        cursor = (cursors.encode_machine(page[-1]["created_at"], page[-1]["machine_id"])
+                  if len(page) == p["limit"] else None)
+        return Response(orjson.dumps({"machines": page, "next_cursor": cursor}), 200,
+                        media_type=JSON)
+
+    async def get_machine(self, request: Request) -> Response:
+        ident = _ident(request, "machine_id")
+        if ident is None:
+            return error(404, "not_found", "no such machine")
+        key = keys.machine_key(ident)
+        doc = await self._read(key, self.params.parse(request, "get_machine")["min_version"])
+        return document(request, key, doc, "machine", ident)
+
+    async def get_command(self, request: Request) -> Response:
+        ident = _ident(request, "command_id")
+        if ident is None:
+            return error(404, "not_found", "no such command")
+        key = keys.command_key(ident)
+        return document(request, key, await self._read(key), "command", ident)
+
+    async def list_requests(self, request: Request) -> Response:
+        p = self.params.parse(request, "list_requests")
+        index = (keys.requests_by_status_key(p["status"]) if p["status"]
+                 else keys.REQUESTS_INDEX_KEY)
+        rows = await self.cache.zrange_after(index, cursors.decode_score(p["cursor"]),
+                                             p["limit"])
+        key_of = keys.request_key if p["include_machines"] else keys.request_summary_key
+        docs = [d for d in await self.cache.mget([key_of(m.decode()) for m, _ in rows])
+                if d is not None]
+        cursor = cursors.encode_score(int(rows[-1][1])) if len(rows) == p["limit"] else None
+        body = (b'{"requests":[' + b",".join(docs) + b'],"next_cursor":'
+                + orjson.dumps(cursor) + b"}")
+        return Response(body, 200, media_type=JSON)
+
+    async def list_templates(self, request: Request) -> Response:
+        p = self.params.parse(request, "list_templates")
+        own = {param.name for param in QUERY_PARAMS["list_templates"]}
+        filters = {k: v for k, v in request.query_params.items() if k not in own}
+        stamp = self.local.stamp(keys.TEMPLATES_KEY)
+        matching = [t for t in await self._load_templates() if _template_matches(t, filters)]
+        body = orjson.dumps({"templates": matching[p["offset"]:p["offset"] + p["limit"]],
+                             "total": len(matching)})
+        query = request.scope["query_string"].decode("latin-1")
+        self.local.keep(f"templates?{query}", body, stamp, stamp_key=keys.TEMPLATES_KEY)
+        return Response(body, 200, media_type=JSON)
+
+    async def _load_templates(self) -> list[dict[str, Any]]:
+        doc = await self._read(keys.TEMPLATES_KEY)
+        if doc is None:
+            return []
+        version = doc_version(doc)
+        if version != self._templates[0]:
+            self._templates = (version, orjson.loads(doc)["templates"])
+        return self._templates[1]
+
+    async def healthz(self, request: Request) -> Response:
+        return Response(b'{"status":"ok"}', 200, media_type=JSON)
+
+    async def readyz(self, request: Request) -> Response:
+        try:
+            source = await self.cache.ping()
+        except CacheUnavailable as exc:
+            return error(503, "cache_unavailable", str(exc))
+        body = {"ready": True, "reading_from": source,
+                "replica_configured": self.cache.replica is not None,
+                # Subscribed to every projector announcement source: long-polls wake at
+                # once and repeated polls are answered from this process.
+                "notifications_live": self.local.enabled}
+        return Response(orjson.dumps(body), 200, media_type=JSON)
+
+    async def metrics_text(self, request: Request) -> Response:
+        text = self.metrics.render(self.notifier.waiting_count(), self.local.hits,
+                                   self.cache.counters)
+        return Response(text, 200, media_type=CONTENT_TYPE)
+
+    async def openapi_json(self, request: Request) -> Response:
+        return Response(openapi.document(self.params.max_wait_s), 200, media_type=JSON)
+
+
+def _template_matches(template: dict[str, Any], filters: dict[str, str]) -> bool:
+    for field, wanted in filters.items():
+        if field in template:
+            value = template[field]
+        else:
+            attribute = (template.get("attributes") or {}).get(field)
+            value = attribute[1] if isinstance(attribute, list) and len(attribute) > 1 else None
+        if value is None or str(value) != wanted:
+            return False
+    return True

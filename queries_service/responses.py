@@ -1,0 +1,39 @@
+"""How the service answers: JSON errors, and views with their ETags (the one home of the ETag
+rule, used by the endpoints and by the fast path alike)."""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from queries_service.cache import doc_version
+from shared import keys
+
+JSON: Final = "application/json"
+
+
+def error(status: int, error: str, detail: Any = None) -> Response:
+    return Response(orjson.dumps({"error": error, "detail": detail}), status, media_type=JSON)
+
+
+def etag(key: str, doc: bytes) -> str:
+    """A view's ETag: its key and version, which together name its content."""
+    return f'"{key.removeprefix(keys.PREFIX)}@{doc_version(doc)}"'
+
+
+def not_modified(if_none_match: str, tag: str) -> bool:
+    return tag in if_none_match
+
+
+def document(request: Request, key: str, doc: bytes | None, what: str, ident: str) -> Response:
+    """A stored view as it is, with its ETag; 304 when the poller has it, 404 when unknown."""
+    if doc is None:
+        return error(404, "not_found", f"no {what} {ident!r}")
+    tag = etag(key, doc)
+    headers = {"etag": tag, "cache-control": "no-cache"}
+    if not_modified(request.headers.get("if-none-match", ""), tag):
+        return Response(status_code=304, headers=headers)
+    return Response(doc, 200, headers=headers, media_type=JSON)
