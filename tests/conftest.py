@@ -95,7 +95,7 @@ def postgres_server() -> str:
 
 @pytest.fixture
 def postgres_url(postgres_server: str) -> str:
-    from commands_worker.adapters.sql.store import metadata
+    from commands_worker.adapters.sql.tables import metadata
 
     engine = sa.create_engine(postgres_server)
     metadata.drop_all(engine)
@@ -174,7 +174,9 @@ def start_worker(stack_env: dict[str, str], tmp_path: Path,
                     tmp_path / f"worker-{len(started)}.log").start()
         started.append(proc)
         client = sync_client(env.get("CACHE_URL") or env.get("REDIS_URL", redis_url))
-        wait_for(lambda: client.exists(keys.TEMPLATES_KEY) or proc.proc.poll() is not None,
+        popen = proc.proc
+        assert popen is not None
+        wait_for(lambda: client.exists(keys.TEMPLATES_KEY) or popen.poll() is not None,
                  30, what="the worker to start")
         client.close()
         assert proc.proc is not None and proc.proc.poll() is None, proc.output()

@@ -1,37 +1,64 @@
-"""A hand-written in-memory unit of work for fast handler tests (same contract as SQL)."""
+"""A hand-written in-memory store for fast tests, held to the same contract as the SQL one
+(``tests/integration/test_store_contract.py`` runs over both)."""
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import threading
+import time
 from collections.abc import Iterable, Iterator
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any, Self
 
 from commands_worker.domain.errors import ConcurrentUpdate
 from commands_worker.domain.model import Machine, Request, Template
-from commands_worker.service_layer.ports import CommandRecord, DeadLetter, ViewDoc
+from commands_worker.service_layer.ports import (
+    REPLAYING,
+    CommandRecord,
+    DeadLetter,
+    ProjectedBacklog,
+    ViewDoc,
+)
 
 
+@dataclass
 class FakeState:
-    def __init__(self, templates: list[Template] | None = None) -> None:
-        self.templates = {t.template_id: t for t in templates or []}
-        self.requests: dict[str, Request] = {}
-        self.machines: dict[str, Machine] = {}
-        self.commands: dict[str, CommandRecord] = {}
-        self.dead_letters: list[DeadLetter] = []
-        self.outbox: list[ViewDoc] = []
-        self.seq = 0
+    templates: dict[str, Template] = field(default_factory=dict)
+    templates_version: int = 0
+    requests: dict[str, Request] = field(default_factory=dict)
+    machines: dict[str, Machine] = field(default_factory=dict)
+    commands: dict[str, CommandRecord] = field(default_factory=dict)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    outbox: list[ViewDoc] = field(default_factory=list)
+    outbox_at: dict[int, float] = field(default_factory=dict)
+    seq: int = 0
+    ids: int = 0
+
+    @classmethod
+    def with_templates(cls, templates: list[Template]) -> FakeState:
+        return cls(templates={t.template_id: t for t in templates}, templates_version=1)
+
+    def next_id(self) -> int:
+        self.ids += 1
+        return self.ids
 
 
 class FakeUnitOfWork:
-    def __init__(self, state: FakeState) -> None:
+    """One transaction: a private copy of the state, published whole on commit. Transactions
+    take turns (like SQLite's single writer), so none is lost to another."""
+
+    def __init__(self, state: FakeState, projected: ProjectedBacklog | None = None,
+                 lock: threading.RLock | None = None) -> None:
         self.state = state
+        self.projected = projected or ProjectedBacklog()
+        self.lock = lock or threading.RLock()
         self.work: FakeState | None = None
         self.docs: list[ViewDoc] = []
 
     def __enter__(self) -> Self:
+        self.lock.acquire()
         self.work = copy.deepcopy(self.state)
         self.docs = []
         return self
@@ -39,16 +66,23 @@ class FakeUnitOfWork:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.work = None
+        self.lock.release()
 
     @property
     def w(self) -> FakeState:
-        assert self.work is not None
+        assert self.work is not None, "use the unit of work in a with block"
         return self.work
 
     def commit(self) -> list[ViewDoc]:
-        self.w.outbox.extend(self.docs)
+        done = set(self.projected.take())
+        self.w.outbox = [d for d in self.w.outbox if d.outbox_id not in done]
+        now = time.time()
+        docs = [replace(d, outbox_id=self.w.next_id()) for d in self.docs]
+        for doc in docs:
+            self.w.outbox.append(doc)
+            self.w.outbox_at[doc.outbox_id] = now
         self.state.__dict__.update(copy.deepcopy(self.w.__dict__))
-        docs, self.docs = self.docs, []
+        self.docs = []
         return docs
 
     def preload(self, request_ids: Iterable[str], machine_ids: Iterable[str]) -> None:
@@ -116,14 +150,96 @@ class FakeUnitOfWork:
         self.w.commands[record.command_id] = record
 
     def add_dead_letter(self, letter: DeadLetter) -> None:
-        for i, existing in enumerate(self.w.dead_letters):
+        letters = self.w.dead_letters
+        for i, existing in enumerate(letters):
             if letter.command_id and existing.command_id == letter.command_id:
-                self.w.dead_letters[i] = replace(letter, attempts=existing.attempts + 1)
+                letters[i] = replace(existing, reason=letter.reason, raw=letter.raw,
+                                     state="open", attempts=existing.attempts + letter.attempts,
+                                     last_at=letter.last_at)
                 return
-        self.w.dead_letters.append(letter)
+        letters.append(replace(letter, id=self.w.next_id(), state="open"))
 
     def emit(self, doc: ViewDoc) -> None:
         self.docs.append(doc)
+
+
+class FakeStore:
+    """The store as a whole, over one ``FakeState``."""
+
+    def __init__(self, state: FakeState | None = None) -> None:
+        self.state = state or FakeState()
+        self.projected = ProjectedBacklog()
+        self.lock = threading.RLock()
+
+    def unit_of_work(self) -> FakeUnitOfWork:
+        return FakeUnitOfWork(self.state, self.projected, self.lock)
+
+    def load_templates(self, loaded: list[Template]) -> tuple[list[Template], int]:
+        with self.lock:
+            wanted = {t.template_id: t for t in loaded}
+            if wanted != self.state.templates or self.state.templates_version == 0:
+                self.state.templates = wanted
+                self.state.templates_version += 1
+            return list(wanted.values()), self.state.templates_version
+
+    def templates(self) -> tuple[list[Template], int]:
+        return list(self.state.templates.values()), self.state.templates_version
+
+    def pending_docs(self, older_than_s: float, limit: int = 500) -> list[tuple[int, ViewDoc]]:
+        cutoff = time.time() - older_than_s
+        with self.lock:
+            due = [d for d in self.state.outbox if self.state.outbox_at[d.outbox_id] <= cutoff]
+        return [(d.outbox_id, d) for d in due[:limit]]
+
+    def mark_projected(self, outbox_ids: list[int]) -> None:
+        with self.lock:
+            done = set(outbox_ids)
+            self.state.outbox = [d for d in self.state.outbox if d.outbox_id not in done]
+
+    def iter_requests(self, batch: int = 500) -> Iterator[tuple[Request, list[Machine]]]:
+        for request in sorted(self.state.requests.values(), key=lambda r: r.seq):
+            yield request, [m for m in self.state.machines.values()
+                            if m.request_id == request.request_id]
+
+    def iter_commands(self, since: float, batch: int = 2000) -> Iterator[CommandRecord]:
+        yield from (c for _, c in sorted(self.state.commands.items()) if c.recorded_at >= since)
+
+    def purge_commands(self, older_than: float) -> int:
+        with self.lock:
+            gone = [k for k, c in self.state.commands.items()
+                    if c.recorded_at < older_than and c.outcome != REPLAYING]
+            for key in gone:
+                del self.state.commands[key]
+            return len(gone)
+
+    def add_dead_letter(self, letter: DeadLetter) -> None:
+        with self.unit_of_work() as uow:
+            uow.add_dead_letter(letter)
+            uow.commit()
+
+    def dead_letters(self, state: str | None = "open", limit: int = 1000) -> list[DeadLetter]:
+        return [d for d in self.state.dead_letters if state is None or d.state == state][:limit]
+
+    def begin_replay(self, letter_id: int) -> DeadLetter | None:
+        with self.lock:
+            letters = self.state.dead_letters
+            for i, letter in enumerate(letters):
+                if letter.id == letter_id:
+                    letters[i] = replace(letter, state="replayed", last_at=time.time())
+                    self._reopen(letter.command_id)
+                    return letter
+            return None
+
+    def _reopen(self, command_id: str | None) -> None:
+        record = self.state.commands.get(command_id or "")
+        if record is not None and record.outcome == "rejected":
+            self.state.commands[record.command_id] = replace(record, outcome=REPLAYING)
+
+    def counts(self) -> dict[str, int]:
+        s = self.state
+        return {"requests": len(s.requests), "machines": len(s.machines),
+                "commands": len(s.commands), "outbox": len(s.outbox),
+                "dead_letters": len(s.dead_letters)}
 
 
 def templates(**max_numbers: int) -> list[Template]:

@@ -14,9 +14,8 @@ import sys
 from pathlib import Path
 
 import httpx
-import pytest
 
-from tests.conftest import ROOT, free_port, wait_for
+from tests.conftest import ROOT, free_port, unavailable, wait_for
 
 
 def port_open(port: int) -> bool:
@@ -25,8 +24,9 @@ def port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
 def test_up_send_status_wait_and_ctrl_c(tmp_path: Path) -> None:
+    if shutil.which("redis-server") is None:
+        unavailable("redis-server (hfctl up starts its own)")
     redis_port, query_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("REDIS_", "BROKER_", "CACHE_", "STORE_", "QUERY_"))}
@@ -61,6 +61,7 @@ def test_up_send_status_wait_and_ctrl_c(tmp_path: Path) -> None:
 
 def _templates(port: int) -> bool:
     try:
-        return httpx.get(f"http://127.0.0.1:{port}/templates", timeout=1).json()["total"] == 3
+        return bool(httpx.get(f"http://127.0.0.1:{port}/templates", timeout=1)
+                    .json()["total"] == 3)
     except (httpx.HTTPError, ValueError, KeyError):
         return False

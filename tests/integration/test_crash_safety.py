@@ -89,7 +89,8 @@ def test_sigkill_twice_loses_nothing_and_doubles_nothing(
     sender.start()
     kills = 0
     for fraction in (0.3, 0.65):
-        wait_for(lambda f=fraction: sent[0] >= len(plan.messages) * f, 120, what="sending")
+        share = len(plan.messages) * fraction
+        wait_for(lambda: sent[0] >= share, 120, what="sending")  # noqa: B023
         time.sleep(0.3)
         for proc in procs:
             proc.kill()  # SIGKILL to the whole process group: main process and pool

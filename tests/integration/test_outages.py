@@ -42,7 +42,7 @@ def all_outcomes(client: redis.Redis, ids: list[str]) -> dict[str, Any] | None:
         return None
     if any(d is None for d in docs):
         return None
-    return {i: json.loads(d) for i, d in zip(ids, docs, strict=True)}
+    return {i: json.loads(d or b"null") for i, d in zip(ids, docs, strict=True)}
 
 
 @pytest.fixture

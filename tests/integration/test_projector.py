@@ -36,7 +36,7 @@ def test_status_indexes_follow_the_request(rclient: redis.Redis) -> None:
 
 
 def test_outcomes_expire_and_writes_are_announced(rclient: redis.Redis) -> None:
-    pubsub = rclient.pubsub(ignore_subscribe_messages=True)
+    pubsub = rclient.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
     pubsub.subscribe(keys.VIEWS_CHANNEL)
     pubsub.get_message(timeout=1)
     Projector(rclient).project([ViewDoc(keys.command_key("c1"), 1, b'{"version":1}', ttl_s=60)])

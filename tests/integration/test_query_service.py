@@ -3,6 +3,7 @@ ETags, stable cursors."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 
 import orjson
@@ -88,8 +89,22 @@ def test_openapi_and_metrics(client: TestClient, rclient: redis.Redis) -> None:
     client.get("/requests/missing")
     metrics = client.get("/metrics").text
     assert 'hf_query_requests_total{route="get_request",code="404"} 1' in metrics
-    assert client.get("/readyz").json() == {"ready": True, "reading_from": "primary",
-                                             "replica_configured": False}
+    ready = client.get("/readyz").json()
+    assert (ready["ready"], ready["reading_from"], ready["replica_configured"]) == (
+        True, "primary", False)
+
+
+def test_the_documented_wait_limit_is_the_enforced_one(redis_url: str) -> None:
+    settings = Settings.from_env({"REDIS_URL": redis_url, "QUERY_MAX_WAIT_S": "5"})
+    with TestClient(create_app(settings)) as client:
+        spec = client.get("/openapi.json").json()
+        [wait] = [p for p in spec["paths"]["/requests/{request_id}"]["get"]["parameters"]
+                  if p["name"] == "wait"]
+        assert wait["schema"]["maximum"] == 5
+        refused = client.get("/requests/r1", params={"min_version": 1, "wait": 6})
+        assert refused.status_code == 422
+        assert refused.json()["detail"] == {"parameter": "wait",
+                                            "problem": "must be an integer from 0 to 5"}
 
 
 def test_unreachable_cache_is_503_not_500() -> None:
@@ -116,15 +131,15 @@ def test_views_kept_in_process_follow_every_projection(client: TestClient,
     from tests.conftest import wait_for
 
     put_request(rclient, 9)
-    wait_for(lambda: "hf_query_local_hits_total" in client.get("/metrics").text, 5,
-             what="metrics")
+    wait_for(lambda: client.get("/readyz").json()["notifications_live"], 5,
+             what="the service to subscribe to the projector's announcements")
     for _ in range(3):
         assert client.get("/requests/r9").json()["version"] == 1
     hits = client.get("/metrics").text
     assert "hf_query_local_hits_total 0" not in hits  # repeated polls served in-process
     for version in (2, 3, 4):
         put_request(rclient, 9, status="in_progress", version=version)
-        wait_for(lambda v=version: client.get("/requests/r9").json()["version"] == v, 5,
+        wait_for(functools.partial(_has_version, client, "/requests/r9", version), 5,
                  what=f"version {version} through the in-process copy")
     assert client.get("/requests/r9?include_machines=false").json()["version"] == 4
 
@@ -157,3 +172,7 @@ def test_machines_of_a_request_page_in_the_order_first_reported(
     assert seen == [m.machine_id for m in machines]  # report order, no gap, no repeat
     assert client.get("/requests/nope/machines").status_code == 404
     assert client.get("/requests/r5/machines", params={"cursor": "zz"}).status_code == 422
+
+
+def _has_version(client: TestClient, path: str, version: int) -> bool:
+    return bool(client.get(path).json()["version"] == version)

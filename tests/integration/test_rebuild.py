@@ -17,7 +17,7 @@ CREATE, UPDATE = "commands.create_request", "commands.update_machine_status"
 
 
 def snapshot(client: redis.Redis) -> dict[bytes, Any]:
-    views = {}
+    views: dict[bytes, Any] = {}
     for key in client.scan_iter(match="hf:v1:*"):
         kind = client.type(key)
         if kind == b"string" and not key.startswith(b"hf:v1:broker"):

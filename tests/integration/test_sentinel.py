@@ -49,7 +49,8 @@ def test_cache_behind_sentinel_survives_a_failover(tmp_path: Path, start_worker:
                  what="a view written and read through the sentinel")
         assert redis.Redis(port=first.port).exists(f"hf:v1:request:{request_id}")
 
-        sentinel_client.execute_command("SENTINEL", "FAILOVER", "hfcache")
+        sentinel_client.execute_command(  # type: ignore[no-untyped-call]
+            "SENTINEL", "FAILOVER", "hfcache")
         # Until the sentinel has demoted the old primary, both accept writes: a write there
         # is lost when it resyncs (Redis replication is asynchronous; see the README).
         wait_for(lambda: redis.Redis(port=second.port).info("replication")["role"] == "master"
@@ -72,7 +73,8 @@ def test_cache_behind_sentinel_survives_a_failover(tmp_path: Path, start_worker:
 
 def _replicas_known(client: redis.Redis) -> bool:
     try:
-        return bool(client.execute_command("SENTINEL", "REPLICAS", "hfcache"))
+        return bool(client.execute_command(  # type: ignore[no-untyped-call]
+            "SENTINEL", "REPLICAS", "hfcache"))
     except redis.RedisError:
         return False
 

@@ -1,4 +1,5 @@
-"""One contract, run on SQLite and on PostgreSQL: what the executor needs from the store."""
+"""One contract, run on the in-memory fake, SQLite and PostgreSQL: what the executor and the
+maintenance need from the store. A fake that drifts from the real stores fails here."""
 
 from __future__ import annotations
 
@@ -8,24 +9,31 @@ from pathlib import Path
 
 import pytest
 
-from commands_worker.adapters.sql.store import Store
+from commands_worker.adapters.sql.store import Store as SqlStore
 from commands_worker.adapters.templates_file import EXAMPLE_TEMPLATES, load_templates_file
 from commands_worker.service_layer.executor import Envelope, Executor
+from commands_worker.service_layer.ports import REPLAYING, Store
+from tests.fakes import FakeStore
 
 CREATE = "commands.create_request"
 UPDATE = "commands.update_machine_status"
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    if request.param == "memory":
+        fake = FakeStore()
+        fake.load_templates(load_templates_file(EXAMPLE_TEMPLATES))
+        yield fake
+        return
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'contract.sqlite3'}"
     else:
         url = request.getfixturevalue("postgres_url")
-    store = Store.from_url(url)
-    store.load_templates(load_templates_file(EXAMPLE_TEMPLATES))
-    yield store
-    store.engine.dispose()
+    sql = SqlStore.from_url(url)
+    sql.load_templates(load_templates_file(EXAMPLE_TEMPLATES))
+    yield sql
+    sql.engine.dispose()
 
 
 @pytest.fixture
@@ -111,3 +119,34 @@ def test_concurrent_reports_never_lose_a_version(store: Store, executor: Executo
     [(request, machines)] = list(store.iter_requests())
     assert len(machines) == 40
     assert request.version == 41  # created (1) + one per machine, none lost to a race
+
+
+def test_templates_version_grows_only_when_the_list_changes(store: Store) -> None:
+    loaded = load_templates_file(EXAMPLE_TEMPLATES)
+    _, version = store.templates()
+    assert store.load_templates(loaded)[1] == version
+    assert store.load_templates(loaded[:1])[1] == version + 1
+    assert [t.template_id for t in store.templates()[0]] == [loaded[0].template_id]
+
+
+def test_purge_keeps_recent_outcomes_and_replaying_ones(store: Store,
+                                                        executor: Executor) -> None:
+    run(executor, CREATE, "c1", template_id="gpu", max_number=1)
+    run(executor, CREATE, "c2", template_id="x86-small", max_number=1)
+    [letter] = store.dead_letters()
+    store.begin_replay(letter.id or 0)
+    assert store.purge_commands(older_than=0) == 0
+    assert store.purge_commands(older_than=float("inf")) == 1
+    assert [(c.command_id, c.outcome) for c in store.iter_commands(since=0)] == [
+        ("c1", REPLAYING)]
+
+
+def test_a_letter_without_command_id_is_never_merged(store: Store) -> None:
+    from commands_worker.service_layer.ports import DeadLetter
+
+    for n in range(2):
+        store.add_dead_letter(DeadLetter(reason=f"bad {n}", raw={"kind": "message"},
+                                         first_at=1.0, last_at=1.0))
+    assert [(d.reason, d.attempts) for d in store.dead_letters()] == [("bad 0", 1),
+                                                                      ("bad 1", 1)]
+    assert store.counts()["dead_letters"] == 2

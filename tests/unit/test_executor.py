@@ -15,7 +15,7 @@ UPDATE = "commands.update_machine_status"
 
 @pytest.fixture
 def state() -> FakeState:
-    return FakeState(templates(small=2, big=5))
+    return FakeState.with_templates(templates(small=2, big=5))
 
 
 @pytest.fixture
