@@ -1,4 +1,5 @@
 """Contracts shared by producers, the command worker and the query service.
 
-Nothing here opens a connection or imports worker or HTTP code.
+Nothing here imports worker or HTTP code, and nothing connects at import time: only the
+producer client (``client.py``) does I/O, when it is called.
 """

@@ -6,7 +6,7 @@
 
 Commands are validated here first (the same models the worker uses), so a producer learns of
 a bad command at once instead of from a dead letter. Any other Celery client may send the
-same messages by task name; see DESIGN.md's wire contract.
+same messages by task name; see docs/contract.md.
 """
 
 from __future__ import annotations

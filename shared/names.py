@@ -1,4 +1,4 @@
-"""Task and queue names: the public wire contract (DESIGN.md, "Wire contract")."""
+"""Task and queue names: the public wire contract (docs/contract.md, "Commands")."""
 
 from typing import Final
 
@@ -13,6 +13,3 @@ QUEUE_OF_TASK: Final[dict[str, str]] = {
     UPDATE_MACHINE_STATUS_TASK: MACHINES_QUEUE,
 }
 ALL_QUEUES: Final = (REQUESTS_QUEUE, MACHINES_QUEUE)
-
-# Celery message protocol 2, JSON only: a pickle payload is refused and dead-lettered.
-CONTENT_TYPE: Final = "application/json"

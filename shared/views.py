@@ -65,12 +65,6 @@ class CommandOutcomeView(_View):
     recorded_at: float
 
 
-class TemplateView(_View):
-    templateId: str
-    maxNumber: int
-    attributes: dict[str, Any]
-
-
 class TemplatesPage(BaseModel):
     templates: list[dict[str, Any]]
     total: int

@@ -1,9 +1,12 @@
 """The worker's errors. Each name states the fact; the edge decides what follows from it.
 
 ``CommandRefused`` and its children are final: the command is recorded as rejected with the
-message as its reason, dead-lettered, and never retried. ``ConcurrentUpdate`` means a write lost a
-race and the whole command is run again on fresh state. ``StoreUnavailable`` and
-``CacheUnavailable`` are retried with backoff, then dead-lettered.
+message as its reason, dead-lettered, and never retried, except one that ``may_succeed_later``
+(a machine reported before its request), which the worker retries a while as ``RetryLater``
+first. ``ConcurrentUpdate`` means a write lost a race: the batch runs again on fresh state.
+``StoreUnavailable`` is retried with backoff (its own budget), then dead-lettered.
+``CacheUnavailable`` is never retried: the change is committed and the outbox projects it once
+the cache answers.
 """
 
 
@@ -55,10 +58,6 @@ class MachineRequestMismatch(CommandRefused):
 
 class IllegalTransition(CommandRefused):
     kind = "illegal_transition"
-
-
-class UndecodableMessage(CommandRefused):
-    kind = "undecodable_message"
 
 
 class RetryLater(HostFactoryError):
