@@ -6,6 +6,7 @@ Unknown fields are refused, nothing is coerced from nonsense (``"3"`` is not a n
 
 from __future__ import annotations
 
+import time
 from datetime import datetime
 from typing import Annotated, Any, Final, Literal
 
@@ -26,6 +27,9 @@ from shared.ids import ID_PATTERN, MAX_ID_LEN
 MAX_MACHINES_PER_REQUEST: Final = 10_000
 MAX_DOCUMENT_BYTES: Final = 16 * 1024
 MAX_MESSAGE_LEN: Final = 2_000
+# observed_at may run ahead of the worker's clock by this much (clock skew), no more.
+MAX_OBSERVED_AHEAD_S: Final = 300.0
+OBSERVED_AT_EARLIEST: Final = 946_684_800.0  # 2000-01-01T00:00:00Z
 
 Id = Annotated[StrictStr, Field(min_length=1, max_length=MAX_ID_LEN, pattern=ID_PATTERN)]
 ShortText = Annotated[StrictStr, Field(max_length=256)]
@@ -45,6 +49,16 @@ def _bounded_document(value: dict[str, Any] | None, name: str) -> dict[str, Any]
     if size > MAX_DOCUMENT_BYTES:
         raise ValueError(f"{name} is {size} bytes encoded; the limit is {MAX_DOCUMENT_BYTES}")
     return value
+
+
+def _within_window(epoch: float) -> float:
+    """A report from the future would freeze its machine (every later, real report would be
+    older, so superseded); one from before ``OBSERVED_AT_EARLIEST`` is a broken clock."""
+    latest = time.time() + MAX_OBSERVED_AHEAD_S
+    if not OBSERVED_AT_EARLIEST <= epoch <= latest:
+        raise ValueError(f"observed_at must lie between 2000-01-01 and "
+                         f"{MAX_OBSERVED_AHEAD_S:.0f} s after the worker's clock")
+    return epoch
 
 
 class Command(BaseModel):
@@ -108,11 +122,8 @@ class UpdateMachineStatus(Command):
                 raise ValueError("observed_at must be ISO-8601 or epoch seconds") from exc
             if parsed.tzinfo is None:
                 raise ValueError("observed_at needs a time zone (e.g. 2026-01-01T00:00:00Z)")
-            return parsed.timestamp()
-        epoch = float(value)
-        if not 0 <= epoch < 32503680000:  # before the year 3000
-            raise ValueError("observed_at is out of range")
-        return epoch
+            return _within_window(parsed.timestamp())
+        return _within_window(float(value))
 
     def observed_epoch(self) -> float | None:
         # After validation observed_at is always a float or None.

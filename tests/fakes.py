@@ -15,6 +15,7 @@ from typing import Any, Self
 from commands_worker.domain.errors import ConcurrentUpdate
 from commands_worker.domain.model import Machine, Request, Template
 from commands_worker.service_layer.ports import (
+    PARKED_PREFIX,
     REPLAYING,
     CommandRecord,
     DeadLetter,
@@ -150,6 +151,7 @@ class FakeUnitOfWork:
         self.w.commands[record.command_id] = record
 
     def add_dead_letter(self, letter: DeadLetter) -> None:
+        letter = letter.bounded()
         letters = self.w.dead_letters
         for i, existing in enumerate(letters):
             if letter.command_id and existing.command_id == letter.command_id:
@@ -231,9 +233,10 @@ class FakeStore:
             return None
 
     def _reopen(self, command_id: str | None) -> None:
-        record = self.state.commands.get(command_id or "")
-        if record is not None and record.outcome == "rejected":
-            self.state.commands[record.command_id] = replace(record, outcome=REPLAYING)
+        for key in {command_id or "", (command_id or "").removeprefix(PARKED_PREFIX)}:
+            record = self.state.commands.get(key)
+            if record is not None and record.outcome == "rejected":
+                self.state.commands[key] = replace(record, outcome=REPLAYING)
 
     def counts(self) -> dict[str, int]:
         s = self.state

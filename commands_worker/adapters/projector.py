@@ -54,7 +54,8 @@ class Projector:
                     args += doc_args
                 self._cas(keys=script_keys, args=args, client=pipe)
             return sum(int(r) for r in pipe.execute())
-        except (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError) as exc:
-            # ReadOnlyError: a failover demoted the primary under us. The outbox keeps the
-            # documents; the next attempt finds the new primary.
+        except redis.RedisError as exc:
+            # Unreachable, a failover that demoted the primary under us (ReadOnlyError), or
+            # full (OutOfMemoryError): the outbox keeps the documents, and the next attempt
+            # finds the new primary or the room.
             raise CacheUnavailable(str(exc)) from exc

@@ -4,6 +4,7 @@ service; ``hfctl`` calls nothing else of this package."""
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from commands_worker import bootstrap
@@ -22,7 +23,8 @@ def rebuild_read_model() -> dict[str, Any]:
 def dead_letters(include_replayed: bool = False) -> list[DeadLetter]:
     """Every open dead letter (and replayed ones), after moving parked ones into the store."""
     d = bootstrap.deps()
-    dead_letter_inbox.drain(d.broker, d.store)
+    dead_letter_inbox.drain(d.broker, partial(maintenance.file_dead_letter, d.executor,
+                                              d.projector))
     return d.store.dead_letters(state=None if include_replayed else "open")
 
 

@@ -41,13 +41,15 @@ class Action(enum.Enum):
 
 
 class BatchItem(NamedTuple):
-    task_id: str
+    task_id: str  # the command id: kwargs' command_id, else the task id; a valid id
     task: str
     args: list[Any]
     kwargs: dict[str, Any]
     queue: str | None
     waits: int = 0
     outages: int = 0
+    refusal: str = ""  # set: refused at admission; recorded as rejected, never applied
+    due_at: float = 0.0  # a retry (or a producer's countdown) held until then
 
 
 class Verdict(NamedTuple):
@@ -67,10 +69,9 @@ def _count(headers: dict[str, Any], name: str) -> int:
     return value if isinstance(value, int) and 0 <= value < 1_000_000 else 0
 
 
-def item_from(headers: dict[str, Any], args: Any, kwargs: Any, queue: str | None) -> BatchItem:
-    """A message's task, id, arguments and spent budgets, as the pool is handed them."""
-    return BatchItem(headers["id"], headers["task"], list(args or []), dict(kwargs or {}),
-                     queue, _count(headers, WAITS_HEADER), _count(headers, OUTAGES_HEADER))
+def budgets_of(headers: dict[str, Any]) -> tuple[int, int]:
+    """The retry budgets a message has spent (nonsense counts as none)."""
+    return _count(headers, WAITS_HEADER), _count(headers, OUTAGES_HEADER)
 
 
 def budget_headers(item: BatchItem) -> dict[str, int]:
@@ -88,16 +89,26 @@ def run_batch(items: Sequence[BatchItem]) -> list[Verdict]:
     started = time.perf_counter()
     d = bootstrap.deps()
     envs = [Envelope(task=i.task, task_id=i.task_id, kwargs=i.kwargs, args=tuple(i.args),
-                     queue=i.queue, final_attempt=i.waits >= MAX_WAITS) for i in items]
+                     queue=i.queue, final_attempt=i.waits >= MAX_WAITS, refusal=i.refusal)
+            for i in items]
+    return _run(d, envs, list(items), started)
+
+
+def _run(d: bootstrap.Deps, envs: list[Envelope], items: list[BatchItem],
+         started: float) -> list[Verdict]:
+    """A failure no command should cause is isolated: the batch is split in halves and each
+    run again, down to the one command that causes it, which is refused on its own."""
     try:
         batch = d.executor.execute_batch(envs)
     except StoreUnavailable as exc:
         return [_store_unavailable(d, env, item, exc, started)
                 for env, item in zip(envs, items, strict=True)]
     except Exception as exc:
-        for env in envs:
-            _log(env, "error", started, len(envs), reason=f"{type(exc).__name__}: {exc}")
-        return [REQUEUE] * len(envs)  # counted hand-backs end in dead letters
+        if len(envs) > 1:
+            half = len(envs) // 2
+            return (_run(d, envs[:half], items[:half], started)
+                    + _run(d, envs[half:], items[half:], started))
+        return [_unapplicable(d, envs[0], exc, started)]
     projected = _project(d, batch.docs)
     verdicts = []
     for env, item, outcome in zip(envs, items, batch.outcomes, strict=True):
@@ -110,6 +121,23 @@ def run_batch(items: Sequence[BatchItem]) -> list[Verdict]:
                  projected=projected)
             verdicts.append(ACK)
     return verdicts
+
+
+def _unapplicable(d: bootstrap.Deps, env: Envelope, exc: Exception, started: float) -> Verdict:
+    """One command fails in a way validation did not foresee: it is refused with what
+    happened as its reason (a dead letter an operator can replay once it is understood).
+    Only if even the refusal cannot be written is it handed back, counted as poison."""
+    reason = f"could not be applied: {type(exc).__name__}: {str(exc)[:500]}"
+    log.error("command could not be applied", exc_info=exc,
+              extra={"event": "unapplicable", "command_id": env.command_id})
+    try:
+        refused = d.executor.execute_batch([env.refused(reason)])
+    except Exception:
+        log.exception("refusal could not be recorded", extra={"command_id": env.command_id})
+        return REQUEUE
+    _project(d, refused.docs)
+    _log(env, "rejected", started, 1, reason=reason)
+    return ACK
 
 
 def _project(d: bootstrap.Deps, docs: list[ViewDoc]) -> bool:

@@ -16,18 +16,18 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from datetime import datetime
 from functools import partial
 from typing import Any, Final
 
 from celery import Task
 
+from commands_worker.adapters.broker.consumer import park_and_settle
+from commands_worker.entrypoints.admission import Unadmittable, admit
 from commands_worker.entrypoints.batch_runner import (
     Action,
     BatchItem,
     Verdict,
     budget_headers,
-    item_from,
     run_batch,
 )
 
@@ -62,18 +62,23 @@ class Batcher:
 
     def on_message(self, message: Any, body: Any, ack: Any, reject: Any, callbacks: Any,
                    **kwargs: Any) -> None:
-        # Bad content (a pickle, broken JSON) raises here; Celery's consumer then hands the
-        # message to our Consumer, which dead-letters it.
-        args, task_kwargs, _embed = message.decode()
-        headers = message.headers
-        held = Held(message, item_from(headers, args, task_kwargs,
-                                       (message.delivery_info or {}).get("routing_key")))
-        eta = _epoch(headers.get("eta"))
-        if eta is not None and eta > time.time():
+        """Admit one message, whatever it holds: nothing a producer sends raises out of here.
+        A message with no usable command id is parked whole in the dead-letter inbox."""
+        try:
+            item = admit(message.headers, message.decode,
+                         (message.delivery_info or {}).get("routing_key"))
+        except Unadmittable as exc:
+            park_and_settle(message, str(exc))
+            return
+        except Exception as exc:  # admission is meant to raise nothing else: still, park
+            park_and_settle(message, f"unreadable message: {exc!r}"[:500])
+            return
+        held = Held(message, item)
+        if item.due_at > time.time():
             # A retry with a countdown: held (and its lease renewed) until due. The timer
             # runs on the monotonic clock, so it is given a delay, not a wall-clock time.
             self.consumer.qos.increment_eventually()
-            self.consumer.timer.call_after(eta - time.time(), partial(self._due, held))
+            self.consumer.timer.call_after(item.due_at - time.time(), partial(self._due, held))
             return
         self._add(held)
 
@@ -115,18 +120,32 @@ class Batcher:
             if verdict.action is Action.REQUEUE:
                 one.message.reject(requeue=True)
                 continue
-            if verdict.action is Action.RETRY:
-                self._send_again(one.item, verdict)
+            if verdict.action is Action.RETRY and not self._send_again(one.item, verdict):
+                _forget(one.message)  # it comes back after the visibility timeout
+                continue
             settled.append(one)
-        _ack_all(settled)
+        try:
+            _ack_all(settled)
+        except Exception:
+            log.exception("could not acknowledge a batch; its messages come back (and are "
+                          "recognised as done)", extra={"event": "ack_failed"})
+            for one in settled:
+                _forget(one.message)
 
-    def _send_again(self, item: BatchItem, verdict: Verdict) -> None:
-        """The same task id and kwargs, due after the delay, with one budget spent more."""
+    def _send_again(self, item: BatchItem, verdict: Verdict) -> bool:
+        """The same task id and kwargs, due after the delay, with one budget spent more;
+        False when the broker would not take it."""
         spent = item._replace(**{verdict.budget: getattr(item, verdict.budget) + 1})
-        self.app.send_task(item.task, args=item.args, kwargs=item.kwargs,
-                           task_id=item.task_id, countdown=verdict.delay_s,
-                           retries=spent.waits + spent.outages, queue=item.queue,
-                           headers=budget_headers(spent))
+        try:
+            self.app.send_task(item.task, args=item.args, kwargs=item.kwargs,
+                               task_id=item.task_id, countdown=verdict.delay_s,
+                               retries=spent.waits + spent.outages, queue=item.queue,
+                               headers=budget_headers(spent))
+        except Exception:
+            log.exception("could not send a retry; the message will come back",
+                          extra={"event": "retry_not_sent", "command_id": item.task_id})
+            return False
+        return True
 
     def _failed(self, held: list[Held], exc: BaseException) -> None:
         self.in_flight -= 1
@@ -135,6 +154,12 @@ class Batcher:
                   extra={"event": "batch_lost", "size": len(held), "error": repr(exc)})
         for one in held:
             one.message.reject(requeue=True)
+
+
+def _forget(message: Any) -> None:
+    forget = getattr(message.channel.qos, "forget", None)
+    if forget is not None:
+        forget(message.delivery_tag)
 
 
 def _ack_all(held: list[Held]) -> None:
@@ -148,12 +173,6 @@ def _ack_all(held: list[Held]) -> None:
         return
     for one in held:
         one.message.ack()
-
-
-def _epoch(eta: Any) -> float | None:
-    if not eta:
-        return None
-    return datetime.fromisoformat(str(eta)).timestamp()
 
 
 def strategy(task: Any, app: Any, consumer: Any, **kwargs: Any) -> Any:

@@ -12,9 +12,10 @@ hand-backs after which a message is dead-lettered instead of looping.
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import urlparse
 
-from celery import Celery
+from celery import Celery, signals
 from kombu import Exchange, Queue
 
 from commands_worker.entrypoints.batching import FLUSH_EVERY
@@ -72,3 +73,14 @@ app.conf.update(
 
 
 app.steps["consumer"].add(Housekeeping)
+
+
+@signals.import_modules.connect  # type: ignore[untyped-decorator]
+def _only_the_contracts_tasks(sender: Any = None, **_: Any) -> None:
+    """Celery registers built-in tasks (celery.group, celery.chord_unlock, celery.map, …) in
+    every app, and a worker runs any of them that arrives on its queues: celery.group would
+    relay a message of the sender's choosing, chord_unlock retries for ever. This worker runs
+    the contract's tasks and nothing else; any other task name is refused and dead-lettered
+    (our consumer's on_unknown_task)."""
+    for name in [n for n in app.tasks if n not in names.QUEUE_OF_TASK]:
+        app.tasks.pop(name, None)

@@ -5,6 +5,7 @@ purge. A failure is logged and tried again a second later; it never stops the wo
 from __future__ import annotations
 
 import time
+from functools import partial
 from typing import Any
 
 from celery import bootsteps
@@ -41,7 +42,8 @@ class Housekeeping(bootsteps.StartStopStep):  # type: ignore[misc]
                 bootstrap.load_and_project_templates(d)
                 self.ready = True
             maintenance.repair_outbox(d.store, d.projector)
-            dead_letter_inbox.drain(d.broker, d.store)
+            dead_letter_inbox.drain(d.broker, partial(maintenance.file_dead_letter,
+                                                      d.executor, d.projector))
             if time.monotonic() - self.last_purge > PURGE_EVERY_S:
                 maintenance.purge_expired_commands(d.store, d.settings.command_retention_s)
                 self.last_purge = time.monotonic()

@@ -9,11 +9,11 @@ from typing import Any
 from celery import Task
 from celery.exceptions import Reject
 
+from commands_worker.entrypoints.admission import admit
 from commands_worker.entrypoints.batch_runner import (
     OUTAGES_HEADER,
     WAITS_HEADER,
     Action,
-    item_from,
     run_batch,
 )
 from commands_worker.entrypoints.batching import BatchedCommandTask
@@ -28,7 +28,7 @@ def run_command(task: Task, args: tuple[Any, ...], kwargs: dict[str, Any]) -> st
                WAITS_HEADER: getattr(request, WAITS_HEADER, 0),
                OUTAGES_HEADER: getattr(request, OUTAGES_HEADER, 0)}
     queue = (request.delivery_info or {}).get("routing_key")
-    [verdict] = run_batch([item_from(headers, args, kwargs, queue)])
+    [verdict] = run_batch([admit(headers, lambda: (list(args), kwargs, {}), queue)])
     if verdict.action is Action.ACK:
         return "done"
     if verdict.action is Action.REQUEUE:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final
 
 from pydantic import ValidationError
@@ -24,6 +24,7 @@ from commands_worker.domain.errors import (
 from commands_worker.service_layer import documents as views
 from commands_worker.service_layer.handlers import HANDLERS, Context
 from commands_worker.service_layer.ports import (
+    PARKED_PREFIX,
     REPLAYING,
     CommandRecord,
     DeadLetter,
@@ -49,6 +50,9 @@ class Envelope:
     args: tuple[Any, ...] = ()
     # False while the worker may still retry: a refusal that may succeed later is not final.
     final_attempt: bool = True
+    # Set when the command is refused before it is looked at (admission found the message
+    # unusable): it is recorded as rejected with this reason.
+    refusal: str = ""
 
     @property
     def command_id(self) -> str:
@@ -60,8 +64,10 @@ class Envelope:
 
     @property
     def correlation_id(self) -> str | None:
-        given = self.kwargs.get("correlation_id")
-        return given if isinstance(given, str) else None
+        return _id_or_none(self.kwargs.get("correlation_id"))
+
+    def refused(self, reason: str) -> Envelope:
+        return replace(self, refusal=reason, final_attempt=True)
 
     def raw(self) -> dict[str, Any]:
         raw: dict[str, Any] = {"kind": "command", "task": self.task, "id": self.task_id,
@@ -128,6 +134,22 @@ class Executor:
         singles = [self.execute_batch([env]) for env in envs]
         return Batch([b.outcomes[0] for b in singles], [d for b in singles for d in b.docs])
 
+    def file_dead_letter(self, letter: DeadLetter) -> list[ViewDoc]:
+        """Store a letter parked before its message became a command. When it names a valid
+        command id that has no outcome yet, that command is recorded as rejected with the
+        letter's reason: a poller of that id learns why, and a re-send is a duplicate."""
+        now = self.clock()
+        with self.new_uow() as uow:
+            uow.add_dead_letter(letter)
+            command_id = parked_command_id(letter)
+            if command_id and not uow.get_commands([command_id]):
+                record = CommandRecord(command_id=command_id, task=(letter.task or "")[:100],
+                                       outcome="rejected", recorded_at=now,
+                                       reason=letter.reason)
+                uow.record_command(record)
+                uow.emit(views.command_doc(record, self.retention_s))
+            return uow.commit()
+
     def _apply(self, envs: list[Envelope]) -> Batch:
         now = self.clock()
         outcomes: dict[int, Execution | RetryLater] = {}
@@ -166,6 +188,8 @@ class Executor:
 
     @staticmethod
     def _handle(env: Envelope, uow: UnitOfWork, now: float) -> Effect:
+        if env.refusal:
+            raise InvalidCommand(env.refusal)
         model = COMMAND_MODELS.get(env.task)
         if model is None:
             raise InvalidCommand(f"unknown task {env.task!r}")
@@ -223,12 +247,20 @@ class Executor:
         return Execution(record, [])
 
 
+def parked_command_id(letter: DeadLetter) -> str | None:
+    """The command id a parked message's letter names (``message:<task id>``), if valid."""
+    if letter.command_id is None or not letter.command_id.startswith(PARKED_PREFIX):
+        return None
+    command_id = letter.command_id.removeprefix(PARKED_PREFIX)
+    return command_id if is_valid_id(command_id) else None
+
+
 def _named_ids(envs: list[Envelope]) -> tuple[set[str], set[str]]:
     """The request and machine ids a batch names (the request ids it would create too)."""
-    requests = {r for env in envs if isinstance(r := env.kwargs.get("request_id"), str)}
+    requests = {str(r) for env in envs if is_valid_id(r := env.kwargs.get("request_id"))}
     requests |= {default_request_id(env.command_id) for env in envs
                  if env.task == CREATE_REQUEST_TASK and "request_id" not in env.kwargs}
-    machines = {m for env in envs if isinstance(m := env.kwargs.get("machine_id"), str)}
+    machines = {str(m) for env in envs if is_valid_id(m := env.kwargs.get("machine_id"))}
     return requests, machines
 
 

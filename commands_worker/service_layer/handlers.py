@@ -21,7 +21,7 @@ from commands_worker.domain.errors import (
 from commands_worker.domain.model import Machine, Request
 from commands_worker.service_layer.ports import Effect, UnitOfWork
 from shared.commands import Command, CreateRequest, UpdateMachineStatus
-from shared.ids import default_request_id
+from shared.ids import MAX_ID_LEN, default_request_id, is_valid_id
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,9 @@ def create_request(cmd: CreateRequest, ctx: Context, uow: UnitOfWork) -> Effect:
             f"maxNumber {template.max_number}"
         )
     request_id = request_id_for(cmd, ctx.command_id)
+    if not is_valid_id(request_id):
+        raise InvalidCommand(f"the default request id {request_id[:40]!r}… would be longer "
+                             f"than {MAX_ID_LEN} characters: send request_id")
     if uow.get_request(request_id) is not None:
         raise RequestConflict(f"request {request_id!r} was already created by another command")
     request = Request(

@@ -3,12 +3,21 @@ of the read cache from the store. Over the ports only: any store, any projector.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from typing import Any
 
+from commands_worker.domain.errors import CacheUnavailable
 from commands_worker.service_layer import documents
-from commands_worker.service_layer.ports import REPLAYING, Projector, Store, ViewDoc
+from commands_worker.service_layer.executor import Executor
+from commands_worker.service_layer.ports import (
+    REPLAYING,
+    DeadLetter,
+    Projector,
+    Store,
+    ViewDoc,
+)
 
 
 def repair_outbox(store: Store, projector: Projector, older_than_s: float = 3.0,
@@ -25,6 +34,15 @@ def repair_outbox(store: Store, projector: Projector, older_than_s: float = 3.0,
         settled += len(pending)
         if len(pending) < limit:
             return settled
+
+
+def file_dead_letter(executor: Executor, projector: Projector, letter: DeadLetter) -> None:
+    """Store a letter the broker side parked, and the rejected outcome of the command it
+    names (if nobody recorded one), so ``GET /commands/{id}`` explains it too."""
+    docs = executor.file_dead_letter(letter)
+    # Committed with its outbox rows: if the cache is away, the next repair projects them.
+    with contextlib.suppress(CacheUnavailable):
+        projector.project(docs)
 
 
 def purge_expired_commands(store: Store, retention_s: int) -> int:

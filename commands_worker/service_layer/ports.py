@@ -5,11 +5,12 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any, Final, Protocol, Self
 
 from commands_worker.domain.model import Machine, Request, Template
+from shared.ids import MAX_ID_LEN, is_valid_id
 
 # The outcome of a rejected command sent through again from its dead letter: the next
 # outcome counts, and nothing shows it (it is not served, rebuilt or purged).
@@ -31,9 +32,19 @@ class CommandRecord:
     version: int = 1
 
 
+# The command id of a dead letter of a message that never became a command: a prefix, so it
+# never collides with the letter of a command that was refused under the same id.
+PARKED_PREFIX: Final = "message:"
+MAX_LETTER_FIELD: Final = 200  # task, queue: what a producer sent, cut to fit any store
+
+
 @dataclass(frozen=True)
 class DeadLetter:
-    """A message the worker refused or could not apply, kept whole so it can be replayed."""
+    """A message the worker refused or could not apply, kept whole so it can be replayed.
+
+    Its short fields come from whatever a producer sent: ``bounded()`` is what a store
+    writes, so every column fits on SQLite and PostgreSQL alike (no NUL, no overlong text,
+    a ``command_id`` only when it is a valid id)."""
 
     reason: str
     raw: dict[str, Any]
@@ -45,6 +56,22 @@ class DeadLetter:
     attempts: int = 1
     id: int | None = None
     state: str = "open"
+
+    def bounded(self) -> DeadLetter:
+        command_id = self.command_id
+        if command_id is not None and not is_valid_id(command_id.removeprefix(PARKED_PREFIX)):
+            command_id = None
+        if command_id is not None and len(command_id) > MAX_ID_LEN:
+            command_id = None
+        return replace(self, command_id=command_id, task=_short(self.task),
+                       queue=_short(self.queue), reason=self.reason.replace("\x00", "\\x00"))
+
+
+def _short(text: str | None) -> str | None:
+    if text is None:
+        return None
+    cleaned = text.replace("\x00", "\\x00")
+    return cleaned if len(cleaned) <= MAX_LETTER_FIELD else cleaned[:MAX_LETTER_FIELD - 1] + "…"
 
 
 @dataclass(frozen=True)
@@ -177,7 +204,8 @@ class Store(DeadLetterStore, Protocol):
     def dead_letters(self, state: str | None = "open", limit: int = 1000) -> list[DeadLetter]: ...
 
     def begin_replay(self, letter_id: int) -> DeadLetter | None:
-        """Mark a dead letter replayed and let its command be applied again."""
+        """Mark a dead letter replayed and let its command (refused under the letter's
+        command id, or under the task id of a parked message) be applied again."""
         ...
 
     def counts(self) -> dict[str, int]: ...

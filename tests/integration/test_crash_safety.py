@@ -34,7 +34,7 @@ class Plan:
 def make_plan(requests: int, seed: int) -> Plan:
     rng = random.Random(seed)
     plan = Plan()
-    base = time.time()
+    base = time.time() - 3600  # reports from the last hour: none ahead of the clock
     for r in range(requests):
         command_id = str(uuid.uuid4())
         request_id = f"req-{command_id}"

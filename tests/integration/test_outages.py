@@ -45,12 +45,30 @@ def all_outcomes(client: redis.Redis, ids: list[str]) -> dict[str, Any] | None:
     return {i: json.loads(d or b"null") for i, d in zip(ids, docs, strict=True)}
 
 
+def every_outcome(client: redis.Redis, ids: list[str], timeout_s: float) -> dict[str, Any]:
+    """Wait for an outcome of every command; if some never come, say where things stand."""
+    try:
+        got: dict[str, Any] = wait_for(lambda: all_outcomes(client, ids), timeout_s, every_s=1,
+                                       what="an outcome for every command")
+        return got
+    except AssertionError:
+        missing = [i for i, d in zip(ids, client.mget([f"hf:v1:command:{i}" for i in ids]),
+                                     strict=True) if d is None]
+        raise AssertionError(
+            f"{len(missing)} without outcome; queue {client.llen('commands.requests')}, "
+            f"unacked {client.hlen('unacked')}, "
+            f"inbox {client.llen('hf:v1:broker:dead-letter-inbox')}, "
+            f"in flight {list(client.scan_iter('hf:v1:broker:inflight:*'))}, "
+            f"first missing {missing[:3]}") from None
+
+
 @pytest.fixture
 def own_redis(tmp_path: Path) -> Iterator[tuple[str, Any]]:
     """A private redis-server with an append-only file, which a test may stop and restart."""
     port = free_port()
     argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path),
-            "--appendonly", "yes", "--appendfsync", "always", "--save", ""]
+            "--appendonly", "yes", "--appendfsync", "always", "--save", "",
+            "--logfile", str(tmp_path / "redis.log")]
     procs: list[subprocess.Popen[bytes]] = []
 
     def start() -> None:
@@ -90,18 +108,7 @@ def test_redis_restart_loses_nothing(start_worker: Any, own_redis: tuple[str, An
     start()
     sender.join(timeout=120)
     client = redis.Redis.from_url(url)
-    try:
-        got = wait_for(lambda: all_outcomes(client, ids), 60, every_s=1,
-                       what="an outcome for every command")
-    except AssertionError:
-        missing = [i for i, d in zip(ids, client.mget([f"hf:v1:command:{i}" for i in ids]),
-                                     strict=True) if d is None]
-        raise AssertionError(
-            f"{len(missing)} without outcome; queue {client.llen('commands.requests')}, "
-            f"unacked {client.hlen('unacked')}, "
-            f"inbox {client.llen('hf:v1:broker:dead-letter-inbox')}, "
-            f"in flight {list(client.scan_iter('hf:v1:broker:inflight:*'))}, "
-            f"first missing {missing[:3]}") from None
+    got = every_outcome(client, ids, 60)
     assert {o["outcome"] for o in got.values()} == {"applied"}
     for task_id in ids[::25]:
         view = json.loads(client.get(f"hf:v1:request:req-{task_id}") or b"{}")
@@ -140,3 +147,49 @@ def test_store_outage_is_ridden_out(start_worker: Any, postgres_server: str,
     with admin.connect() as conn:
         conn.execute(sa.text("DROP DATABASE IF EXISTS hf_outage WITH (FORCE)"))
     admin.dispose()
+
+
+def test_a_full_redis_is_ridden_out(start_worker: Any, own_redis: tuple[str, Any]) -> None:
+    """Redis at maxmemory with noeviction refuses every write (pops, leases, projections,
+    retries) for a few seconds under load: the worker backs off, never exits, and once Redis
+    has room again every command is applied once."""
+    url, _ = own_redis
+    worker = start_worker(2, REDIS_URL=url)
+    client = redis.Redis.from_url(url)
+    producer = Celery("full-redis-producer", broker=url, set_as_current=False)
+    ids = [str(uuid.uuid4()) for _ in range(240)]
+    sender = threading.Thread(target=send_steadily, args=(producer, ids, len(ids)))
+    sender.start()
+    time.sleep(0.8)
+    used = int(client.info("memory")["used_memory"])
+    client.config_set("maxmemory-policy", "noeviction")
+    client.config_set("maxmemory", used + 4 * 2**20)
+    filled = _fill(client)
+    time.sleep(3.0)  # full for three seconds
+    client.delete(*[f"filler:{n}" for n in range(filled)])
+    client.config_set("maxmemory", 0)
+    sender.join(timeout=120)
+    got = every_outcome(client, ids, 90)
+    assert {o["outcome"] for o in got.values()} == {"applied"}
+    assert worker.proc is not None and worker.proc.poll() is None, worker.output()
+    for task_id in ids:
+        view = json.loads(client.get(f"hf:v1:request:req-{task_id}") or b"{}")
+        assert view["version"] == 1
+    assert "broker_refuses_writes" in worker.output()  # it said why it waited
+    producer.close()
+
+
+def _fill(client: redis.Redis) -> int:
+    """Fill Redis until even a tiny write is refused (a big one alone is refused sooner,
+    while small ones still fit); returns how many filler keys it wrote."""
+    n = 0
+    for size in (2**20, 2**16, 2**10, 64, 1):
+        while n < 100_000:
+            try:
+                client.set(f"filler:{n}", b"x" * size)
+            except redis.exceptions.OutOfMemoryError:
+                break
+            n += 1
+    with pytest.raises(redis.exceptions.OutOfMemoryError):
+        client.lpush("probe", b"x")
+    return n

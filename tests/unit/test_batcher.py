@@ -3,8 +3,10 @@ what it hands the pool, when, and what becomes of each message after the pool's 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -26,7 +28,8 @@ class FakeMessage:
     headers: dict[str, Any]
     kwargs: dict[str, Any]
     state: str = "RECEIVED"
-    delivery_info: dict[str, Any] = field(default_factory=lambda: {"routing_key": "q"})
+    delivery_info: dict[str, Any] = field(
+        default_factory=lambda: {"routing_key": "commands.requests"})
 
     def decode(self) -> tuple[list[Any], dict[str, Any], dict[str, Any]]:
         return [], self.kwargs, {}
@@ -134,7 +137,7 @@ def test_messages_gather_for_a_moment_then_go_together(parts: Any) -> None:
     [(items, _)] = consumer.pool.batches
     assert [i.task_id for i in items] == ["t0", "t1", "t2"]
     assert items[0] == BatchItem("t0", "commands.create_request", [],
-                                 {"template_id": "x", "max_number": 1}, "q", 0, 0)
+                                 {"template_id": "x", "max_number": 1}, "commands.requests")
 
 
 def test_a_full_batch_goes_at_once(parts: Any) -> None:
@@ -170,7 +173,8 @@ def test_verdicts_settle_each_message(parts: Any) -> None:
     done([ACK, REQUEUE, Verdict(Action.RETRY, 0.5, "waits")])
     assert [m.state for m in msgs] == ["ACK", "REQUEUED", "ACK"]  # the retry is re-sent
     [again] = broker.sent
-    assert (again["task_id"], again["countdown"], again["queue"]) == ("t2", 0.5, "q")
+    assert (again["task_id"], again["countdown"], again["queue"]) == (
+        "t2", 0.5, "commands.requests")
     assert again["headers"] == {WAITS_HEADER: 4, OUTAGES_HEADER: 1}  # only its own budget
 
 
@@ -192,13 +196,23 @@ def test_nonsense_budget_headers_count_as_none_spent(parts: Any) -> None:
 
 def test_a_retry_that_is_not_due_is_held_until_it_is(parts: Any) -> None:
     batcher, consumer, _ = parts
-    deliver(batcher, message(0, eta="2999-01-01T00:00:00+00:00"))
+    in_ten_minutes = datetime.fromtimestamp(time.time() + 600, UTC).isoformat()
+    deliver(batcher, message(0, eta=in_ten_minutes))
     assert consumer.qos.held == 1
     [(delay_s, _)] = consumer.timer.due
-    assert delay_s > 10**9
+    assert 590 < delay_s <= 600
     consumer.timer.fire()  # it falls due
     consumer.timer.fire()  # the gathering moment passes
     assert consumer.qos.held == 0 and len(consumer.pool.batches) == 1
+
+
+def test_a_message_due_in_a_thousand_years_is_refused_not_held(parts: Any) -> None:
+    batcher, consumer, _ = parts
+    deliver(batcher, message(0, eta="2999-01-01T00:00:00+00:00"))
+    consumer.timer.fire()
+    assert consumer.qos.held == 0
+    [item] = consumer.pool.batches[0][0]
+    assert "more than 3600 s ahead" in item.refusal
 
 
 def test_a_lost_batch_hands_every_message_back(parts: Any) -> None:

@@ -42,6 +42,10 @@ def test_observed_at_accepts_iso_and_epoch() -> None:
     {"machine_id": "m", "status": "running", "observed_at": "yesterday"},
     {"machine_id": "m", "status": "running", "observed_at": "2026-01-01T00:00:00"},  # no zone
     {"machine_id": "m", "status": "running", "observed_at": -5},
+    {"machine_id": "m", "status": "running", "observed_at": "9999-01-01T00:00:00Z"},
+    {"machine_id": "m", "status": "running", "observed_at": "0001-01-01T00:00:00Z"},
+    {"machine_id": "m", "status": "running", "observed_at": 32_000_000_000},  # year 2984
+    {"machine_id": "m", "status": "running", "observed_at": 86_400},  # 1970
     {"machine_id": "m", "status": "running", "metadata": {"name": 5}},
     {"machine_id": "m", "status": "running", "metadata": {"blob": "x" * 20_000}},
 ])
@@ -55,3 +59,18 @@ def test_unknown_metadata_keys_are_kept() -> None:
         {"machine_id": "m", "status": "running", "metadata": {"zone": "a", "name": "n"}})
     assert cmd.metadata is not None
     assert cmd.metadata.model_dump(exclude_none=True) == {"zone": "a", "name": "n"}
+
+
+def test_observed_at_may_run_a_little_ahead_of_the_clock_but_not_more() -> None:
+    import time
+
+    from shared.commands import MAX_OBSERVED_AHEAD_S
+
+    soon = time.time() + MAX_OBSERVED_AHEAD_S / 2
+    accepted = UpdateMachineStatus.model_validate(
+        {"machine_id": "m", "status": "running", "observed_at": soon})
+    assert accepted.observed_epoch() == soon
+    with pytest.raises(ValidationError, match="after the worker's clock"):
+        UpdateMachineStatus.model_validate(
+            {"machine_id": "m", "status": "running",
+             "observed_at": time.time() + 2 * MAX_OBSERVED_AHEAD_S})

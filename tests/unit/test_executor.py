@@ -71,9 +71,9 @@ def test_stale_report_is_superseded_and_changes_nothing(executor: Executor,
                                                         state: FakeState) -> None:
     send(executor, CREATE, "t1", template_id="small", max_number=2)
     send(executor, UPDATE, "u1", machine_id="m1", status="running", request_id="req-t1",
-         observed_at=200.0)
+         observed_at=1_767_225_600.0)
     assert send(executor, UPDATE, "u0", machine_id="m1", status="pending",
-                observed_at=100.0) == "superseded"
+                observed_at=1_767_225_500.0) == "superseded"
     assert (state.machines["m1"].status, state.machines["m1"].version) == ("running", 1)
 
 

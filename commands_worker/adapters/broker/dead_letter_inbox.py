@@ -13,11 +13,12 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import Any, cast
 
 import redis
 
-from commands_worker.service_layer.ports import DeadLetter, DeadLetterStore
+from commands_worker.service_layer.ports import PARKED_PREFIX, DeadLetter
 from shared import keys
 
 log = logging.getLogger("hostfactory.worker")
@@ -61,7 +62,7 @@ def letter_from_entry(item: bytes) -> DeadLetter:
     return DeadLetter(
         reason=reason, raw={"kind": "message", "queue": entry_.get("queue"), "body": body},
         first_at=at, last_at=at, queue=entry_.get("queue"), task=task,
-        command_id=f"message:{command_id}" if command_id else None)
+        command_id=f"{PARKED_PREFIX}{command_id}" if command_id else None)
 
 
 def _task_and_id(body: str) -> tuple[str | None, str | None]:
@@ -74,14 +75,15 @@ def _task_and_id(body: str) -> tuple[str | None, str | None]:
             task_id if isinstance(task_id, str) else None)
 
 
-def drain(client: redis.Redis, store: DeadLetterStore, limit: int = 200) -> int:
-    """Move parked entries into the store, oldest first; one drainer at a time."""
+def drain(client: redis.Redis, file: Callable[[DeadLetter], object], limit: int = 200) -> int:
+    """Hand parked entries to ``file`` (which stores them), oldest first; one drainer at a
+    time. An entry leaves the inbox only after it was filed."""
     if not client.set(keys.DEAD_LETTER_DRAIN_LOCK_KEY, "1", nx=True, px=30_000):
         return 0
     try:
         items = cast(list[bytes], client.lrange(keys.DEAD_LETTER_INBOX_KEY, -limit, -1))
         for item in reversed(items):
-            store.add_dead_letter(letter_from_entry(item))
+            file(letter_from_entry(item))
         if items:
             client.ltrim(keys.DEAD_LETTER_INBOX_KEY, 0, -len(items) - 1)
             log.warning("dead letters stored", extra={"event": "dead_letters_stored",

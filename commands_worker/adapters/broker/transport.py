@@ -13,21 +13,24 @@ dead-lettered instead. Producers are untouched: they keep publishing with any Ce
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any, Final
 
 from kombu.transport import redis as kredis
 from kombu.transport import virtual
 from kombu.utils.json import loads
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
 from commands_worker.adapters import lua
 from commands_worker.adapters.broker import dead_letter_inbox
 from shared import keys
 
+log = logging.getLogger("hostfactory.worker")
 BLOCK_S: Final = 0.02  # how long BLMOVE waits on one queue before the others are swept again
 UNDECODABLE: Final = "undecodable message: not a kombu JSON envelope with a delivery tag"
 
@@ -36,6 +39,20 @@ CLAIM_LUA: Final = lua.source("record.lua", "claim.lua")
 RECOVER_LUA: Final = lua.source("recover.lua")
 # Pops per round trip, at most: prefetch room caps it further.
 POP_MOST: Final = 32
+
+
+REFUSED_PAUSE_S: Final = 0.2
+_refusals_logged_at = [0.0]
+
+
+def _log_refused(what: str, exc: Exception) -> None:
+    """Redis refused a write (full: ``maxmemory`` with ``noeviction``, or read-only): said in
+    the log once every few seconds, not once per attempt."""
+    now = time.monotonic()
+    if now - _refusals_logged_at[0] > 5:
+        _refusals_logged_at[0] = now
+        log.warning("Redis refuses writes; backing off", extra={
+            "event": "broker_refuses_writes", "what": what, "error": str(exc)})
 
 
 class QoS(kredis.QoS):  # type: ignore[misc]
@@ -52,6 +69,12 @@ class QoS(kredis.QoS):  # type: ignore[misc]
         virtual.QoS.ack(self, delivery_tag)
 
     def restore_visible(self, start: int = 0, num: int = 10, interval: int = 10) -> None:
+        try:
+            self._renew_and_restore(start, num)
+        except ResponseError as exc:  # a full Redis refuses the writes: next time, then
+            _log_refused("lease renewal and recovery", exc)
+
+    def _renew_and_restore(self, start: int, num: int) -> None:
         channel: Channel = self.channel
         with channel.conn_or_acquire() as client:
             channel.renew(client, list(self._delivered))
@@ -75,10 +98,20 @@ class QoS(kredis.QoS):  # type: ignore[misc]
         except Exception:
             self._delivered.clear()
 
+    @contextlib.contextmanager
+    def pipe_or_acquire(self, pipe: Any = None, client: Any = None) -> Iterator[Any]:
+        """kombu's, without MULTI: acknowledgements only delete, and a full Redis refuses
+        every command queued in a MULTI, deletions included."""
+        if pipe is not None:
+            yield pipe
+            return
+        with self.channel.conn_or_acquire(client) as acquired:
+            yield acquired.pipeline(transaction=False)
+
     def ack_many(self, delivery_tags: list[str]) -> None:
         """Acknowledge a batch in one round trip."""
         with self.channel.conn_or_acquire() as client:
-            pipe = client.pipeline()
+            pipe = client.pipeline(transaction=False)
             for tag in delivery_tags:
                 self._remove_from_indices(tag, pipe).hdel(keys.REDELIVERIES_KEY, tag)
             pipe.execute()
@@ -89,8 +122,16 @@ class QoS(kredis.QoS):  # type: ignore[misc]
         if not requeue:
             self.ack(delivery_tag)
             return
-        with self.channel.conn_or_acquire() as client:
-            self._hand_back(client, delivery_tag, leftmost=True)
+        try:
+            with self.channel.conn_or_acquire() as client:
+                self._hand_back(client, delivery_tag, leftmost=True)
+        except ResponseError as exc:
+            _log_refused("a hand-back", exc)  # still recorded as unacked: its lease returns it
+        self.forget(delivery_tag)
+
+    def forget(self, delivery_tag: str) -> None:
+        """Stop holding a message without a word to Redis: it stays recorded as unacked,
+        its lease is no longer renewed, and it comes back after the visibility timeout."""
         virtual.QoS.ack(self, delivery_tag)
 
     def _hand_back(self, client: Any, tag: Any, leftmost: bool) -> None:
@@ -123,6 +164,7 @@ class Channel(kredis.Channel):  # type: ignore[misc]
         self._block_next = False
         self._block_turn = 0
         self._pending: tuple[str, str] = ("", "")
+        self._stranded: list[tuple[str, bytes]] = []
         self._registered_queues: tuple[str, ...] = ()
 
     # --- scripts ------------------------------------------------------------------------
@@ -183,17 +225,39 @@ class Channel(kredis.Channel):  # type: ignore[misc]
             except self.connection_errors:
                 self.client.connection.disconnect()
                 raise
+            except ResponseError as exc:  # a full Redis: the pop was refused whole
+                _log_refused("a pop", exc)
+                time.sleep(REFUSED_PAUSE_S)
+                raise virtual.Empty() from None
         finally:
             self._in_poll = None
             self._flush_brpop_reauth()
-        delivered = self._received(kind, key, reply)
+        delivered = self._claim_stranded() + self._received(kind, key, reply)
         if not delivered:
             raise virtual.Empty()
         for dest, item in delivered:
             queue = dest.rsplit(self.sep, 1)[0]
             self._queue_cycle.rotate(queue)
-            self.connection._deliver(loads(item), queue)
+            try:
+                self.connection._deliver(loads(item), queue)
+            except Exception as exc:  # kombu could not even build a message from it
+                self._undeliverable(item, queue, exc)
         return True
+
+    def _undeliverable(self, item: bytes, queue: str, exc: Exception) -> None:
+        """Park a recorded message kombu cannot turn into a message (a body that is not
+        base64, say), and forget it, in one transaction; if Redis refuses, it stays
+        recorded as unacked and comes back (counted) after the visibility timeout."""
+        tag = loads(item)["properties"]["delivery_tag"]  # the pop script checked it is there
+        reason = f"undeliverable message: {type(exc).__name__}: {exc}"[:500]
+        try:
+            with self.conn_or_acquire() as client:
+                pipe = client.pipeline(transaction=True)
+                dead_letter_inbox.park_message(pipe, queue, reason, item.decode("utf-8",
+                                                                                "replace"))
+                self.qos._remove_from_indices(tag, pipe).execute()
+        except Exception as refused:
+            _log_refused("parking an undeliverable message", refused)
 
     def _room(self) -> int:
         """How many messages prefetch still allows us to take."""
@@ -212,13 +276,29 @@ class Channel(kredis.Channel):  # type: ignore[misc]
         self._block_next = False  # after a block, sweep every queue again
         if reply is None:
             return []
-        with self.conn_or_acquire() as client:
-            claimed = self._eval(
-                client, CLAIM_LUA,
-                [keys.inflight_key(self.consumer_id, key), self.unacked_key,
-                 self.unacked_index_key, keys.DEAD_LETTER_INBOX_KEY],
-                [time.time(), UNDECODABLE, reply, key])
-        return [(key, reply)] if claimed == 1 else []
+        self._stranded.append((key, reply))
+        return self._claim_stranded()
+
+    def _claim_stranded(self) -> list[tuple[str, bytes]]:
+        """Claim what BLMOVE moved into our in-flight list. A claim a full Redis refuses
+        leaves the message there, and it is claimed again on the next read."""
+        claimed = []
+        while self._stranded:
+            key, item = self._stranded[0]
+            try:
+                with self.conn_or_acquire() as client:
+                    result = self._eval(
+                        client, CLAIM_LUA,
+                        [keys.inflight_key(self.consumer_id, key), self.unacked_key,
+                         self.unacked_index_key, keys.DEAD_LETTER_INBOX_KEY],
+                        [time.time(), UNDECODABLE, item, key])
+            except ResponseError as exc:
+                _log_refused("a claim", exc)
+                break
+            self._stranded.pop(0)
+            if result == 1:
+                claimed.append((key, item))
+        return claimed
 
     def _register_consumer(self, client: Any, queues: list[str]) -> None:
         """Before a BLMOVE into our in-flight list: make sure others can find and recover it."""

@@ -1,4 +1,10 @@
-"""The Lua scripts the adapters run in Redis, kept as ``.lua`` files beside this module."""
+"""The Lua scripts the adapters run in Redis, kept as ``.lua`` files beside this module.
+
+Every script is sent with a ``#!lua`` shebang (Redis 7 script flags, none set): Redis then
+knows it writes and refuses it whole, before it runs, when memory is full (``maxmemory``
+with ``noeviction``). Without flags a script would fail midway, after its first write:
+a pop without its record, a message lost.
+"""
 
 from __future__ import annotations
 
@@ -10,4 +16,4 @@ from importlib import resources
 def source(*names: str) -> str:
     """The named scripts, joined in order (a shared helper first, then the script)."""
     folder = resources.files(__name__)
-    return "\n".join(folder.joinpath(name).read_text() for name in names)
+    return "\n".join(["#!lua", *(folder.joinpath(name).read_text() for name in names)])

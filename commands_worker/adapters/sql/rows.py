@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from typing import Any
 
@@ -14,6 +15,28 @@ from commands_worker.service_layer.ports import CommandRecord, DeadLetter
 
 def dumps(value: Any) -> str:
     return orjson.dumps(value).decode()
+
+
+def dumps_anything(value: Any) -> str:
+    """JSON text for whatever a producer sent (a dead letter's raw message): integers beyond
+    64 bits, lone surrogates and deep nesting, which ``dumps`` refuses, are written too, and
+    what not even that can write is kept as its repr."""
+    try:
+        return dumps(value)
+    except (TypeError, ValueError):
+        pass
+    try:
+        return json.dumps(value, ensure_ascii=True, default=repr)
+    except (ValueError, RecursionError):
+        return json.dumps({"unencodable": repr(value)[:1_000_000]})
+
+
+def loads_anything(text: str | bytes) -> Any:
+    """What ``dumps_anything`` wrote: ``loads`` refuses lone surrogates, ``json`` does not."""
+    try:
+        return loads(text)
+    except ValueError:
+        return json.loads(text)
 
 
 def loads(text: str | bytes) -> Any:
@@ -56,7 +79,7 @@ def template_of(row: Any) -> Template:
 def dead_letter_of(row: Any) -> DeadLetter:
     return DeadLetter(
         id=row.id, command_id=row.command_id, task=row.task, queue=row.queue,
-        reason=row.reason, raw=loads(row.raw), attempts=row.attempts, state=row.state,
+        reason=row.reason, raw=loads_anything(row.raw), attempts=row.attempts, state=row.state,
         first_at=row.first_at, last_at=row.last_at,
     )
 

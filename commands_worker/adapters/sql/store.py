@@ -32,6 +32,7 @@ from commands_worker.adapters.sql.tables import (
 from commands_worker.adapters.sql.unit_of_work import SqlUnitOfWork
 from commands_worker.domain.model import Machine, Request, Template
 from commands_worker.service_layer.ports import (
+    PARKED_PREFIX,
     REPLAYING,
     CommandRecord,
     DeadLetter,
@@ -163,7 +164,8 @@ class Store:
             conn.execute(dead_letters.update().where(dead_letters.c.id == letter_id)
                          .values(state="replayed", last_at=time.time()))
             if row.command_id is not None:
-                conn.execute(commands.update().where(commands.c.command_id == row.command_id,
+                reopened = {row.command_id, row.command_id.removeprefix(PARKED_PREFIX)}
+                conn.execute(commands.update().where(commands.c.command_id.in_(reopened),
                                                      commands.c.outcome == "rejected")
                              .values(outcome=REPLAYING))
             return dead_letter_of(row)

@@ -18,6 +18,7 @@ from commands_worker.adapters.sql.rows import (
     command_of,
     copy_machine,
     dumps,
+    dumps_anything,
     inserted_id,
     machine_of,
     machine_values,
@@ -243,14 +244,15 @@ def insert_outbox(conn: Connection, docs: list[ViewDoc]) -> list[ViewDoc]:
 
 def write_dead_letter(conn: Connection, letter: DeadLetter) -> None:
     """A new letter, or one more attempt of the letter its command already has."""
+    letter = letter.bounded()
     existing = (conn.execute(STMT["dead_letter"], {"key": letter.command_id}).first()
                 if letter.command_id else None)
     if existing is None:
         conn.execute(dead_letters.insert().values(
             command_id=letter.command_id, task=letter.task, queue=letter.queue,
-            reason=letter.reason, raw=dumps(letter.raw), attempts=letter.attempts,
+            reason=letter.reason, raw=dumps_anything(letter.raw), attempts=letter.attempts,
             state="open", first_at=letter.first_at, last_at=letter.last_at))
         return
     conn.execute(dead_letters.update().where(dead_letters.c.id == existing.id).values(
-        reason=letter.reason, raw=dumps(letter.raw), state="open",
+        reason=letter.reason, raw=dumps_anything(letter.raw), state="open",
         attempts=existing.attempts + letter.attempts, last_at=letter.last_at))
