@@ -3,6 +3,7 @@ them (bearer tokens outermost, then the fast path for views known current, then 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Final
@@ -20,7 +21,7 @@ from queries_service.endpoints import QueryApp
 from queries_service.hot_views import FastPath, LocalViews
 from queries_service.metrics import Metrics
 from queries_service.parameters import BadParameter
-from queries_service.responses import error
+from queries_service.responses import UNREACHABLE, error
 from shared.settings import Settings
 
 # Path -> the QueryApp method that answers it (also the route's name in the metrics).
@@ -37,6 +38,7 @@ ROUTES: Final = (
     ("/openapi.json", "openapi_json"),
 )
 Endpoint = Callable[[Request], Awaitable[Response]]
+log = logging.getLogger("hostfactory.queries")
 
 
 def _route(holder: dict[str, QueryApp], path: str, name: str) -> Route:
@@ -51,7 +53,9 @@ def _route(holder: dict[str, QueryApp], path: str, name: str) -> Route:
             response = error(422, "invalid_parameter", {"parameter": exc.name,
                                                         "problem": exc.problem})
         except CacheUnavailable as exc:
-            response = error(503, "cache_unavailable", str(exc))
+            log.warning("read cache unreachable", extra={"event": "cache_unavailable",
+                                                         "route": name, "error": str(exc)})
+            response = error(503, "cache_unavailable", UNREACHABLE)
         query_app.metrics.served(name, response.status_code)
         assert isinstance(response, Response)
         return response

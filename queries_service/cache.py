@@ -4,11 +4,13 @@ or behind what the caller has already seen."""
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass, field
 from typing import Final
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared.redis_urls import async_client
@@ -27,12 +29,21 @@ class CacheUnavailable(Exception):
     """Neither the replica nor the primary answered."""
 
 
+# A replica is read only while it follows its primary: its link is up and it heard from the
+# primary within this long (the primary pings replicas every 10 s by default). One that
+# stopped replicating would otherwise answer stale views, and 404 for everything new.
+MAX_REPLICA_SILENCE_S: Final = 25
+REPLICA_CHECK_EVERY_S: Final = 1.0
+
+
 @dataclass
 class ReadCache:
     primary: aioredis.Redis
     replica: aioredis.Redis | None
     counters: dict[str, int] = field(default_factory=lambda: {
         "reads_replica": 0, "reads_primary": 0, "replica_fallbacks": 0, "fresh_reads": 0})
+    _replica_ok: bool = False
+    _replica_checked_at: float = float("-inf")
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ReadCache:
@@ -51,8 +62,26 @@ class ReadCache:
         if self.replica is not None:
             await self.replica.aclose()
 
+    async def replica_follows(self, fresh: bool = False) -> bool:
+        """Whether the replica is fit to read from (checked at most once a second, unless
+        ``fresh``)."""
+        if self.replica is None:
+            return False
+        now = time.monotonic()
+        if fresh or now - self._replica_checked_at >= REPLICA_CHECK_EVERY_S:
+            self._replica_checked_at = now
+            try:
+                info = await self.replica.info("replication")
+            except (*UNAVAILABLE, ResponseError):
+                info = {}
+            self._replica_ok = (info.get("role") == "slave"
+                                and info.get("master_link_status") == "up"
+                                and int(info.get("master_last_io_seconds_ago", -1))
+                                in range(MAX_REPLICA_SILENCE_S + 1))
+        return self._replica_ok
+
     async def _read(self, fn_name: str, *args: object, **kwargs: object) -> object:
-        if self.replica is not None:
+        if self.replica is not None and await self.replica_follows():
             try:
                 result = await getattr(self.replica, fn_name)(*args, **kwargs)
                 self.counters["reads_replica"] += 1
@@ -96,12 +125,8 @@ class ReadCache:
 
     async def ping(self) -> str:
         """Which side answers reads now: ``replica`` or ``primary``."""
-        if self.replica is not None:
-            try:
-                await self.replica.ping()
-                return "replica"
-            except UNAVAILABLE:
-                pass
+        if await self.replica_follows(fresh=True):
+            return "replica"
         try:
             await self.primary.ping()
         except UNAVAILABLE as exc:

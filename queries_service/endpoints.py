@@ -17,7 +17,7 @@ from queries_service.hot_views import LocalViews
 from queries_service.metrics import CONTENT_TYPE, Metrics
 from queries_service.notifications import ViewNotifier
 from queries_service.parameters import QUERY_PARAMS, Parameters
-from queries_service.responses import JSON, document, error
+from queries_service.responses import JSON, UNREACHABLE, document, error
 from shared import keys
 from shared.ids import is_valid_id
 from shared.settings import Settings
@@ -125,7 +125,8 @@ class QueryApp:
         if ident is None:
             return error(404, "not_found", "no such command")
         key = keys.command_key(ident)
-        return document(request, key, await self._read(key), "command", ident)
+        doc = await self._read(key, self.params.parse(request, "get_command")["min_version"])
+        return document(request, key, doc, "command", ident)
 
     async def list_requests(self, request: Request) -> Response:
         p = self.params.parse(request, "list_requests")
@@ -168,10 +169,11 @@ class QueryApp:
     async def readyz(self, request: Request) -> Response:
         try:
             source = await self.cache.ping()
-        except CacheUnavailable as exc:
-            return error(503, "cache_unavailable", str(exc))
+        except CacheUnavailable:
+            return error(503, "cache_unavailable", UNREACHABLE)
         body = {"ready": True, "reading_from": source,
                 "replica_configured": self.cache.replica is not None,
+                "replica_follows": source == "replica",
                 # Subscribed to every projector announcement source: long-polls wake at
                 # once and repeated polls are answered from this process.
                 "notifications_live": self.local.enabled}

@@ -24,8 +24,13 @@ _NO_CACHE: Final = (b"cache-control", b"no-cache")
 
 
 class LocalViews:
-    def __init__(self, max_entries: int = 20_000) -> None:
+    """Bounded by entries and by bytes (keys included): a poller sending endless distinct
+    query strings costs this process at most ``max_bytes``."""
+
+    def __init__(self, max_entries: int = 20_000, max_bytes: int = 64 * 2**20) -> None:
         self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.size = 0
         self.docs: OrderedDict[str, bytes] = OrderedDict()
         self.generation: dict[str, int] = {}
         self.live_sources = 0
@@ -52,27 +57,37 @@ class LocalViews:
         since ``stamp`` was taken."""
         if not self.enabled or self.generation.get(stamp_key or key, 0) != stamp:
             return
+        self._drop(key)
         self.docs[key] = doc
-        self.docs.move_to_end(key)
-        if len(self.docs) > self.max_entries:
-            self.docs.popitem(last=False)
+        self.size += len(key) + len(doc)
+        while self.docs and (len(self.docs) > self.max_entries or self.size > self.max_bytes):
+            self._drop(next(iter(self.docs)))
+
+    def _drop(self, key: str) -> None:
+        doc = self.docs.pop(key, None)
+        if doc is not None:
+            self.size -= len(key) + len(doc)
+
+    def _clear(self) -> None:
+        self.docs.clear()
+        self.size = 0
 
     def invalidate(self, key: str) -> None:
         self.generation[key] = self.generation.get(key, 0) + 1
-        self.docs.pop(key, None)
+        self._drop(key)
         if key == keys.TEMPLATES_KEY:
             for cached in [k for k in self.docs if k.startswith("templates?")]:
-                del self.docs[cached]
+                self._drop(cached)
         if len(self.generation) > 4 * self.max_entries:
             self.generation.clear()
-            self.docs.clear()
+            self._clear()
 
     def source_up(self) -> None:
         self.live_sources += 1
 
     def source_down(self) -> None:
         self.live_sources -= 1
-        self.docs.clear()
+        self._clear()
 
 
 _ROUTES: Final = (

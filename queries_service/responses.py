@@ -13,6 +13,9 @@ from queries_service.cache import doc_version
 from shared import keys
 
 JSON: Final = "application/json"
+# What a client is told when Redis does not answer; where it was looked for is in the log,
+# not in an answer anyone may read (readiness is open even when tokens are on).
+UNREACHABLE: Final = "the read cache does not answer"
 
 
 def error(status: int, error: str, detail: Any = None) -> Response:

@@ -114,6 +114,17 @@ def get(url: str, path: str, **params: Any) -> httpx.Response:
     return httpx.get(f"{url}{path}", params=params, timeout=30)
 
 
+def _last_command(primary: redis.Redis) -> str:
+    """The id of a command whose outcome exists on the primary only (written after the cut)."""
+    newest = max(primary.scan_iter("hf:v1:command:*"),
+                 key=lambda k: json.loads(primary.get(k) or b"{}")["recorded_at"])
+    return str(newest.decode()).removeprefix("hf:v1:command:")
+
+
+def _reads_from(url: str, source: str) -> bool:
+    return bool(get(url, "/readyz").json()["reading_from"] == source)
+
+
 def _metric(url: str, name: str) -> float:
     """One unlabelled sample of the service's /metrics."""
     for line in get(url, "/metrics").text.splitlines():
@@ -128,8 +139,8 @@ def _visible(url: str, request_id: str) -> bool:
 
 def test_replicas_serve_reads_and_fall_back_when_the_replica_dies(pair: dict[str, Any]) -> None:
     urls, producer = pair["urls"], pair["producer"]
-    for url in urls:
-        assert get(url, "/readyz").json()["reading_from"] == "replica"
+    for url in urls:  # once the replica has synced with its primary
+        wait_for(functools.partial(_reads_from, url, "replica"), 20, what="replica reads")
     request_id = create(producer)
     for url in urls:
         wait_for(functools.partial(_visible, url, request_id), 20,
@@ -156,11 +167,15 @@ def test_min_version_is_fresh_even_from_a_cut_off_replica(pair: dict[str, Any]) 
     primary = redis.Redis(port=pair["primary"].port)
     wait_for(lambda: json.loads(primary.get(f"hf:v1:request:{request_id}") or b"{}")
              .get("version") == 2, 20, what="the write on the primary")
-    stale = get(urls[0], f"/requests/{request_id}").json()
-    assert stale["version"] == 1  # the replica's view, as it is
+    assert json.loads(replica.get(f"hf:v1:request:{request_id}") or b"{}")["version"] == 1
     for url in urls:
         fresh = get(url, f"/requests/{request_id}", min_version=2).json()
         assert fresh["version"] == 2 and fresh["status"] == "in_progress"
+        # A replica that stopped following is not read from at all, min_version or not.
+        wait_for(functools.partial(_reads_from, url, "primary"), 5,
+                 what="the service to stop reading the cut-off replica")
+        assert get(url, "/readyz").json()["replica_follows"] is False
+        assert get(url, f"/commands/{_last_command(primary)}").status_code == 200
 
 
 def test_long_poll_is_woken_by_the_projection(pair: dict[str, Any]) -> None:
