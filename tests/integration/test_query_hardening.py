@@ -85,3 +85,43 @@ def test_any_input_gets_a_json_answer_never_a_500(client: TestClient,
         return
     assert response.headers["content-type"].startswith("application/json")
     response.json()
+
+
+def _raw_exchange(url: str, payload: bytes, chunks: int = 1) -> bytes:
+    """Send ``payload`` (in ``chunks`` pieces) on a plain socket; what comes back."""
+    import socket
+
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        step = max(1, len(payload) // chunks)
+        try:
+            for start in range(0, len(payload), step):
+                sock.sendall(payload[start:start + step])
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the service hung up on us: what it said first is what counts
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+        return received
+
+
+def test_an_endless_request_head_is_cut_off_with_json(query_url: str) -> None:
+    import time
+
+    import httpx
+
+    head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 4_000_000 + b"\r\n\r\n"
+    started = time.monotonic()
+    answer = _raw_exchange(query_url, head, chunks=200)
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+    assert b'"error":"request_head_too_large"' in answer
+    assert time.monotonic() - started < 5
+    assert httpx.get(f"{query_url}/healthz", timeout=2).status_code == 200
+
+
+def test_a_request_the_parser_refuses_gets_json(query_url: str) -> None:
+    answer = _raw_exchange(query_url, b"GARBAGE\x01 / HTTP/9.9\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
+    status_line, _, body = answer.partition(b"\r\n\r\n")
+    assert b"content-type: application/json" in status_line
+    assert __import__("orjson").loads(body)["error"] == "bad_request"
