@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -88,11 +89,14 @@ class QueryApp:
         deadline = asyncio.get_running_loop().time() + wait_s
         with self.notifier.waiting(key, min_version) as event:
             while True:
+                # Cleared before the read, never after: an announcement that lands while the
+                # read is in flight (or while it shares a read begun before the write) leaves
+                # the event set, so the poll reads again instead of sleeping through it.
+                event.clear()
                 doc = await self._read(key, min_version)
                 left = deadline - asyncio.get_running_loop().time()
                 if (doc is not None and doc_version(doc) >= min_version) or left <= 0:
                     return doc
-                event.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(event.wait(), left)
 
@@ -113,20 +117,20 @@ class QueryApp:
                         media_type=JSON)
 
     async def get_machine(self, request: Request) -> Response:
-        ident = _ident(request, "machine_id")
-        if ident is None:
-            return error(404, "not_found", "no such machine")
-        key = keys.machine_key(ident)
-        doc = await self._read(key, self.params.parse(request, "get_machine")["min_version"])
-        return document(request, key, doc, "machine", ident)
+        return await self._view(request, "get_machine", "machine", keys.machine_key)
 
     async def get_command(self, request: Request) -> Response:
-        ident = _ident(request, "command_id")
+        return await self._view(request, "get_command", "command", keys.command_key)
+
+    async def _view(self, request: Request, operation: str, what: str,
+                    key_of: Callable[[str], str]) -> Response:
+        """A view named by the path's id, never older than ``min_version``."""
+        ident = _ident(request, f"{what}_id")
         if ident is None:
-            return error(404, "not_found", "no such command")
-        key = keys.command_key(ident)
-        doc = await self._read(key, self.params.parse(request, "get_command")["min_version"])
-        return document(request, key, doc, "command", ident)
+            return error(404, "not_found", f"no such {what}")
+        key = key_of(ident)
+        doc = await self._read(key, self.params.parse(request, operation)["min_version"])
+        return document(request, key, doc, what, ident)
 
     async def list_requests(self, request: Request) -> Response:
         p = self.params.parse(request, "list_requests")

@@ -14,14 +14,8 @@ from typing import Any, Self
 
 from commands_worker.domain.errors import ConcurrentUpdate
 from commands_worker.domain.model import Machine, Request, Template
-from commands_worker.service_layer.ports import (
-    PARKED_PREFIX,
-    REPLAYING,
-    CommandRecord,
-    DeadLetter,
-    ProjectedBacklog,
-    ViewDoc,
-)
+from commands_worker.service_layer import ports
+from commands_worker.service_layer.ports import CommandRecord, DeadLetter, ProjectedBacklog, ViewDoc
 
 
 @dataclass
@@ -209,7 +203,7 @@ class FakeStore:
     def purge_commands(self, older_than: float) -> int:
         with self.lock:
             gone = [k for k, c in self.state.commands.items()
-                    if c.recorded_at < older_than and c.outcome != REPLAYING]
+                    if c.recorded_at < older_than and c.outcome != ports.REPLAYING]
             for key in gone:
                 del self.state.commands[key]
             return len(gone)
@@ -233,10 +227,10 @@ class FakeStore:
             return None
 
     def _reopen(self, command_id: str | None) -> None:
-        for key in {command_id or "", (command_id or "").removeprefix(PARKED_PREFIX)}:
+        for key in {command_id or "", (command_id or "").removeprefix(ports.PARKED_PREFIX)}:
             record = self.state.commands.get(key)
             if record is not None and record.outcome == "rejected":
-                self.state.commands[key] = replace(record, outcome=REPLAYING)
+                self.state.commands[key] = replace(record, outcome=ports.REPLAYING)
 
     def counts(self) -> dict[str, int]:
         s = self.state
