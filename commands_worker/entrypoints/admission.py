@@ -41,13 +41,13 @@ def admit(headers: Any, decode: Callable[[], Any], queue: Any,
     except Exception as exc:  # kombu raises what the body's bytes cause
         return _refused(headers, task, {}, queue, f"undecodable body: {_shown(exc)}")
     args, kwargs, problem = _arguments(body)
+    eta = 0.0
     if problem is None:
-        problem = _timing_problem(headers, now())
+        eta, problem = _timing(headers, now())
     if problem:
         return _refused(headers, task, kwargs, queue, problem)
-    eta, _ = _instant(headers.get("eta"), "eta")
     return BatchItem(_command_id(headers, kwargs), task, args, kwargs, _queue(queue),
-                     *budgets_of(headers), due_at=eta or 0.0)
+                     *budgets_of(headers), due_at=eta)
 
 
 def _refused(headers: dict[str, Any], task: str, kwargs: dict[str, Any], queue: Any,
@@ -79,18 +79,19 @@ def _arguments(body: Any) -> tuple[list[Any], dict[str, Any], str | None]:
     return args, kwargs, None
 
 
-def _timing_problem(headers: dict[str, Any], now: float) -> str | None:
+def _timing(headers: dict[str, Any], now: float) -> tuple[float, str | None]:
+    """When the message is due (0: now), or what is wrong with its eta or expires."""
     eta, eta_problem = _instant(headers.get("eta"), "eta")
     if eta_problem:
-        return eta_problem
+        return 0.0, eta_problem
     if eta is not None and eta > now + MAX_ETA_AHEAD_S:
-        return f"eta {headers['eta']!r} is more than {MAX_ETA_AHEAD_S:.0f} s ahead"
+        return 0.0, f"eta {headers['eta']!r} is more than {MAX_ETA_AHEAD_S:.0f} s ahead"
     expires, expires_problem = _instant(headers.get("expires"), "expires")
     if expires_problem:
-        return expires_problem
+        return 0.0, expires_problem
     if expires is not None and expires < now:
-        return f"expired at {headers['expires']!r}"
-    return None
+        return 0.0, f"expired at {headers['expires']!r}"
+    return eta or 0.0, None
 
 
 def _instant(value: Any, name: str) -> tuple[float | None, str | None]:

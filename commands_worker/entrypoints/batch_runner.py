@@ -19,7 +19,12 @@ from typing import Any, Final, NamedTuple
 
 from commands_worker import bootstrap
 from commands_worker.adapters.broker import dead_letter_inbox
-from commands_worker.domain.errors import CacheUnavailable, RetryLater, StoreUnavailable
+from commands_worker.domain.errors import (
+    CacheUnavailable,
+    ConcurrentUpdate,
+    RetryLater,
+    StoreUnavailable,
+)
 from commands_worker.service_layer.executor import Envelope, Execution
 from commands_worker.service_layer.ports import ViewDoc
 
@@ -59,6 +64,7 @@ class Verdict(NamedTuple):
 
 
 ACK: Final = Verdict(Action.ACK)
+REQUEUE: Final = Verdict(Action.REQUEUE)
 # The message headers that carry the two budgets across retries.
 WAITS_HEADER: Final = "hf_waits"
 OUTAGES_HEADER: Final = "hf_outages"
@@ -76,7 +82,6 @@ def budgets_of(headers: dict[str, Any]) -> tuple[int, int]:
 
 def budget_headers(item: BatchItem) -> dict[str, int]:
     return {WAITS_HEADER: item.waits, OUTAGES_HEADER: item.outages}
-REQUEUE: Final = Verdict(Action.REQUEUE)
 
 
 def jittered(base_s: float, most_s: float) -> float:
@@ -103,6 +108,10 @@ def _run(d: bootstrap.Deps, envs: list[Envelope], items: list[BatchItem],
     except StoreUnavailable as exc:
         return [_store_unavailable(d, env, item, exc, started)
                 for env, item in zip(envs, items, strict=True)]
+    except ConcurrentUpdate as exc:  # lost every race it ran: a load to wait out, no fault
+        for env in envs:
+            _log(env, "requeued", started, len(envs), reason=str(exc))
+        return [REQUEUE] * len(envs)
     except Exception as exc:
         if len(envs) > 1:
             half = len(envs) // 2
