@@ -6,6 +6,7 @@ COPY pyproject.toml README.md ./
 COPY shared ./shared
 COPY commands_worker ./commands_worker
 COPY queries_service ./queries_service
+COPY hfctl ./hfctl
 RUN pip install --no-cache-dir ".[postgres]" && useradd --system --uid 10001 hostfactory
 USER hostfactory
 EXPOSE 8080
