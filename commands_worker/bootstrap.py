@@ -15,7 +15,7 @@ import redis
 
 from commands_worker.adapters.projector import Projector
 from commands_worker.adapters.sql.store import Store
-from commands_worker.adapters.templates_file import load_templates_file
+from commands_worker.adapters.templates_file import EXAMPLE_TEMPLATES, load_templates_file
 from commands_worker.service_layer import documents as views
 from commands_worker.service_layer.executor import Executor
 from shared.redis_urls import sync_client
@@ -68,6 +68,15 @@ def _forget_after_fork() -> None:
 
 
 os.register_at_fork(after_in_child=_forget_after_fork)
+
+
+def templates_stamp(d: Deps) -> tuple[int, int, int] | None:
+    """What changes when the templates file does (None: it cannot be read)."""
+    try:
+        stat = os.stat(d.settings.templates_file or EXAMPLE_TEMPLATES)
+    except OSError:
+        return None
+    return stat.st_mtime_ns, stat.st_size, stat.st_ino
 
 
 def load_and_project_templates(d: Deps) -> int:

@@ -8,6 +8,7 @@ import json
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from hfctl.status import cmd_status
@@ -100,6 +101,18 @@ def cmd_dead_letters_replay(args: argparse.Namespace) -> int:
     return code
 
 
+def cmd_templates_validate(args: argparse.Namespace) -> int:
+    from commands_worker.entrypoints import admin
+
+    count, problems = admin.template_problems(Path(args.file))
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if problems:
+        return 1
+    print(f"{args.file}: {count} template(s), usable")
+    return 0
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     from hfctl.simulator import Simulator
     from shared import logs
@@ -168,6 +181,10 @@ def _add_store_operations(sub: Any) -> None:
     again = dead.add_parser("replay")
     again.add_argument("ids", nargs="+", type=int)
     again.set_defaults(fn=cmd_dead_letters_replay)
+    templates = sub.add_parser("templates").add_subparsers(dest="what", required=True)
+    validate = templates.add_parser("validate", help="explain every problem of a templates file")
+    validate.add_argument("file")
+    validate.set_defaults(fn=cmd_templates_validate)
 
 
 def _parser() -> argparse.ArgumentParser:

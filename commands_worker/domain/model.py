@@ -22,18 +22,24 @@ _LIFECYCLE: Final[dict[str, int]] = {
     "terminated": 5,
 }
 _TERMINAL: Final = frozenset({"terminated", "failed"})
+UNLIMITED: Final = -1
 _RESTARTS: Final = frozenset({("stopped", "pending"), ("stopped", "running")})
 MACHINE_FIELDS: Final = (
     "name", "private_ip", "public_ip", "instance_type", "price_type", "launch_time", "message",
+    "instance_tags", "cloud_host_id", "rc_account", "reclaim_at",
 )
 
 
 @dataclass(frozen=True)
 class Template:
     template_id: str
-    max_number: int
+    max_number: int  # -1: unlimited; 0: none may be requested
     attributes: dict[str, Any]
     document: dict[str, Any]
+
+    def exceeded_by(self, wanted: int) -> bool:
+        """Whether asking for ``wanted`` machines goes beyond what this template allows."""
+        return self.max_number != UNLIMITED and wanted > self.max_number
 
 
 @dataclass

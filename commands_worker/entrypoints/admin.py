@@ -5,11 +5,13 @@ service; ``hfctl`` calls nothing else of this package."""
 from __future__ import annotations
 
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from commands_worker import bootstrap
 from commands_worker.adapters.broker import dead_letter_inbox
 from commands_worker.adapters.broker.replay import replay
+from commands_worker.adapters.templates_file import TemplatesFileError, load_templates_file
 from commands_worker.service_layer import maintenance
 from commands_worker.service_layer.ports import DeadLetter
 
@@ -26,6 +28,14 @@ def dead_letters(include_replayed: bool = False) -> list[DeadLetter]:
     dead_letter_inbox.drain(d.broker, partial(maintenance.file_dead_letter, d.executor,
                                               d.projector))
     return d.store.dead_letters(state=None if include_replayed else "open")
+
+
+def template_problems(path: Path) -> tuple[int, list[str]]:
+    """How many templates ``path`` holds, and every problem with them (none: usable)."""
+    try:
+        return len(load_templates_file(path)), []
+    except TemplatesFileError as exc:
+        return 0, exc.problems
 
 
 def replay_dead_letter(letter_id: int) -> str:

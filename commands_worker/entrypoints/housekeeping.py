@@ -12,6 +12,7 @@ from celery import bootsteps
 
 from commands_worker import bootstrap
 from commands_worker.adapters.broker import dead_letter_inbox
+from commands_worker.adapters.templates_file import TemplatesFileError
 from commands_worker.service_layer import maintenance
 
 PURGE_EVERY_S = 3600.0
@@ -25,6 +26,7 @@ class Housekeeping(bootsteps.StartStopStep):  # type: ignore[misc]
         self.tref: Any = None
         self.ready = False
         self.last_purge = 0.0
+        self.templates_stamp: tuple[int, int, int] | None = None
 
     def start(self, parent: Any) -> None:
         self.tref = parent.timer.call_repeatedly(1.0, self.tick, priority=10)
@@ -38,9 +40,7 @@ class Housekeeping(bootsteps.StartStopStep):  # type: ignore[misc]
     def tick(self) -> None:
         try:
             d = bootstrap.deps()
-            if not self.ready:
-                bootstrap.load_and_project_templates(d)
-                self.ready = True
+            self.follow_templates(d)
             maintenance.repair_outbox(d.store, d.projector)
             dead_letter_inbox.drain(d.broker, partial(maintenance.file_dead_letter,
                                                       d.executor, d.projector))
@@ -50,3 +50,21 @@ class Housekeeping(bootsteps.StartStopStep):  # type: ignore[misc]
         except Exception:
             bootstrap.log.exception("housekeeping failed; retrying in a second",
                                     extra={"event": "housekeeping_failed"})
+
+    def follow_templates(self, d: bootstrap.Deps) -> None:
+        """Load the templates at start, and again whenever the file changes. A changed file
+        that cannot be used leaves the templates loaded before in place, and says why."""
+        stamp = bootstrap.templates_stamp(d)
+        if self.ready and stamp == self.templates_stamp:
+            return
+        self.templates_stamp = stamp
+        try:
+            bootstrap.load_and_project_templates(d)
+        except TemplatesFileError as exc:
+            if not self.ready:
+                raise
+            bootstrap.log.error("templates file changed but cannot be used; the templates "
+                                "loaded before stay", extra={"event": "templates_refused",
+                                                             "problems": exc.problems})
+            return
+        self.ready = True

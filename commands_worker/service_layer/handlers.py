@@ -38,7 +38,7 @@ def create_request(cmd: CreateRequest, ctx: Context, uow: UnitOfWork) -> Effect:
     template = uow.get_template(cmd.template_id)
     if template is None:
         raise TemplateNotFound(f"no template {cmd.template_id!r}")
-    if cmd.max_number > template.max_number:
+    if template.exceeded_by(cmd.max_number):
         raise MaxNumberExceeded(
             f"max_number {cmd.max_number} exceeds template {template.template_id!r}'s "
             f"maxNumber {template.max_number}"

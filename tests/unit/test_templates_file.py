@@ -1,4 +1,6 @@
-"""Reading HostFactory templates files: every problem names the template and the field."""
+"""Reading HostFactory templates files: the format administrators already write (pairs or
+flat attributes, maxNumber -1 to 10000, every key kept), and every problem named with its
+template and field."""
 
 from __future__ import annotations
 
@@ -14,41 +16,83 @@ from commands_worker.adapters.templates_file import (
     parse_templates,
 )
 
+ATTRS = {"type": ["String", "X86_64"], "ncpus": ["Numeric", "2"], "nram": ["Numeric", "4096"]}
 
-def test_the_shipped_example_loads_in_file_order() -> None:
+
+def one(**fields: Any) -> dict[str, Any]:
+    return {"templates": [{"templateId": "t", "maxNumber": 3, "attributes": ATTRS, **fields}]}
+
+
+def problems_of(document: Any) -> list[str]:
+    with pytest.raises(TemplatesFileError) as caught:
+        parse_templates(document, "t.json")
+    return caught.value.problems
+
+
+def test_the_shipped_example_loads() -> None:
     loaded = load_templates_file(None)
     assert loaded == load_templates_file(EXAMPLE_TEMPLATES)
     assert [t.template_id for t in loaded] == ["x86-small", "x86-large", "arm-medium"]
-    assert loaded[0].document["templateId"] == "x86-small"
 
 
-def test_every_key_of_a_template_is_kept() -> None:
-    item = {"templateId": "t", "maxNumber": 3, "attributes": {"ncpus": ["Numeric", "2"]},
-            "imageId": "ami-1", "instanceTags": "team=hpc"}
-    [template] = parse_templates({"templates": [item]})
-    assert (template.max_number, template.attributes) == (3, {"ncpus": ["Numeric", "2"]})
-    assert template.document == item
+def test_every_key_of_a_template_is_kept_in_file_order() -> None:
+    document = one(imageId="ami-1", instanceTags="team=hpc", vmTypes={"m5.large": 1})
+    [template] = parse_templates(document)
+    assert list(template.document) == ["templateId", "maxNumber", "attributes", "imageId",
+                                       "instanceTags", "vmTypes"]
+    assert template.document["vmTypes"] == {"m5.large": 1}
+
+
+def test_flat_attributes_become_pairs_with_string_values() -> None:
+    [template] = parse_templates(one(attributes={
+        "type": "X86_64", "ncpus": 2, "nram": 4096.0, "rank": ["Numeric", 1.5],
+        "spot": True, "mem": ["Numeric", " 512 "], "gpu": ["Boolean", "false"]}))
+    assert template.attributes == {
+        "type": ["String", "X86_64"], "ncpus": ["Numeric", "2"], "nram": ["Numeric", "4096"],
+        "rank": ["Numeric", "1.5"], "spot": ["Boolean", "true"], "mem": ["Numeric", "512"],
+        "gpu": ["Boolean", "false"]}
+    assert template.document["attributes"] == template.attributes
+
+
+@pytest.mark.parametrize("max_number", [-1, 0, 10_000])
+def test_max_number_from_unlimited_to_ten_thousand(max_number: int) -> None:
+    [template] = parse_templates(one(maxNumber=max_number))
+    assert template.max_number == max_number
+    assert template.exceeded_by(10_000) is (max_number == 0)
+
+
+def test_every_problem_is_named_with_its_template_and_field() -> None:
+    problems = problems_of({"templates": [
+        {"templateId": "ok", "maxNumber": 1, "attributes": ATTRS},
+        {"templateId": "bad one", "maxNumber": 1, "attributes": ATTRS},
+        {"templateId": "big", "maxNumber": 20_000, "attributes": {"type": "X"}},
+        {"templateId": "t2", "maxNumber": True, "attributes": {**ATTRS, "ncpus": ["Numeric", "two"],
+                                                                "x": ["Float", "1"]}},
+        "x",
+        {"templateId": "ok", "maxNumber": 2, "attributes": ATTRS},
+    ]})
+    assert problems == [
+        "t.json: templates[1]: templateId 'bad one' must be 1-200 letters, digits and "
+        "._:@+=- (it is sent as template_id)",
+        "t.json: templates[2] (big): maxNumber must be an integer from -1 (unlimited) to 10000",
+        "t.json: templates[2] (big): attributes.ncpus is required",
+        "t.json: templates[2] (big): attributes.nram is required",
+        "t.json: templates[3] (t2): maxNumber must be an integer from -1 (unlimited) to 10000",
+        "t.json: templates[3] (t2): attributes.ncpus is Numeric but its value is not a number",
+        "t.json: templates[3] (t2): attributes.x must be [TypeTag, value] with TypeTag one of "
+        "String, Numeric, Boolean, or a plain value",
+        "t.json: templates[4] is not an object",
+        "t.json: templates[5]: templateId 'ok' appears twice",
+    ]
 
 
 @pytest.mark.parametrize(("document", "problem"), [
-    ([], 'expected {"templates": [...]}'),
-    ({"templates": {}}, 'expected {"templates": [...]}'),
-    ({"templates": ["x"]}, "templates[0] is not an object"),
-    ({"templates": [{"maxNumber": 1}]}, "templates[0]: templateId must be a non-empty string"),
-    ({"templates": [{"templateId": "a", "maxNumber": 0}]},
-     "templates[0]: maxNumber must be an integer >= 1"),
-    ({"templates": [{"templateId": "a", "maxNumber": True}]},
-     "templates[0]: maxNumber must be an integer >= 1"),
-    ({"templates": [{"templateId": "a", "maxNumber": 1, "attributes": []}]},
-     "templates[0]: attributes must be an object"),
-    ({"templates": [{"templateId": "a", "maxNumber": 1},
-                    {"templateId": "a", "maxNumber": 2}]},
-     "templates[1]: templateId 'a' appears twice"),
+    ([], 't.json: expected {"templates": [...]}'),
+    ({"templates": []}, "t.json: no templates (HostFactory drops a provider that offers none)"),
+    (one(attributes=[]), "t.json: templates[0] (t): attributes must be an object"),
 ])
-def test_a_problem_names_its_template_and_field(document: Any, problem: str) -> None:
-    with pytest.raises(TemplatesFileError) as caught:
-        parse_templates(document, "t.json")
-    assert str(caught.value) == f"t.json: {problem}"
+def test_a_file_that_offers_nothing_usable_is_refused(document: Any, problem: str) -> None:
+    assert problems_of(document)[0] == problem
 
 
 def test_an_unreadable_or_broken_file_says_so(tmp_path: Path) -> None:
