@@ -30,6 +30,7 @@ MAX_MESSAGE_LEN: Final = 2_000
 # observed_at may run ahead of the worker's clock by this much (clock skew), no more.
 MAX_OBSERVED_AHEAD_S: Final = 300.0
 OBSERVED_AT_EARLIEST: Final = 946_684_800.0  # 2000-01-01T00:00:00Z
+MAX_RECLAIM_AHEAD_S: Final = 7 * 24 * 3600.0
 
 Id = Annotated[StrictStr, Field(min_length=1, max_length=MAX_ID_LEN, pattern=ID_PATTERN)]
 ShortText = Annotated[StrictStr, Field(max_length=256)]
@@ -51,6 +52,19 @@ def _bounded_document(value: dict[str, Any] | None, name: str) -> dict[str, Any]
     return value
 
 
+def _epoch(name: str, value: float | int | str) -> float:
+    """ISO-8601 with a zone, or epoch seconds, as epoch seconds."""
+    if not isinstance(value, str):
+        return float(value)
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise ValueError(f"{name} must be ISO-8601 or epoch seconds") from exc
+    if parsed.tzinfo is None:
+        raise ValueError(f"{name} needs a time zone (e.g. 2026-01-01T00:00:00Z)")
+    return parsed.timestamp()
+
+
 def _within_window(epoch: float) -> float:
     """A report from the future would freeze its machine (every later, real report would be
     older, so superseded); one from before ``OBSERVED_AT_EARLIEST`` is a broken clock."""
@@ -59,6 +73,10 @@ def _within_window(epoch: float) -> float:
         raise ValueError(f"observed_at must lie between 2000-01-01 and "
                          f"{MAX_OBSERVED_AHEAD_S:.0f} s after the worker's clock")
     return epoch
+
+
+def _tag_text(value: object) -> str:
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
 
 
 class Command(BaseModel):
@@ -93,6 +111,33 @@ class MachineMetadata(BaseModel):
     price_type: ShortText | None = None
     launch_time: StrictInt | ShortText | None = None
     message: Annotated[StrictStr, Field(max_length=MAX_MESSAGE_LEN)] | None = None
+    # HostFactory's: tags as an object or "k=v;k=v" (kept as "k=v;k=v"), the cloud's own id
+    # of the host, the LSF account, and when the provider will take the host (a spot
+    # interruption notice), ISO-8601 or epoch seconds (kept as epoch seconds).
+    instance_tags: dict[str, StrictStr | StrictInt | StrictFloat | bool] | ShortText | None = None
+    cloud_host_id: ShortText | None = None
+    rc_account: ShortText | None = None
+    reclaim_at: StrictFloat | StrictInt | StrictStr | None = None
+
+    @field_validator("instance_tags")
+    @classmethod
+    def _tags_text(cls, value: dict[str, Any] | str | None) -> str | None:
+        if value is None or isinstance(value, str):
+            return value
+        text = ";".join(f"{k}={_tag_text(v)}" for k, v in value.items())
+        if len(text) > 1024 or any(";" in k or "=" in k for k in value):
+            raise ValueError("instance_tags: keys may hold no ; or =, and 1024 characters in all")
+        return text
+
+    @field_validator("reclaim_at")
+    @classmethod
+    def _reclaim_epoch(cls, value: float | int | str | None) -> float | None:
+        if value is None:
+            return None
+        epoch = _epoch("reclaim_at", value)
+        if not OBSERVED_AT_EARLIEST <= epoch <= time.time() + MAX_RECLAIM_AHEAD_S:
+            raise ValueError("reclaim_at must lie between 2000-01-01 and a week from now")
+        return epoch
 
 
 class UpdateMachineStatus(Command):
@@ -115,15 +160,7 @@ class UpdateMachineStatus(Command):
     def _observed_at_epoch(cls, value: float | int | str | None) -> float | None:
         if value is None:
             return None
-        if isinstance(value, str):
-            try:
-                parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-            except ValueError as exc:
-                raise ValueError("observed_at must be ISO-8601 or epoch seconds") from exc
-            if parsed.tzinfo is None:
-                raise ValueError("observed_at needs a time zone (e.g. 2026-01-01T00:00:00Z)")
-            return _within_window(parsed.timestamp())
-        return _within_window(float(value))
+        return _within_window(_epoch("observed_at", value))
 
     def observed_epoch(self) -> float | None:
         # After validation observed_at is always a float or None.

@@ -36,6 +36,10 @@ class MachineView(_View):
     price_type: str | None = None
     launch_time: int | str | None = None
     message: str | None = None
+    instance_tags: str | None = None
+    cloud_host_id: str | None = None
+    rc_account: str | None = None
+    reclaim_at: float | None = None
     observed_at: float | None = None
     created_at: float
     updated_at: float

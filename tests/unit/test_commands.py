@@ -74,3 +74,34 @@ def test_observed_at_may_run_a_little_ahead_of_the_clock_but_not_more() -> None:
         UpdateMachineStatus.model_validate(
             {"machine_id": "m", "status": "running",
              "observed_at": time.time() + 2 * MAX_OBSERVED_AHEAD_S})
+
+
+def test_what_hostfactory_providers_report_is_typed_and_normalised() -> None:
+    import time
+
+    soon = time.time() + 120
+    cmd = UpdateMachineStatus.model_validate({"machine_id": "m", "status": "running", "metadata": {
+        "instance_tags": {"team": "hpc", "spot": True, "n": 2}, "cloud_host_id": "i-0a1b",
+        "rc_account": "default", "reclaim_at": soon}})
+    assert cmd.metadata is not None
+    assert cmd.metadata.instance_tags == "team=hpc;spot=true;n=2"
+    assert (cmd.metadata.cloud_host_id, cmd.metadata.rc_account) == ("i-0a1b", "default")
+    assert cmd.metadata.reclaim_at == soon
+    iso = UpdateMachineStatus.model_validate({"machine_id": "m", "status": "running",
+                                              "metadata": {"instance_tags": "a=1;b=2",
+                                                           "reclaim_at": "2026-01-01T00:00:00Z"}})
+    assert iso.metadata is not None and iso.metadata.reclaim_at == 1767225600.0
+    assert iso.metadata.instance_tags == "a=1;b=2"
+
+
+@pytest.mark.parametrize("metadata", [
+    {"instance_tags": {"a;b": "1"}},
+    {"instance_tags": ["a=1"]},
+    {"reclaim_at": "next tuesday"},
+    {"reclaim_at": "2999-01-01T00:00:00Z"},
+    {"cloud_host_id": 5},
+])
+def test_provider_metadata_that_makes_no_sense_is_refused(metadata: dict[str, object]) -> None:
+    with pytest.raises(ValidationError):
+        UpdateMachineStatus.model_validate({"machine_id": "m", "status": "running",
+                                            "metadata": metadata})
