@@ -19,12 +19,7 @@ from typing import Any, Final, NamedTuple
 
 from commands_worker import bootstrap
 from commands_worker.adapters.broker import dead_letter_inbox
-from commands_worker.domain.errors import (
-    CacheUnavailable,
-    ConcurrentUpdate,
-    RetryLater,
-    StoreUnavailable,
-)
+from commands_worker.domain import errors
 from commands_worker.service_layer.executor import Envelope, Execution
 from commands_worker.service_layer.ports import ViewDoc
 
@@ -105,10 +100,10 @@ def _run(d: bootstrap.Deps, envs: list[Envelope], items: list[BatchItem],
     run again, down to the one command that causes it, which is refused on its own."""
     try:
         batch = d.executor.execute_batch(envs)
-    except StoreUnavailable as exc:
+    except errors.StoreUnavailable as exc:
         return [_store_unavailable(d, env, item, exc, started)
                 for env, item in zip(envs, items, strict=True)]
-    except ConcurrentUpdate as exc:  # lost every race it ran: a load to wait out, no fault
+    except errors.ConcurrentUpdate as exc:  # lost every race it ran: a load to wait out, no fault
         for env in envs:
             _log(env, "requeued", started, len(envs), reason=str(exc))
         return [REQUEUE] * len(envs)
@@ -121,7 +116,7 @@ def _run(d: bootstrap.Deps, envs: list[Envelope], items: list[BatchItem],
     projected = _project(d, batch.docs)
     verdicts = []
     for env, item, outcome in zip(envs, items, batch.outcomes, strict=True):
-        if isinstance(outcome, RetryLater):
+        if isinstance(outcome, errors.RetryLater):
             _log(env, "retry", started, len(envs), reason=str(outcome), waits=item.waits)
             verdicts.append(Verdict(Action.RETRY, jittered(WAIT_FIRST_S * 2 ** item.waits,
                                                            WAIT_MOST_S), "waits"))
@@ -154,7 +149,7 @@ def _project(d: bootstrap.Deps, docs: list[ViewDoc]) -> bool:
         return True
     try:
         d.projector.project(docs)
-    except CacheUnavailable:
+    except errors.CacheUnavailable:
         # Committed: the outbox keeps the documents and the worker projects them later.
         return False
     d.store.projected.add(doc.outbox_id for doc in docs)
