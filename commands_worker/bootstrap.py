@@ -79,6 +79,14 @@ def templates_stamp(d: Deps) -> tuple[int, int, int] | None:
     return stat.st_mtime_ns, stat.st_size, stat.st_ino
 
 
+def project_stored_templates(d: Deps) -> int:
+    """Project the templates the store holds (loaded by an earlier start); returns how many."""
+    templates, version = d.store.templates()
+    if templates:
+        d.projector.project([views.templates_doc(templates, version)])
+    return len(templates)
+
+
 def load_and_project_templates(d: Deps) -> int:
     """Load the templates file into the store and project the list; returns its size."""
     loaded = load_templates_file(d.settings.templates_file)

@@ -52,8 +52,9 @@ class Housekeeping(bootsteps.StartStopStep):  # type: ignore[misc]
                                     extra={"event": "housekeeping_failed"})
 
     def follow_templates(self, d: bootstrap.Deps) -> None:
-        """Load the templates at start, and again whenever the file changes. A changed file
-        that cannot be used leaves the templates loaded before in place, and says why."""
+        """Load the templates at start, and again whenever the file changes. A file that
+        cannot be used leaves the templates loaded before in place (also across a restart:
+        the store has them), and says why; with none loaded before, the worker has none."""
         stamp = bootstrap.templates_stamp(d)
         if self.ready and stamp == self.templates_stamp:
             return
@@ -61,10 +62,9 @@ class Housekeeping(bootsteps.StartStopStep):  # type: ignore[misc]
         try:
             bootstrap.load_and_project_templates(d)
         except TemplatesFileError as exc:
-            if not self.ready:
+            bootstrap.log.error("templates file cannot be used; the templates loaded before "
+                                "stay", extra={"event": "templates_refused",
+                                               "problems": exc.problems})
+            if not self.ready and not bootstrap.project_stored_templates(d):
                 raise
-            bootstrap.log.error("templates file changed but cannot be used; the templates "
-                                "loaded before stay", extra={"event": "templates_refused",
-                                                             "problems": exc.problems})
-            return
         self.ready = True

@@ -86,7 +86,8 @@ def test_replay_after_the_missing_template_is_added(start_worker: Any, stack_env
     # The operator adds the template and restarts the worker, then replays.
     document = json.loads(templates_file.read_text())
     document["templates"].append({"templateId": "gpu-xl", "maxNumber": 4,
-                                  "attributes": {"ngpus": ["Numeric", "1"]}})
+                                  "attributes": {"type": "X86_64", "ncpus": 8, "nram": 65536,
+                                                 "ngpus": ["Numeric", "1"]}})
     templates_file.write_text(json.dumps(document))
     first.stop()
     rclient.delete("hf:v1:templates")

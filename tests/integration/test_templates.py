@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +31,9 @@ def hfctl(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_a_changed_file_is_followed_and_a_bad_one_refused(
-        worker: Proc, templates_file: Path, rclient: redis.Redis, producer: Any,
-        stack_env: dict[str, str]) -> None:
+        start_worker: Callable[..., Proc], templates_file: Path, rclient: redis.Redis,
+        producer: Any, stack_env: dict[str, str]) -> None:
+    worker = start_worker()
     first = templates_view(rclient)
     document = json.loads(templates_file.read_text())
     document["templates"].append(GPU)
@@ -52,6 +54,13 @@ def test_a_changed_file_is_followed_and_a_bad_one_refused(
                               queue="commands.requests")  # -1: no limit
     outcome = wait_for(lambda: rclient.get(f"hf:v1:command:{sent.id}"), 20, what="the outcome")
     assert json.loads(outcome)["outcome"] == "applied"
+
+    # Restarted with the bad file still there: the templates loaded before are served again.
+    worker.stop()
+    rclient.delete("hf:v1:templates")
+    restarted = start_worker()
+    assert templates_view(rclient) == newer
+    assert "templates_refused" in restarted.output()
 
     checked = hfctl(stack_env, "templates", "validate", str(templates_file))
     assert checked.returncode == 1 and checked.stdout == ""
