@@ -39,6 +39,8 @@ class QueryApp:
         self.params = Parameters(settings.query_max_wait_s)
         self.notifier = ViewNotifier(cache, local)
         self.metrics = metrics
+        metrics.follow(lambda: (self.notifier.waiting_count(), self.local.hits,
+                                self.cache.counters))
         self._reading: dict[str, asyncio.Future[bytes | None]] = {}
         self._templates: tuple[int, list[dict[str, Any]]] = (-1, [])
 
@@ -184,9 +186,7 @@ class QueryApp:
         return Response(orjson.dumps(body), 200, media_type=JSON)
 
     async def metrics_text(self, request: Request) -> Response:
-        text = self.metrics.render(self.notifier.waiting_count(), self.local.hits,
-                                   self.cache.counters)
-        return Response(text, 200, media_type=CONTENT_TYPE)
+        return Response(self.metrics.render(), 200, media_type=CONTENT_TYPE)
 
     async def openapi_json(self, request: Request) -> Response:
         return Response(openapi.document(self.params.max_wait_s), 200, media_type=JSON)

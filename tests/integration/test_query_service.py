@@ -88,7 +88,15 @@ def test_openapi_and_metrics(client: TestClient, rclient: redis.Redis) -> None:
     assert "RequestView" in spec["components"]["schemas"]
     client.get("/requests/missing")
     metrics = client.get("/metrics").text
-    assert 'hf_query_requests_total{route="get_request",code="404"} 1' in metrics
+    assert 'hf_query_requests_total{code="404",route="get_request"} 1.0' in metrics
+    from prometheus_client.parser import text_string_to_metric_families
+
+    families = {f.name: f for f in text_string_to_metric_families(metrics)}
+    assert {"hf_query_requests", "hf_query_long_polls_waiting", "hf_query_local_hits",
+            "hf_query_cache_reads_primary"} <= set(families)
+    [served] = [s for s in families["hf_query_requests"].samples if s.name.endswith("_total")
+                and s.labels == {"route": "get_request", "code": "404"}]
+    assert served.value == 1
     ready = client.get("/readyz").json()
     assert (ready["ready"], ready["reading_from"], ready["replica_configured"]) == (
         True, "primary", False)
@@ -136,7 +144,8 @@ def test_views_kept_in_process_follow_every_projection(client: TestClient,
     for _ in range(3):
         assert client.get("/requests/r9").json()["version"] == 1
     hits = client.get("/metrics").text
-    assert "hf_query_local_hits_total 0" not in hits  # repeated polls served in-process
+    assert "hf_query_local_hits_total 0.0" not in hits  # repeated polls served in-process
+    assert "hf_query_local_hits_total " in hits
     for version in (2, 3, 4):
         put_request(rclient, 9, status="in_progress", version=version)
         wait_for(functools.partial(_has_version, client, "/requests/r9", version), 5,
