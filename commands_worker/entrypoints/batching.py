@@ -21,7 +21,7 @@ from typing import Any, Final
 
 from celery import Task
 
-from commands_worker.adapters.broker.consumer import park_and_settle
+from commands_worker.adapters.broker.consumer import forget, park_and_settle
 from commands_worker.entrypoints.admission import Unadmittable, admit
 from commands_worker.entrypoints.batch_runner import (
     Action,
@@ -121,7 +121,7 @@ class Batcher:
                 one.message.reject(requeue=True)
                 continue
             if verdict.action is Action.RETRY and not self._send_again(one.item, verdict):
-                _forget(one.message)  # it comes back after the visibility timeout
+                forget(one.message)  # it comes back after the visibility timeout
                 continue
             settled.append(one)
         try:
@@ -130,7 +130,7 @@ class Batcher:
             log.exception("could not acknowledge a batch; its messages come back (and are "
                           "recognised as done)", extra={"event": "ack_failed"})
             for one in settled:
-                _forget(one.message)
+                forget(one.message)
 
     def _send_again(self, item: BatchItem, verdict: Verdict) -> bool:
         """The same task id and kwargs, due after the delay, with one budget spent more;
@@ -154,12 +154,6 @@ class Batcher:
                   extra={"event": "batch_lost", "size": len(held), "error": repr(exc)})
         for one in held:
             one.message.reject(requeue=True)
-
-
-def _forget(message: Any) -> None:
-    forget = getattr(message.channel.qos, "forget", None)
-    if forget is not None:
-        forget(message.delivery_tag)
 
 
 def _ack_all(held: list[Held]) -> None:

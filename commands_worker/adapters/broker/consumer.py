@@ -57,7 +57,17 @@ def _settle(message: Any, requeue: bool) -> None:
         else:
             message.ack()
     except Exception:
-        log.exception("could not settle a refused message; its lease brings it back")
+        log.exception("could not settle a refused message; it comes back after the "
+                      "visibility timeout")
+        forget(message)
+
+
+def forget(message: Any) -> None:
+    """Stop holding a message (our transport's QoS.forget): it stays recorded as unacked,
+    and comes back after the visibility timeout instead of being renewed for ever."""
+    drop = getattr(message.channel.qos, "forget", None)
+    if drop is not None:
+        drop(message.delivery_tag)
 
 
 class Consumer(CeleryConsumer):  # type: ignore[misc]

@@ -13,12 +13,11 @@ dead-lettered instead. Producers are untouched: they keep publishing with any Ce
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any, Final
 
 from kombu.transport import redis as kredis
@@ -39,8 +38,6 @@ CLAIM_LUA: Final = lua.source("record.lua", "claim.lua")
 RECOVER_LUA: Final = lua.source("recover.lua")
 # Pops per round trip, at most: prefetch room caps it further.
 POP_MOST: Final = 32
-
-
 REFUSED_PAUSE_S: Final = 0.2
 _refusals_logged_at = [0.0]
 
@@ -63,10 +60,7 @@ class QoS(kredis.QoS):  # type: ignore[misc]
         virtual.QoS.append(self, message, delivery_tag)
 
     def ack(self, delivery_tag: str) -> None:
-        # Done with: forget it, and how often it was handed back (same round trip).
-        self._remove_from_indices(delivery_tag).hdel(keys.REDELIVERIES_KEY,
-                                                     delivery_tag).execute()
-        virtual.QoS.ack(self, delivery_tag)
+        self.ack_many([delivery_tag])
 
     def restore_visible(self, start: int = 0, num: int = 10, interval: int = 10) -> None:
         try:
@@ -98,18 +92,9 @@ class QoS(kredis.QoS):  # type: ignore[misc]
         except Exception:
             self._delivered.clear()
 
-    @contextlib.contextmanager
-    def pipe_or_acquire(self, pipe: Any = None, client: Any = None) -> Iterator[Any]:
-        """kombu's, without MULTI: acknowledgements only delete, and a full Redis refuses
-        every command queued in a MULTI, deletions included."""
-        if pipe is not None:
-            yield pipe
-            return
-        with self.channel.conn_or_acquire(client) as acquired:
-            yield acquired.pipeline(transaction=False)
-
     def ack_many(self, delivery_tags: list[str]) -> None:
-        """Acknowledge a batch in one round trip."""
+        """Done with these: forget them, and how often each was handed back, in one round
+        trip (no MULTI: a full Redis refuses even deletions queued in one)."""
         with self.channel.conn_or_acquire() as client:
             pipe = client.pipeline(transaction=False)
             for tag in delivery_tags:
@@ -232,7 +217,7 @@ class Channel(kredis.Channel):  # type: ignore[misc]
         finally:
             self._in_poll = None
             self._flush_brpop_reauth()
-        delivered = self._claim_stranded() + self._received(kind, key, reply)
+        delivered = self._received(kind, key, reply) + self._claim_stranded()
         if not delivered:
             raise virtual.Empty()
         for dest, item in delivered:
@@ -265,7 +250,8 @@ class Channel(kredis.Channel):  # type: ignore[misc]
         return max(1, min(POP_MOST, estimate if estimate is not None else POP_MOST))
 
     def _received(self, kind: str, key: str, reply: Any) -> list[tuple[str, bytes]]:
-        """Decide what a reply delivers, and whether to block or sweep next."""
+        """Decide what a pop's reply delivers (a BLMOVE's is claimed by
+        ``_claim_stranded``), and whether to block or sweep next."""
         if kind == "EVALSHA":
             if not reply:
                 self._block_next = True  # everything is empty: block for a while
@@ -274,10 +260,9 @@ class Channel(kredis.Channel):  # type: ignore[misc]
             return [(dest.decode() if isinstance(dest, bytes) else dest, item)
                     for dest, item in pairs if item]
         self._block_next = False  # after a block, sweep every queue again
-        if reply is None:
-            return []
-        self._stranded.append((key, reply))
-        return self._claim_stranded()
+        if reply is not None:
+            self._stranded.append((key, reply))  # in our in-flight list: claimed next
+        return []
 
     def _claim_stranded(self) -> list[tuple[str, bytes]]:
         """Claim what BLMOVE moved into our in-flight list. A claim a full Redis refuses
