@@ -208,11 +208,6 @@ class FakeStore:
                 del self.state.commands[key]
             return len(gone)
 
-    def add_dead_letter(self, letter: DeadLetter) -> None:
-        with self.unit_of_work() as uow:
-            uow.add_dead_letter(letter)
-            uow.commit()
-
     def dead_letters(self, state: str | None = "open", limit: int = 1000) -> list[DeadLetter]:
         return [d for d in self.state.dead_letters if state is None or d.state == state][:limit]
 

@@ -172,11 +172,7 @@ class Projector(Protocol):
         ...
 
 
-class DeadLetterStore(Protocol):
-    def add_dead_letter(self, letter: DeadLetter) -> None: ...
-
-
-class Store(DeadLetterStore, Protocol):
+class Store(Protocol):
     """The write store as a whole: what runs beside the units of work."""
 
     projected: ProjectedBacklog

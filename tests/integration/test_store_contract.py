@@ -141,12 +141,28 @@ def test_purge_keeps_recent_outcomes_and_replaying_ones(store: Store,
         ("c1", REPLAYING)]
 
 
-def test_a_letter_without_command_id_is_never_merged(store: Store) -> None:
+def test_a_letter_without_command_id_is_never_merged(store: Store,
+                                                     executor: Executor) -> None:
     from commands_worker.service_layer.ports import DeadLetter
 
     for n in range(2):
-        store.add_dead_letter(DeadLetter(reason=f"bad {n}", raw={"kind": "message"},
-                                         first_at=1.0, last_at=1.0))
+        executor.file_dead_letter(DeadLetter(reason=f"bad {n}", raw={"kind": "message"},
+                                             first_at=1.0, last_at=1.0))
     assert [(d.reason, d.attempts) for d in store.dead_letters()] == [("bad 0", 1),
                                                                       ("bad 1", 1)]
     assert store.counts()["dead_letters"] == 2
+
+
+def test_a_parked_message_with_a_usable_id_records_its_command_as_rejected(
+        store: Store, executor: Executor) -> None:
+    from commands_worker.service_layer.ports import DeadLetter
+
+    parked = DeadLetter(reason="unknown task 'x.y'", raw={"kind": "message"}, first_at=1.0,
+                        last_at=1.0, command_id="message:t9", task="x.y")
+    docs = executor.file_dead_letter(parked)
+    assert [d.key for d in docs] == ["hf:v1:command:t9"]
+    assert [(c.command_id, c.outcome, c.reason) for c in store.iter_commands(since=0)] == [
+        ("t9", "rejected", "unknown task 'x.y'")]
+    assert executor.file_dead_letter(parked) == []  # filed again: one more attempt, no outcome
+    [letter] = store.dead_letters()
+    assert letter.attempts == 2

@@ -142,12 +142,6 @@ class Store:
                 commands.c.outcome != REPLAYING)).rowcount)
 
     # --- dead letters -----------------------------------------------------------------
-    def add_dead_letter(self, letter: DeadLetter) -> None:
-        uow = self.unit_of_work()
-        with uow:
-            uow.add_dead_letter(letter)
-            uow.commit()
-
     def dead_letters(self, state: str | None = "open", limit: int = 1000) -> list[DeadLetter]:
         query = dead_letters.select().order_by(dead_letters.c.id).limit(limit)
         if state:
