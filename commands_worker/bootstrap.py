@@ -47,7 +47,8 @@ def build(settings: Settings | None = None) -> Deps:
                            sync_client(settings.broker_url, socket_timeout=5,
                                        socket_connect_timeout=5))
     return Deps(settings, store, cache, broker, Projector(cache),
-                Executor(store.unit_of_work, settings.command_retention_s))
+                Executor(store.unit_of_work, settings.command_retention_s,
+                         deadlines=(settings.request_timeout_s, settings.return_timeout_s)))
 
 
 def deps() -> Deps:

@@ -36,19 +36,26 @@ ROUTES: Final = (
     ("/readyz", "readyz"),
     ("/metrics", "metrics_text"),
     ("/openapi.json", "openapi_json"),
+    # HostFactory's answers (queries_service/hostfactory.py), POST because an input file
+    # may hold a thousand ids.
+    ("/hostfactory/request-status", "hostfactory.request_status", "POST"),
+    ("/hostfactory/return-requests", "hostfactory.return_requests", "POST"),
+    ("/hostfactory/templates", "hostfactory.available_templates"),
 )
 Endpoint = Callable[[Request], Awaitable[Response]]
 log = logging.getLogger("hostfactory.queries")
 
 
-def _route(holder: dict[str, QueryApp], path: str, name: str) -> Route:
-    """A route to ``QueryApp.<name>``: bad parameters and an unreachable cache become JSON
-    answers, and every answer is counted."""
+def _route(holder: dict[str, QueryApp], path: str, name: str, method: str = "GET") -> Route:
+    """A route to ``QueryApp.<name>`` (a dotted name reaches a part of it): bad parameters
+    and an unreachable cache become JSON answers, and every answer is counted."""
+    owner, _, attribute = name.rpartition(".")
 
     async def endpoint(request: Request) -> Response:
         query_app = holder["app"]
         try:
-            response = await getattr(query_app, name)(request)
+            target = getattr(query_app, owner) if owner else query_app
+            response = await getattr(target, attribute)(request)
         except BadParameter as exc:
             response = error(422, "invalid_parameter", {"parameter": exc.name,
                                                         "problem": exc.problem})
@@ -60,7 +67,7 @@ def _route(holder: dict[str, QueryApp], path: str, name: str) -> Route:
         assert isinstance(response, Response)
         return response
 
-    return Route(path, endpoint, methods=["GET"], name=name)
+    return Route(path, endpoint, methods=[method], name=name)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -88,7 +95,7 @@ def create_app(settings: Settings | None = None, cache: ReadCache | None = None)
         if cache is None:
             await own.close()
 
-    app = Starlette(routes=[_route(holder, path, name) for path, name in ROUTES],
+    app = Starlette(routes=[_route(holder, *route) for route in ROUTES],
                     lifespan=lifespan,
                     exception_handlers={HTTPException: _http_error, Exception: _server_error})
     return BearerTokens(FastPath(app, local, metrics.served), settings.query_api_tokens)

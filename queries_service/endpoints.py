@@ -14,6 +14,7 @@ from starlette.responses import Response
 
 from queries_service import cursors, openapi
 from queries_service.cache import CacheUnavailable, ReadCache, doc_version
+from queries_service.hostfactory import HostFactoryAnswers
 from queries_service.hot_views import LocalViews
 from queries_service.metrics import CONTENT_TYPE, Metrics
 from queries_service.notifications import ViewNotifier
@@ -43,6 +44,7 @@ class QueryApp:
                                 self.cache.counters))
         self._reading: dict[str, asyncio.Future[bytes | None]] = {}
         self._templates: tuple[int, list[dict[str, Any]]] = (-1, [])
+        self.hostfactory = HostFactoryAnswers(cache, settings, self._load_templates)
 
     async def get_request(self, request: Request) -> Response:
         ident = _ident(request, "request_id")

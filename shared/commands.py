@@ -167,8 +167,24 @@ class UpdateMachineStatus(Command):
         return None if self.observed_at is None else float(self.observed_at)
 
 
+class ReturnedMachine(BaseModel):
+    """A machine to give back: its host name, and its id when the caller knows it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    name: Annotated[StrictStr, Field(min_length=1, max_length=256)]
+    machine_id: Id | None = None
+
+
+class ReturnMachines(Command):
+    machines: Annotated[list[ReturnedMachine],
+                        Field(min_length=1, max_length=MAX_MACHINES_PER_REQUEST)]
+    request_id: Id | None = None
+
+
 # Task name -> the model its kwargs must validate against.
 COMMAND_MODELS: Final[dict[str, type[Command]]] = {
     names.CREATE_REQUEST_TASK: CreateRequest,
     names.UPDATE_MACHINE_STATUS_TASK: UpdateMachineStatus,
+    names.RETURN_MACHINES_TASK: ReturnMachines,
 }

@@ -21,3 +21,8 @@ def is_valid_id(value: object) -> bool:
 def default_request_id(command_id: str) -> str:
     """The request a CreateRequest without ``request_id`` creates: known when it is sent."""
     return f"req-{command_id}"
+
+
+def default_return_id(command_id: str) -> str:
+    """The return request a ReturnMachines without ``request_id`` creates."""
+    return f"ret-{command_id}"

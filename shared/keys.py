@@ -22,6 +22,11 @@ def machine_key(machine_id: str) -> str:
     return f"{PREFIX}machine:{machine_id}"
 
 
+def machine_name_key(name: str) -> str:
+    """Host name -> ``{"version", "machine_id"}`` of the newest machine so named."""
+    return f"{PREFIX}machine-name:{name}"
+
+
 def command_key(command_id: str) -> str:
     return f"{PREFIX}command:{command_id}"
 

@@ -4,6 +4,7 @@ from typing import Final
 
 CREATE_REQUEST_TASK: Final = "commands.create_request"
 UPDATE_MACHINE_STATUS_TASK: Final = "commands.update_machine_status"
+RETURN_MACHINES_TASK: Final = "commands.return_machines"
 
 REQUESTS_QUEUE: Final = "commands.requests"
 MACHINES_QUEUE: Final = "commands.machines"
@@ -11,5 +12,6 @@ MACHINES_QUEUE: Final = "commands.machines"
 QUEUE_OF_TASK: Final[dict[str, str]] = {
     CREATE_REQUEST_TASK: REQUESTS_QUEUE,
     UPDATE_MACHINE_STATUS_TASK: MACHINES_QUEUE,
+    RETURN_MACHINES_TASK: REQUESTS_QUEUE,
 }
 ALL_QUEUES: Final = (REQUESTS_QUEUE, MACHINES_QUEUE)

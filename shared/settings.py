@@ -63,6 +63,12 @@ class Settings(BaseSettings):
     # Retries (with backoff) of a command while the store is unreachable.
     max_retries: int = Field(8, validation_alias="COMMAND_MAX_RETRIES", ge=0, le=1000)
     log_level: LogLevel = Field("INFO", validation_alias="LOG_LEVEL")
+    # HostFactory deadlines: an acquire / a return request not done this long after it was
+    # accepted ends complete_with_error (applied once by a worker).
+    request_timeout_s: float = Field(600.0, validation_alias="REQUEST_TIMEOUT_S",
+                                     ge=1.0, le=7 * 24 * 3600.0)
+    return_timeout_s: float = Field(600.0, validation_alias="RETURN_TIMEOUT_S",
+                                    ge=1.0, le=7 * 24 * 3600.0)
 
     @model_validator(mode="before")
     @classmethod

@@ -40,6 +40,9 @@ class MachineView(_View):
     cloud_host_id: str | None = None
     rc_account: str | None = None
     reclaim_at: float | None = None
+    # The return request giving it back; whether it was not up by its request's deadline.
+    return_request_id: str | None = None
+    late: bool = False
     observed_at: float | None = None
     created_at: float
     updated_at: float
@@ -52,6 +55,11 @@ class RequestView(_View):
     max_number: int
     status: RequestStatus
     attributes: dict[str, Any]
+    # acquire, or return (a return request's machines are those it gives back).
+    kind: Literal["acquire", "return"] = "acquire"
+    deadline_at: float | None = None
+    expired: bool = False
+    unknown_machines: list[dict[str, Any]] | None = None
     machines: list[MachineView] | None = None
     machine_count: int
     created_at: float

@@ -117,7 +117,13 @@ class FakeUnitOfWork:
 
     def machines_of(self, request_id: str) -> list[Machine]:
         return sorted((copy.deepcopy(m) for m in self.w.machines.values()
-                       if m.request_id == request_id), key=lambda m: m.machine_id)
+                       if request_id in (m.request_id, m.return_request_id)),
+                      key=lambda m: m.machine_id)
+
+    def machine_named(self, name: str) -> Machine | None:
+        named = sorted((m for m in self.w.machines.values() if m.details.get("name") == name),
+                       key=lambda m: (m.status in ("terminated", "failed"), -m.created_at))
+        return copy.deepcopy(named[0]) if named else None
 
     def add_machine(self, machine: Machine) -> None:
         self._insert(self.w.machines, machine.machine_id, machine)
@@ -195,7 +201,14 @@ class FakeStore:
     def iter_requests(self, batch: int = 500) -> Iterator[tuple[Request, list[Machine]]]:
         for request in sorted(self.state.requests.values(), key=lambda r: r.seq):
             yield request, [m for m in self.state.machines.values()
-                            if m.request_id == request.request_id]
+                            if request.request_id in (m.request_id, m.return_request_id)]
+
+    def overdue_requests(self, now: float, limit: int = 500) -> list[str]:
+        overdue = sorted((r for r in self.state.requests.values()
+                          if r.deadline_at is not None and r.deadline_at < now
+                          and r.status in ("pending", "in_progress")),
+                         key=lambda r: r.deadline_at or 0)
+        return [r.request_id for r in overdue[:limit]]
 
     def iter_commands(self, since: float, batch: int = 2000) -> Iterator[CommandRecord]:
         yield from (c for _, c in sorted(self.state.commands.items()) if c.recorded_at >= since)

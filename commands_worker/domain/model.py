@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from commands_worker.domain.errors import IllegalTransition, MachineLimitReached
+from shared import hostfactory as hf
 from shared.views import FINAL_REQUEST_STATUSES
 
 # EC2's lifecycle order. Reporters poll, so any forward skip is legal.
@@ -52,15 +53,30 @@ class Machine:
     updated_at: float
     version: int = 0
     details: dict[str, Any] = field(default_factory=dict)
+    # The open (or last) return request that gives this machine back.
+    return_request_id: str | None = None
+    # Not up by its request's deadline (or first reported after it): it counts as failed
+    # for that request, and the provider is to release it.
+    late: bool = False
+    # Set by a report that gave the machine its host name (or a new one); not stored.
+    renamed: bool = field(default=False, compare=False)
 
     @property
     def result(self) -> str:
-        """HostFactory's result for a machine of an acquire request."""
-        if self.status == "running":
-            return "succeed"
-        if self.status in _TERMINAL:
+        """The view's result for a machine of an acquire request (the contract's rule:
+        ``succeed`` when running, ``fail`` when failed, terminated or late, ``executing``
+        otherwise). HostFactory's answers use ``shared.hostfactory``'s table, which also
+        fails a stopping or stopped machine and waits for a running one's address."""
+        if self.late or self.status in _TERMINAL:
             return "fail"
-        return "executing"
+        return "succeed" if self.status == "running" else "executing"
+
+    def result_in(self, kind: str) -> str:
+        return self.result if kind == hf.ACQUIRE else hf.machine_result(kind, self.status)[0]
+
+    def changed(self, now: float) -> None:
+        self.updated_at = now
+        self.version += 1
 
     def is_stale(self, observed_at: float) -> bool:
         return self.version > 0 and observed_at < self.observed_at
@@ -74,7 +90,9 @@ class Machine:
                 f"machine {self.machine_id} cannot go from {self.status} to {status}"
             )
         self.status = status
+        name = self.details.get("name")
         self.details.update({k: v for k, v in details.items() if v is not None})
+        self.renamed = self.details.get("name") != name
         self.observed_at = observed_at
         self.updated_at = now
         self.version += 1
@@ -99,6 +117,38 @@ class Request:
     updated_at: float
     version: int = 0
     seq: int = 0
+    kind: str = hf.ACQUIRE
+    deadline_at: float | None = None
+    # A return request: the machines it lists that no machine of the store matches, or that
+    # another open return request already gives back; they count as returned.
+    unknown_machines: list[dict[str, Any]] = field(default_factory=list)
+    # Ended by its deadline (the worker's one expiry change), not by its machines.
+    expired: bool = False
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in FINAL_REQUEST_STATUSES
+
+    def is_late(self, observed_at: float) -> bool:
+        """A machine first reported now is late: past the deadline, or the request ended by
+        it already."""
+        return self.expired or (self.deadline_at is not None and observed_at > self.deadline_at)
+
+    def expire(self, machines: list[Machine], now: float) -> list[Machine]:
+        """The deadline passed: the request ends ``complete_with_error``; an acquire
+        request's machines that were not up turn late. Returns the machines changed."""
+        changed = []
+        if self.kind == hf.ACQUIRE:
+            for machine in machines:
+                if machine.result != "succeed" and not machine.late:
+                    machine.late = True
+                    machine.changed(now)
+                    changed.append(machine)
+        self.status = "complete_with_error"
+        self.expired = True
+        self.updated_at = now
+        self.version += 1
+        return changed
 
     def admit_machine(self, machine_count: int) -> None:
         if machine_count >= self.max_number:
@@ -108,21 +158,21 @@ class Request:
 
     def on_machines_changed(self, machines: list[Machine], now: float) -> None:
         """A machine of this request changed: the view changes, so the version grows."""
-        self.status = request_status(self.status, self.max_number, machines)
+        self.status = request_status(self.status, self.max_number, machines, self.kind,
+                                     len(self.unknown_machines))
         self.updated_at = now
         self.version += 1
 
 
-def request_status(current: str, max_number: int, machines: list[Machine]) -> str:
-    """Final statuses stick; otherwise the status follows from the machines' results."""
+def request_status(current: str, max_number: int, machines: list[Machine],
+                   kind: str = hf.ACQUIRE, unknown: int = 0) -> str:
+    """Final statuses stick; otherwise the status follows from the machines' results by
+    HostFactory's rule (``shared.hostfactory``), ``running`` being ``pending`` until a
+    machine is known and ``in_progress`` after."""
     if current in FINAL_REQUEST_STATUSES:
         return current
-    if not machines:
-        return "pending"
-    results = [m.result for m in machines]
-    if len(machines) >= max_number:
-        if results.count("succeed") >= max_number:
-            return "complete"
-        if "executing" not in results and "fail" in results:
-            return "complete_with_error"
-    return "in_progress"
+    results = [m.result_in(kind) for m in machines] + ["succeed"] * unknown
+    status = hf.request_status(max_number, results, past_deadline=False)
+    if status == "running":
+        return "in_progress" if machines else "pending"
+    return status

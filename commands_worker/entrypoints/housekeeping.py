@@ -1,5 +1,6 @@
 """The worker's housekeeping, a step of its main process: at start the schema and templates,
-then every second the outbox repair and the dead-letter inbox, and hourly the retention
+then every second the outbox repair, the requests past their deadline and the dead-letter
+inbox, and hourly the retention
 purge. A failure is logged and tried again a second later; it never stops the worker."""
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class Housekeeping(bootsteps.StartStopStep):  # type: ignore[misc]
             d = bootstrap.deps()
             self.follow_templates(d)
             maintenance.repair_outbox(d.store, d.projector)
+            self.pass_deadlines(d)
             dead_letter_inbox.drain(d.broker, partial(maintenance.file_dead_letter,
                                                       d.executor, d.projector))
             if time.monotonic() - self.last_purge > PURGE_EVERY_S:
@@ -50,6 +52,16 @@ class Housekeeping(bootsteps.StartStopStep):  # type: ignore[misc]
         except Exception:
             bootstrap.log.exception("housekeeping failed; retrying in a second",
                                     extra={"event": "housekeeping_failed"})
+
+    @staticmethod
+    def pass_deadlines(d: bootstrap.Deps) -> None:
+        for done in maintenance.pass_deadlines(d.store, d.executor, d.projector):
+            record = done.record
+            bootstrap.log.info("deadline passed" if record.outcome == "applied" else
+                               "deadline no longer applies", extra={
+                                   "event": "deadline_passed", "outcome": record.outcome,
+                                   "request_id": record.request_id,
+                                   "command_id": record.command_id})
 
     def follow_templates(self, d: bootstrap.Deps) -> None:
         """Load the templates at start, and again whenever the file changes. A file that

@@ -30,6 +30,8 @@ def machine_dict(machine: Machine) -> dict[str, Any]:
     }
     for name in MACHINE_FIELDS:
         doc[name] = machine.details.get(name)
+    doc["return_request_id"] = machine.return_request_id
+    doc["late"] = machine.late
     extra = {k: v for k, v in machine.details.items() if k not in MACHINE_FIELDS}
     if extra:
         doc["metadata"] = dict(sorted(extra.items()))
@@ -44,6 +46,18 @@ def machine_doc(machine: Machine) -> ViewDoc:
                    _dumps(machine_dict(machine)))
 
 
+def machine_name_doc(machine: Machine) -> ViewDoc | None:
+    """Where getReturnRequests finds a host given by name only. Versioned by the machine's
+    creation (seconds since 2023-11-14, to fit the outbox's 32-bit version column), so when a
+    host name is used again the newer machine holds it."""
+    name = machine.details.get("name")
+    if not isinstance(name, str) or not name:
+        return None
+    version = max(1, int(machine.created_at) - 1_700_000_000)
+    return ViewDoc(keys.machine_name_key(name), version,
+                   _dumps({"version": version, "machine_id": machine.machine_id}))
+
+
 def _request_dict(request: Request, machines: list[Machine] | None, count: int) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "version": request.version,
@@ -52,7 +66,12 @@ def _request_dict(request: Request, machines: list[Machine] | None, count: int) 
         "max_number": request.max_number,
         "status": request.status,
         "attributes": request.attributes,
+        "kind": request.kind,
+        "deadline_at": request.deadline_at,
+        "expired": request.expired,
     }
+    if request.unknown_machines:
+        doc["unknown_machines"] = request.unknown_machines
     if machines is not None:
         doc["machines"] = [machine_dict(m) for m in machines]
     doc["machine_count"] = count

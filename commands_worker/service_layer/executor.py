@@ -7,6 +7,7 @@ refused attempt rolled back. A lost race runs the command again on fresh state.
 
 from __future__ import annotations
 
+import hashlib
 import random
 import time
 from collections.abc import Callable
@@ -22,7 +23,12 @@ from commands_worker.domain.errors import (
     RetryLater,
 )
 from commands_worker.service_layer import documents as views
-from commands_worker.service_layer.handlers import HANDLERS, Context
+from commands_worker.service_layer.handlers import (
+    DEFAULT_TIMEOUT_S,
+    HANDLERS,
+    Context,
+    PassDeadline,
+)
 from commands_worker.service_layer.ports import (
     PARKED_PREFIX,
     REPLAYING,
@@ -32,11 +38,13 @@ from commands_worker.service_layer.ports import (
     UnitOfWork,
     ViewDoc,
 )
-from shared.commands import COMMAND_MODELS, Command
-from shared.ids import default_request_id, is_valid_id
-from shared.names import CREATE_REQUEST_TASK
+from shared.commands import COMMAND_MODELS, MAX_MACHINES_PER_REQUEST, Command
+from shared.ids import MAX_ID_LEN, default_request_id, default_return_id, is_valid_id
+from shared.names import CREATE_REQUEST_TASK, RETURN_MACHINES_TASK
 
 MAX_RACE_ATTEMPTS: Final = 20
+DEADLINE_TASK: Final = "deadline"
+INTERNAL_MODELS: Final[dict[str, type[Command]]] = {DEADLINE_TASK: PassDeadline}
 
 
 @dataclass(frozen=True)
@@ -53,6 +61,8 @@ class Envelope:
     # Set when the command is refused before it is looked at (admission found the message
     # unusable): it is recorded as rejected with this reason.
     refusal: str = ""
+    # The worker's own command (a deadline), never one off the wire.
+    internal: bool = False
 
     @property
     def command_id(self) -> str:
@@ -107,10 +117,13 @@ class Batch:
 
 class Executor:
     def __init__(self, new_uow: Callable[[], UnitOfWork], retention_s: int,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 deadlines: tuple[float, float] = (DEFAULT_TIMEOUT_S, DEFAULT_TIMEOUT_S)) -> None:
         self.new_uow = new_uow
         self.retention_s = retention_s
         self.clock = clock
+        # REQUEST_TIMEOUT_S, RETURN_TIMEOUT_S: what new requests get as their deadline.
+        self.deadlines = deadlines
 
     def execute(self, env: Envelope) -> Execution:
         """One command; raises ``RetryLater`` when it may apply once earlier ones are in."""
@@ -186,17 +199,19 @@ class Executor:
                 return RetryLater(refusal)
             return self._refuse(uow, env, refusal, prior, now)
 
-    @staticmethod
-    def _handle(env: Envelope, uow: UnitOfWork, now: float) -> Effect:
+    def _context(self, command_id: str, now: float) -> Context:
+        return Context(command_id, now, self.deadlines[0], self.deadlines[1])
+
+    def _handle(self, env: Envelope, uow: UnitOfWork, now: float) -> Effect:
         if env.refusal:
             raise InvalidCommand(env.refusal)
-        model = COMMAND_MODELS.get(env.task)
+        model = INTERNAL_MODELS.get(env.task) if env.internal else COMMAND_MODELS.get(env.task)
         if model is None:
             raise InvalidCommand(f"unknown task {env.task!r}")
         if env.args:
             raise InvalidCommand("positional arguments are not accepted: send kwargs")
         command = parse(model, env.kwargs)
-        return HANDLERS[type(command)](command, Context(env.command_id, now), uow)
+        return HANDLERS[type(command)](command, self._context(env.command_id, now), uow)
 
     @staticmethod
     def _record(env: Envelope, effect: Effect, prior: CommandRecord | None,
@@ -216,11 +231,17 @@ class Executor:
 
     def _emit(self, uow: UnitOfWork, effect: Effect, record: CommandRecord) -> None:
         if effect.outcome == "applied":
-            if effect.request is not None:
-                for doc in views.request_docs(effect.request, effect.machines):
+            requests = [(effect.request, effect.machines)] if effect.request else []
+            for request, machines in requests + effect.also:
+                for doc in views.request_docs(request, machines):
                     uow.emit(doc)
+            changed = {m.machine_id: m for m in effect.touched}
             if effect.machine is not None:
-                uow.emit(views.machine_doc(effect.machine))
+                changed[effect.machine.machine_id] = effect.machine
+            for machine in changed.values():
+                uow.emit(views.machine_doc(machine))
+                if machine.renamed and (named := views.machine_name_doc(machine)):
+                    uow.emit(named)
         uow.emit(views.command_doc(record, self.retention_s))
 
     def _refuse(self, uow: UnitOfWork, env: Envelope, refusal: CommandRefused,
@@ -231,9 +252,7 @@ class Executor:
             outcome="rejected",
             recorded_at=now,
             reason=refusal.reason,
-            request_id=_id_or_none(env.kwargs.get("request_id")) or (
-                default_request_id(env.command_id) if env.task == CREATE_REQUEST_TASK
-                else None),
+            request_id=_id_or_none(env.kwargs.get("request_id")) or _default_id(env),
             machine_id=_id_or_none(env.kwargs.get("machine_id")),
             correlation_id=env.correlation_id,
             version=prior.version + 1 if prior else 1,
@@ -255,13 +274,36 @@ def parked_command_id(letter: DeadLetter) -> str | None:
     return command_id if is_valid_id(command_id) else None
 
 
+def deadline_envelope(request_id: str) -> Envelope:
+    """The command that ends a request by its deadline. Its id holds a ``#``, which no id
+    off the wire may, so no producer can claim it first."""
+    command_id = f"deadline#{request_id}"
+    if len(command_id) > MAX_ID_LEN:
+        command_id = "deadline#" + hashlib.blake2b(request_id.encode(), digest_size=24).hexdigest()
+    return Envelope(task=DEADLINE_TASK, task_id=command_id, kwargs={"request_id": request_id},
+                    internal=True)
+
+
 def _named_ids(envs: list[Envelope]) -> tuple[set[str], set[str]]:
     """The request and machine ids a batch names (the request ids it would create too)."""
     requests = {str(r) for env in envs if is_valid_id(r := env.kwargs.get("request_id"))}
     requests |= {default_request_id(env.command_id) for env in envs
                  if env.task == CREATE_REQUEST_TASK and "request_id" not in env.kwargs}
     machines = {str(m) for env in envs if is_valid_id(m := env.kwargs.get("machine_id"))}
+    for env in envs:
+        listed = env.kwargs.get("machines") if env.task == RETURN_MACHINES_TASK else None
+        if isinstance(listed, list):
+            machines |= {str(m) for e in listed[:MAX_MACHINES_PER_REQUEST]
+                         if isinstance(e, dict) and is_valid_id(m := e.get("machine_id"))}
     return requests, machines
+
+
+def _default_id(env: Envelope) -> str | None:
+    if env.task == CREATE_REQUEST_TASK:
+        return default_request_id(env.command_id)
+    if env.task == RETURN_MACHINES_TASK:
+        return default_return_id(env.command_id)
+    return None
 
 
 def _id_or_none(value: Any) -> str | None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from commands_worker.domain.errors import (
     InvalidCommand,
@@ -18,20 +18,30 @@ from commands_worker.domain.errors import (
     RequestNotFound,
     TemplateNotFound,
 )
-from commands_worker.domain.model import Machine, Request
+from commands_worker.domain.model import Machine, Request, request_status
 from commands_worker.service_layer.ports import Effect, UnitOfWork
-from shared.commands import Command, CreateRequest, UpdateMachineStatus
-from shared.ids import MAX_ID_LEN, default_request_id, is_valid_id
+from shared import hostfactory as hf
+from shared.commands import Command, CreateRequest, ReturnMachines, UpdateMachineStatus
+from shared.ids import MAX_ID_LEN, default_request_id, default_return_id, is_valid_id
+
+DEFAULT_TIMEOUT_S: Final = 600.0
 
 
 @dataclass(frozen=True)
 class Context:
     command_id: str
     now: float
+    # How long an acquire / a return request may take before it ends by its deadline.
+    request_timeout_s: float = DEFAULT_TIMEOUT_S
+    return_timeout_s: float = DEFAULT_TIMEOUT_S
 
 
-def request_id_for(cmd: CreateRequest, command_id: str) -> str:
-    return cmd.request_id or default_request_id(command_id)
+class PassDeadline(Command):
+    """The worker's own command: a request's deadline passed. Never accepted off the wire
+    (its task name is not the contract's); its id, ``deadline#<request id>``, is one no
+    producer can send, so it applies once whichever worker notices first."""
+
+    request_id: str
 
 
 def create_request(cmd: CreateRequest, ctx: Context, uow: UnitOfWork) -> Effect:
@@ -43,12 +53,7 @@ def create_request(cmd: CreateRequest, ctx: Context, uow: UnitOfWork) -> Effect:
             f"max_number {cmd.max_number} exceeds template {template.template_id!r}'s "
             f"maxNumber {template.max_number}"
         )
-    request_id = request_id_for(cmd, ctx.command_id)
-    if not is_valid_id(request_id):
-        raise InvalidCommand(f"the default request id {request_id[:40]!r}… would be longer "
-                             f"than {MAX_ID_LEN} characters: send request_id")
-    if uow.get_request(request_id) is not None:
-        raise RequestConflict(f"request {request_id!r} was already created by another command")
+    request_id = _new_request_id(uow, cmd.request_id or default_request_id(ctx.command_id))
     request = Request(
         request_id=request_id,
         template_id=template.template_id,
@@ -58,9 +63,19 @@ def create_request(cmd: CreateRequest, ctx: Context, uow: UnitOfWork) -> Effect:
         created_at=ctx.now,
         updated_at=ctx.now,
         version=1,
+        deadline_at=ctx.now + ctx.request_timeout_s,
     )
     uow.add_request(request)
     return Effect("applied", request=request)
+
+
+def _new_request_id(uow: UnitOfWork, request_id: str) -> str:
+    if not is_valid_id(request_id):
+        raise InvalidCommand(f"the default request id {request_id[:40]!r}… would be longer "
+                             f"than {MAX_ID_LEN} characters: send request_id")
+    if uow.get_request(request_id) is not None:
+        raise RequestConflict(f"request {request_id!r} was already created by another command")
+    return request_id
 
 
 def _details(cmd: UpdateMachineStatus) -> dict[str, Any]:
@@ -72,7 +87,7 @@ def update_machine_status(cmd: UpdateMachineStatus, ctx: Context, uow: UnitOfWor
     machine = uow.get_machine(cmd.machine_id)
     if machine is None:
         return _first_report(cmd, ctx, uow, observed_at)
-    if cmd.request_id is not None and cmd.request_id != machine.request_id:
+    if cmd.request_id not in (None, machine.request_id, machine.return_request_id):
         raise MachineRequestMismatch(
             f"machine {machine.machine_id} belongs to request {machine.request_id}, "
             f"not {cmd.request_id}"
@@ -82,13 +97,22 @@ def update_machine_status(cmd: UpdateMachineStatus, ctx: Context, uow: UnitOfWor
     loaded = machine.version
     machine.apply_report(cmd.status, _details(cmd), observed_at, ctx.now)
     uow.save_machine(machine, loaded)
-    request = uow.get_request(machine.request_id)
+    request, machines = _refresh(uow, machine.request_id, [machine], ctx.now)
+    also = ([_refresh(uow, machine.return_request_id, [machine], ctx.now)]
+            if machine.return_request_id else [])
+    return Effect("applied", request=request, machines=machines, machine=machine, also=also)
+
+
+def _refresh(uow: UnitOfWork, request_id: str, changed: list[Machine],
+             now: float) -> tuple[Request, list[Machine]]:
+    """A request some of whose machines changed: its status follows, its version grows."""
+    request = uow.get_request(request_id)
     if request is None:  # the store's foreign key makes this unreachable
-        raise RequestNotFound(f"request {machine.request_id!r} of machine is missing")
-    machines = [m if m.machine_id != machine.machine_id else machine
-                for m in uow.machines_of(request.request_id)]
-    _machines_changed(uow, request, machines, ctx.now)
-    return Effect("applied", request=request, machines=machines, machine=machine)
+        raise RequestNotFound(f"request {request_id!r} of a machine is missing")
+    fresh = {m.machine_id: m for m in changed}
+    machines = [fresh.get(m.machine_id, m) for m in uow.machines_of(request_id)]
+    _machines_changed(uow, request, machines, now)
+    return request, machines
 
 
 def _first_report(
@@ -101,6 +125,9 @@ def _first_report(
     request = uow.get_request(cmd.request_id)
     if request is None:
         raise RequestNotFound(f"no request {cmd.request_id!r}")
+    if request.kind != hf.ACQUIRE:
+        raise InvalidCommand(f"{cmd.request_id!r} is a return request: a machine is first "
+                             f"reported for the request that acquired it")
     machines = uow.machines_of(request.request_id)
     request.admit_machine(len(machines))
     machine = Machine(
@@ -111,6 +138,7 @@ def _first_report(
         created_at=ctx.now,
         updated_at=ctx.now,
     )
+    machine.late = request.is_late(observed_at)
     machine.apply_report(cmd.status, _details(cmd), observed_at, ctx.now)
     uow.add_machine(machine)
     machines.append(machine)
@@ -125,6 +153,69 @@ def _machines_changed(uow: UnitOfWork, request: Request, machines: list[Machine]
     uow.save_request(request, loaded)
 
 
+def return_machines(cmd: ReturnMachines, ctx: Context, uow: UnitOfWork) -> Effect:
+    """A return request for the machines listed: each found by id, else by host name, and
+    linked to this request unless another open return request has it already. The listed
+    machines nobody knows count as returned."""
+    request_id = _new_request_id(uow, cmd.request_id or default_return_id(ctx.command_id))
+    found: dict[str, Machine] = {}
+    unknown: list[dict[str, Any]] = []
+    for entry in cmd.machines:
+        machine = (uow.get_machine(entry.machine_id) if entry.machine_id else None) or \
+            uow.machine_named(entry.name)
+        listed = {"name": entry.name, "machine_id": entry.machine_id}
+        if machine is None:
+            unknown.append({**listed, "message": "unknown to the provider: nothing to return"})
+        elif (other := _open_return(uow, machine)) is not None:
+            unknown.append({**listed, "message": f"already being returned by {other}"})
+        else:
+            found.setdefault(machine.machine_id, machine)
+    request = Request(
+        request_id=request_id, template_id="", max_number=len(found) + len(unknown),
+        attributes={}, status="pending", created_at=ctx.now, updated_at=ctx.now, version=1,
+        kind=hf.RETURN, deadline_at=ctx.now + ctx.return_timeout_s, unknown_machines=unknown)
+    machines = sorted(found.values(), key=lambda m: m.machine_id)
+    for machine in machines:
+        loaded = machine.version
+        machine.return_request_id = request_id
+        machine.changed(ctx.now)
+        uow.save_machine(machine, loaded)
+    request.status = request_status_of(request, machines)
+    uow.add_request(request)
+    acquired = sorted({m.request_id for m in machines})
+    also = [_refresh(uow, rid, machines, ctx.now) for rid in acquired]
+    return Effect("applied", request=request, machines=machines, touched=machines, also=also)
+
+
+def _open_return(uow: UnitOfWork, machine: Machine) -> str | None:
+    if machine.return_request_id is None:
+        return None
+    other = uow.get_request(machine.return_request_id)
+    return None if other is None or other.is_final else other.request_id
+
+
+def request_status_of(request: Request, machines: list[Machine]) -> str:
+    return request_status(request.status, request.max_number, machines, request.kind,
+                          len(request.unknown_machines))
+
+
+def pass_deadline(cmd: PassDeadline, ctx: Context, uow: UnitOfWork) -> Effect:
+    """End a request by its deadline, once: a request that ended by itself meanwhile, or
+    whose deadline was moved, is left as it is (``superseded``)."""
+    request = uow.get_request(cmd.request_id)
+    if request is None:
+        raise RequestNotFound(f"no request {cmd.request_id!r}")
+    if request.is_final or request.deadline_at is None or request.deadline_at > ctx.now:
+        return Effect("superseded", request=request)
+    machines = uow.machines_of(request.request_id)
+    loaded_request = request.version
+    touched = request.expire(machines, ctx.now)
+    for machine in touched:
+        uow.save_machine(machine, machine.version - 1)
+    uow.save_request(request, loaded_request)
+    return Effect("applied", request=request, machines=machines, touched=touched)
+
+
 Handler = Callable[[Any, Context, UnitOfWork], Effect]
 
 # Command type -> its handler. Which model a wire task name decodes to is the contract's
@@ -132,4 +223,6 @@ Handler = Callable[[Any, Context, UnitOfWork], Effect]
 HANDLERS: dict[type[Command], Handler] = {
     CreateRequest: create_request,
     UpdateMachineStatus: update_machine_status,
+    ReturnMachines: return_machines,
+    PassDeadline: pass_deadline,
 }

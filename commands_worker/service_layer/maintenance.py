@@ -10,7 +10,7 @@ from typing import Any
 
 from commands_worker.domain.errors import CacheUnavailable
 from commands_worker.service_layer import documents
-from commands_worker.service_layer.executor import Executor
+from commands_worker.service_layer.executor import Execution, Executor, deadline_envelope
 from commands_worker.service_layer.ports import (
     REPLAYING,
     DeadLetter,
@@ -45,6 +45,20 @@ def file_dead_letter(executor: Executor, projector: Projector, letter: DeadLette
         projector.project(docs)
 
 
+def pass_deadlines(store: Store, executor: Executor, projector: Projector,
+                   limit: int = 200) -> list[Execution]:
+    """End the requests whose deadline passed, each once (``deadline#<request id>``):
+    several workers may look at the same time, and one that restarted looks again."""
+    overdue = store.overdue_requests(time.time(), limit)
+    if not overdue:
+        return []
+    batch = executor.execute_batch([deadline_envelope(r) for r in overdue])
+    # Committed with its outbox rows: if the cache is away, the next repair projects them.
+    with contextlib.suppress(CacheUnavailable):
+        projector.project(batch.docs)
+    return [o for o in batch.outcomes if isinstance(o, Execution) and not o.duplicate]
+
+
 def purge_expired_commands(store: Store, retention_s: int) -> int:
     return store.purge_commands(time.time() - retention_s)
 
@@ -54,7 +68,12 @@ def _rebuild_docs(store: Store, retention_s: int) -> Iterator[ViewDoc]:
     yield documents.templates_doc(templates, version)
     for request, machines in store.iter_requests():
         yield from documents.request_docs(request, machines)
-        yield from (documents.machine_doc(m) for m in machines)
+        # A machine is listed by its acquire request and by its return request: once here.
+        for machine in (m for m in machines if m.request_id == request.request_id):
+            yield documents.machine_doc(machine)
+            named = documents.machine_name_doc(machine)
+            if named is not None:
+                yield named
     now = time.time()
     for record in store.iter_commands(since=now - retention_s):
         if record.outcome == REPLAYING:

@@ -97,6 +97,9 @@ class Effect:
     request: Request | None = None
     machines: list[Machine] = field(default_factory=list)
     machine: Machine | None = None
+    # Other machines whose views changed, and other requests (with their machines).
+    touched: list[Machine] = field(default_factory=list)
+    also: list[tuple[Request, list[Machine]]] = field(default_factory=list)
 
 
 class UnitOfWork(Protocol):
@@ -129,7 +132,13 @@ class UnitOfWork(Protocol):
 
     def get_machine(self, machine_id: str) -> Machine | None: ...
 
-    def machines_of(self, request_id: str) -> list[Machine]: ...
+    def machines_of(self, request_id: str) -> list[Machine]:
+        """An acquire request's machines; a return request's, the machines it gives back."""
+        ...
+
+    def machine_named(self, name: str) -> Machine | None:
+        """The machine with this host name (the newest, when a name was used again)."""
+        ...
 
     def add_machine(self, machine: Machine) -> None: ...
 
@@ -190,6 +199,10 @@ class Store(Protocol):
         ...
 
     def mark_projected(self, outbox_ids: list[int]) -> None: ...
+
+    def overdue_requests(self, now: float, limit: int = 500) -> list[str]:
+        """Requests not final whose deadline is before ``now``, earliest first."""
+        ...
 
     def iter_requests(self, batch: int = 500) -> Iterator[tuple[Request, list[Machine]]]: ...
 

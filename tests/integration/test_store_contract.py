@@ -166,3 +166,79 @@ def test_a_parked_message_with_a_usable_id_records_its_command_as_rejected(
     assert executor.file_dead_letter(parked) == []  # filed again: one more attempt, no outcome
     [letter] = store.dead_letters()
     assert letter.attempts == 2
+
+
+RETURN = "commands.return_machines"
+
+
+def _up(executor: Executor, request_id: str, *machines: tuple[str, str, str]) -> None:
+    for machine_id, status, name in machines:
+        run(executor, UPDATE, f"u-{machine_id}-{status}", machine_id=machine_id, status=status,
+            request_id=request_id, metadata={"name": name, "private_ip": "10.0.0.1"})
+
+
+def test_return_finds_machines_by_id_then_by_name(store: Store, executor: Executor) -> None:
+    run(executor, CREATE, "c1", template_id="x86-small", max_number=3)
+    _up(executor, "req-c1", ("m1", "running", "h1"), ("m2", "running", "h2"),
+        ("m3", "running", "h3"))
+    assert run(executor, RETURN, "r1", machines=[
+        {"name": "h1", "machine_id": "m1"}, {"name": "h2"}, {"name": "ghost"}]) == "applied"
+    views = {r.request_id: (r, ms) for r, ms in store.iter_requests()}
+    ret, returned = views["ret-r1"]
+    assert (ret.kind, ret.status, ret.max_number) == ("return", "in_progress", 3)
+    assert sorted(m.machine_id for m in returned) == ["m1", "m2"]
+    assert [u["name"] for u in ret.unknown_machines] == ["ghost"]
+    # The acquire request still lists all three; its view changed (a new version).
+    acquire, owned = views["req-c1"]
+    assert len(owned) == 3 and acquire.version == 5
+    # The same machine cannot be in two open return requests.
+    run(executor, RETURN, "r2", machines=[{"name": "h1"}, {"name": "h3"}])
+    ret2, returned2 = {r.request_id: (r, ms) for r, ms in store.iter_requests()}["ret-r2"]
+    assert [m.machine_id for m in returned2] == ["m3"]
+    assert "already being returned by ret-r1" in ret2.unknown_machines[0]["message"]
+    # Terminated: the return request completes.
+    for machine_id in ("m1", "m2"):
+        run(executor, UPDATE, f"t-{machine_id}", machine_id=machine_id, status="terminated")
+    ret, _ = {r.request_id: (r, ms) for r, ms in store.iter_requests()}["ret-r1"]
+    assert ret.status == "complete"
+
+
+def test_deadline_ends_a_request_once(store: Store) -> None:
+    from commands_worker.service_layer.maintenance import pass_deadlines
+
+    clock = [1_000_000.0]
+    executor = Executor(store.unit_of_work, retention_s=3600, clock=lambda: clock[0],
+                        deadlines=(60.0, 60.0))
+    run(executor, CREATE, "c1", template_id="x86-small", max_number=3)
+    _up(executor, "req-c1", ("m1", "running", "h1"), ("m2", "pending", "h2"))
+    assert store.overdue_requests(clock[0] + 59) == []
+    clock[0] += 61
+    assert store.overdue_requests(clock[0]) == ["req-c1"]
+
+    class Sink:
+        def project(self, docs: object) -> int:
+            return 0
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("time.time", lambda: clock[0])
+        done = pass_deadlines(store, executor, Sink())
+        assert [d.record.outcome for d in done] == ["applied"]
+        assert pass_deadlines(store, executor, Sink()) == []  # nothing overdue any more
+    again = executor.execute(Envelope("deadline", "deadline#req-c1",
+                                      {"request_id": "req-c1"}, internal=True))
+    assert again.duplicate  # a second worker's try changes nothing
+    [(request, machines)] = list(store.iter_requests())
+    assert (request.status, request.expired) == ("complete_with_error", True)
+    assert {m.machine_id: (m.late, m.result) for m in machines} == {
+        "m1": (False, "succeed"), "m2": (True, "fail")}
+    # A machine first reported after the deadline is recorded, as launched too late.
+    _up(executor, "req-c1", ("m3", "running", "h3"))
+    [(request, machines)] = list(store.iter_requests())
+    assert {m.machine_id: m.late for m in machines}["m3"] is True
+
+
+def test_the_deadline_task_is_refused_off_the_wire(store: Store, executor: Executor) -> None:
+    run(executor, CREATE, "c1", template_id="x86-small", max_number=1)
+    assert run(executor, "deadline", "deadline-x", request_id="req-c1") == "rejected"
+    [(request, _)] = list(store.iter_requests())
+    assert request.status == "pending"

@@ -44,11 +44,26 @@ def loads(text: str | bytes) -> Any:
 
 
 def request_of(row: Any) -> Request:
+    details = loads(row.details) if row.details else {}
     return Request(
         request_id=row.request_id, template_id=row.template_id, max_number=row.max_number,
         attributes=loads(row.attributes), status=row.status, created_at=row.created_at,
-        updated_at=row.updated_at, version=row.version, seq=row.seq,
+        updated_at=row.updated_at, version=row.version, seq=row.seq, kind=row.kind,
+        deadline_at=row.deadline_at, unknown_machines=details.get("unknown_machines", []),
+        expired=bool(details.get("expired")),
     )
+
+
+def request_values(request: Request) -> dict[str, Any]:
+    """The columns a request's change writes."""
+    details: dict[str, Any] = {}
+    if request.unknown_machines:
+        details["unknown_machines"] = request.unknown_machines
+    if request.expired:
+        details["expired"] = True
+    return {"status": request.status, "version": request.version,
+            "updated_at": request.updated_at, "deadline_at": request.deadline_at,
+            "details": dumps(details) if details else None}
 
 
 def machine_of(row: Any) -> Machine:
@@ -56,6 +71,7 @@ def machine_of(row: Any) -> Machine:
         machine_id=row.machine_id, request_id=row.request_id, status=row.status,
         observed_at=row.observed_at, created_at=row.created_at, updated_at=row.updated_at,
         version=row.version, details=loads(row.details),
+        return_request_id=row.return_request_id, late=bool(row.late),
     )
 
 
@@ -92,6 +108,19 @@ def inserted_id(result: sa.CursorResult[Any]) -> int:
 
 def machine_values(machine: Machine) -> dict[str, Any]:
     """The columns a machine's report changes."""
+    name = machine.details.get("name")
     return {"status": machine.status, "details": dumps(machine.details),
             "observed_at": machine.observed_at, "version": machine.version,
-            "updated_at": machine.updated_at}
+            "updated_at": machine.updated_at, "name": name if isinstance(name, str) else None,
+            "return_request_id": machine.return_request_id, "late": machine.late}
+
+
+def newest_named(name: str, rows: list[Any], known: dict[str, Machine | None]) -> Machine | None:
+    """Of the machines named so (rows newest first, read through what the transaction
+    knows), one still up before one that is gone: host names are used again."""
+    for row in rows:
+        known.setdefault(row.machine_id, machine_of(row))
+    named = [m for r in rows if (m := known[r.machine_id]) is not None
+             and m.details.get("name") == name]
+    named.sort(key=lambda m: m.status in ("terminated", "failed"))
+    return named[0] if named else None

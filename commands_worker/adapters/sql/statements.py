@@ -28,7 +28,9 @@ def _versioned_update(table: sa.Table, key: str, columns: tuple[str, ...]) -> sa
             .values({c: sa.bindparam(c) for c in columns}))
 
 
-MACHINE_COLUMNS = ("status", "details", "observed_at", "version", "updated_at")
+MACHINE_COLUMNS = ("status", "details", "observed_at", "version", "updated_at", "name",
+                   "return_request_id", "late")
+REQUEST_COLUMNS = ("status", "version", "updated_at", "deadline_at", "details")
 COMMAND_COLUMNS = ("task", "outcome", "reason", "request_id", "machine_id", "correlation_id",
                     "recorded_at", "version")
 STMT: Final = {
@@ -42,16 +44,18 @@ STMT: Final = {
     "insert_machine": machines.insert(),
     "insert_command": commands.insert(),
     "insert_outbox": outbox.insert().returning(outbox.c.id, sort_by_parameter_order=True),
-    "update_request": _versioned_update(requests, "request_id",
-                                        ("status", "version", "updated_at")),
+    "update_request": _versioned_update(requests, "request_id", REQUEST_COLUMNS),
     "update_machine": _versioned_update(machines, "machine_id", MACHINE_COLUMNS),
     "update_command": _versioned_update(commands, "command_id", COMMAND_COLUMNS),
     "requests_in": requests.select().where(
         requests.c.request_id.in_(sa.bindparam("keys", expanding=True))),
     "machines_in": machines.select().where(
         machines.c.machine_id.in_(sa.bindparam("keys", expanding=True))),
-    "machines_of_in": machines.select().where(
-        machines.c.request_id.in_(sa.bindparam("keys", expanding=True))),
+    "machines_of_in": machines.select().where(sa.or_(
+        machines.c.request_id.in_(sa.bindparam("keys", expanding=True)),
+        machines.c.return_request_id.in_(sa.bindparam("keys", expanding=True)))),
+    "machines_named": machines.select().where(machines.c.name == sa.bindparam("key"))
+    .order_by(machines.c.created_at.desc()).limit(20),
     "delete_outbox": outbox.delete().where(
         outbox.c.id.in_(sa.bindparam("keys", expanding=True))),
 }

@@ -106,6 +106,15 @@ class Store:
 
 
     # --- read-side rebuild ------------------------------------------------------------
+    def overdue_requests(self, now: float, limit: int = 500) -> list[str]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(requests.c.request_id)
+                .where(requests.c.deadline_at < now,
+                       requests.c.status.in_(("pending", "in_progress")))
+                .order_by(requests.c.deadline_at).limit(limit)).all()
+        return [r.request_id for r in rows]
+
     def iter_requests(self, batch: int = 500) -> Iterator[tuple[Request, list[Machine]]]:
         last = 0
         while True:
@@ -116,8 +125,11 @@ class Store:
                     return
                 ids = [r.request_id for r in rows]
                 owned: dict[str, list[Machine]] = {i: [] for i in ids}
-                for m in conn.execute(machines.select().where(machines.c.request_id.in_(ids))):
-                    owned[m.request_id].append(machine_of(m))
+                for m in conn.execute(machines.select().where(sa.or_(
+                        machines.c.request_id.in_(ids), machines.c.return_request_id.in_(ids)))):
+                    for request_id in (m.request_id, m.return_request_id):
+                        if request_id in owned:
+                            owned[request_id].append(machine_of(m))
             for row in rows:
                 yield request_of(row), owned[row.request_id]
             last = rows[-1].seq

@@ -32,6 +32,10 @@ requests = sa.Table(
     sa.Column("version", sa.Integer, nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("updated_at", sa.Float, nullable=False),
+    # Added with return requests and deadlines (added to an older store on start).
+    sa.Column("kind", sa.String(16), nullable=False, server_default=sa.text("'acquire'")),
+    sa.Column("deadline_at", sa.Float, index=True),
+    sa.Column("details", sa.Text),
 )
 machines = sa.Table(
     "machines", metadata,
@@ -44,6 +48,10 @@ machines = sa.Table(
     sa.Column("version", sa.Integer, nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("updated_at", sa.Float, nullable=False),
+    # Added with return requests and deadlines (added to an older store on start).
+    sa.Column("name", sa.String(256), index=True),
+    sa.Column("return_request_id", sa.String(200), index=True),
+    sa.Column("late", sa.Boolean, nullable=False, server_default=sa.false()),
 )
 commands = sa.Table(
     "commands", metadata,
@@ -89,3 +97,26 @@ def create_schema(engine: Engine) -> None:
         if engine.dialect.name == "postgresql":
             conn.exec_driver_sql("SELECT pg_advisory_xact_lock(727274)")
         metadata.create_all(conn, checkfirst=True)
+        _add_missing_columns(conn)
+
+
+def _add_missing_columns(conn: sa.Connection) -> None:
+    """A store made by an older version lacks the columns added since: add them (each is
+    nullable or has a default) and their indexes. No migration tool for a handful of
+    additive columns."""
+    inspector = sa.inspect(conn)
+    dialect = conn.dialect
+    for table in metadata.sorted_tables:
+        present = {c["name"] for c in inspector.get_columns(table.name)}
+        missing = [c for c in table.columns if c.name not in present]
+        for column in missing:
+            ddl = (f"ALTER TABLE {table.name} ADD COLUMN {column.name} "
+                   f"{column.type.compile(dialect=dialect)}")
+            default = column.server_default
+            if isinstance(default, sa.DefaultClause) and isinstance(default.arg, sa.ClauseElement):
+                ddl += f" DEFAULT {default.arg.compile(dialect=dialect)}"
+                ddl += "" if column.nullable else " NOT NULL"
+            conn.exec_driver_sql(ddl)
+        if missing:
+            for index in table.indexes:
+                index.create(conn, checkfirst=True)

@@ -22,7 +22,9 @@ from commands_worker.adapters.sql.rows import (
     inserted_id,
     machine_of,
     machine_values,
+    newest_named,
     request_of,
+    request_values,
     template_of,
 )
 from commands_worker.adapters.sql.statements import COMMAND_COLUMNS, STMT
@@ -32,7 +34,46 @@ from commands_worker.domain.model import Machine, Request, Template
 from commands_worker.service_layer.ports import CommandRecord, DeadLetter, ProjectedBacklog, ViewDoc
 
 
-class SqlUnitOfWork:
+class _Transaction:
+    """What a transaction records beside the aggregates: command outcomes, dead letters and
+    the view documents for the outbox."""
+
+    _conn: Connection | None
+    _docs: list[ViewDoc]
+
+    @property
+    def conn(self) -> Connection:
+        assert self._conn is not None, "use the unit of work in a with block"
+        return self._conn
+
+    def _one(self, query: str, key: str) -> Any:
+        return self.conn.execute(STMT[query], {"key": key}).first()
+
+    def _update(self, query: str, key: str, expected: int, values: dict[str, Any]) -> None:
+        result = self.conn.execute(STMT[query], {"b_key": key, "b_expected": expected, **values})
+        if result.rowcount != 1:
+            raise ConcurrentUpdate(f"{key} moved past version {expected}")
+
+    def get_commands(self, command_ids: list[str]) -> dict[str, CommandRecord]:
+        rows = self.conn.execute(STMT["commands"], {"keys": command_ids})
+        return {row.command_id: command_of(row) for row in rows}
+
+    def record_command(self, record: CommandRecord) -> None:
+        values = {c: getattr(record, c) for c in COMMAND_COLUMNS}
+        if record.version == 1:
+            self.conn.execute(STMT["insert_command"], {"command_id": record.command_id, **values})
+        else:
+            self._update("update_command", record.command_id, record.version - 1, values)
+
+    def add_dead_letter(self, letter: DeadLetter) -> None:
+        write_dead_letter(self.conn, letter)
+
+    def emit(self, doc: ViewDoc) -> None:
+        """Queue a view document for the outbox; written with the commit."""
+        self._docs.append(doc)
+
+
+class SqlUnitOfWork(_Transaction):
     """One store transaction. Statements are few, small and prepared once; the outbox rows
     of the whole transaction go in with one multi-row insert at commit."""
 
@@ -45,10 +86,6 @@ class SqlUnitOfWork:
         self._docs: list[ViewDoc] = []
         self._templates: dict[str, Template | None] = {}
 
-    @property
-    def conn(self) -> Connection:
-        assert self._conn is not None, "use the unit of work in a with block"
-        return self._conn
 
     def __enter__(self) -> Self:
         self.writer_lock.__enter__()
@@ -84,8 +121,6 @@ class SqlUnitOfWork:
         finally:
             self.writer_lock.__exit__()
 
-    def _one(self, query: str, key: str) -> Any:
-        return self.conn.execute(STMT[query], {"key": key}).first()
 
     def commit(self) -> list[ViewDoc]:
         done = self.projected.take()
@@ -101,6 +136,23 @@ class SqlUnitOfWork:
             raise
         self._docs = []
         return docs
+
+    @contextlib.contextmanager
+    def savepoint(self) -> Iterator[None]:
+        # Savepoints here never nest, so one fixed name serves (and needs no compiling).
+        emitted = len(self._docs)
+        known = (dict(self._requests), dict(self._machines),
+                 {k: list(v) for k, v in self._owned.items()})
+        self.conn.exec_driver_sql("SAVEPOINT hf_command")
+        try:
+            yield
+        except BaseException:
+            self.conn.exec_driver_sql("ROLLBACK TO SAVEPOINT hf_command")
+            self.conn.exec_driver_sql("RELEASE SAVEPOINT hf_command")
+            del self._docs[emitted:]
+            self._requests, self._machines, self._owned = known
+            raise
+        self.conn.exec_driver_sql("RELEASE SAVEPOINT hf_command")
 
     # --- templates, requests, machines ---------------------------------------------------
     def get_template(self, template_id: str) -> Template | None:
@@ -136,8 +188,14 @@ class SqlUnitOfWork:
             self._owned.setdefault(request_id, [])
         for row in self.conn.execute(STMT["machines_of_in"], {"keys": list(request_ids)}):
             self._machines[row.machine_id] = machine_of(row)
-            if row.machine_id not in self._owned[row.request_id]:
-                self._owned[row.request_id].append(row.machine_id)
+            self._own(row.machine_id, row.request_id, row.return_request_id)
+
+    def _own(self, machine_id: str, *request_ids: str | None) -> None:
+        """Count the machine among the machines known of these requests."""
+        for request_id in request_ids:
+            owned = self._owned.get(request_id) if request_id else None
+            if owned is not None and machine_id not in owned:
+                owned.append(machine_id)
 
     def get_request(self, request_id: str) -> Request | None:
         if request_id not in self._requests:
@@ -148,24 +206,20 @@ class SqlUnitOfWork:
 
     def add_request(self, request: Request) -> None:
         result = self.conn.execute(STMT["insert_request"], {
-            "request_id": request.request_id, "template_id": request.template_id,
-            "max_number": request.max_number, "attributes": dumps(request.attributes),
-            "status": request.status, "version": request.version,
-            "created_at": request.created_at, "updated_at": request.updated_at})
+            **request_values(request), "request_id": request.request_id,
+            "template_id": request.template_id, "max_number": request.max_number,
+            "attributes": dumps(request.attributes), "kind": request.kind,
+            "created_at": request.created_at})
         request.seq = inserted_id(result)
         self._requests[request.request_id] = replace(request)
-        self._owned[request.request_id] = []
+        # A new return request's machines were linked to it just before.
+        self._owned[request.request_id] = [m.machine_id for m in self._machines.values() if m
+                                           and m.return_request_id == request.request_id]
 
     def save_request(self, request: Request, expected_version: int) -> None:
-        self._update("update_request", request.request_id, expected_version, {
-            "status": request.status, "version": request.version,
-            "updated_at": request.updated_at})
+        self._update("update_request", request.request_id, expected_version,
+                     request_values(request))
         self._requests[request.request_id] = replace(request)
-
-    def _update(self, query: str, key: str, expected: int, values: dict[str, Any]) -> None:
-        result = self.conn.execute(STMT[query], {"b_key": key, "b_expected": expected, **values})
-        if result.rowcount != 1:
-            raise ConcurrentUpdate(f"{key} moved past version {expected}")
 
     def get_machine(self, machine_id: str) -> Machine | None:
         if machine_id not in self._machines:
@@ -184,51 +238,17 @@ class SqlUnitOfWork:
             **machine_values(machine), "machine_id": machine.machine_id,
             "request_id": machine.request_id, "created_at": machine.created_at})
         self._machines[machine.machine_id] = copy_machine(machine)
-        owned = self._owned.get(machine.request_id)
-        if owned is not None:
-            owned.append(machine.machine_id)
+        self._own(machine.machine_id, machine.request_id)
 
     def save_machine(self, machine: Machine, expected_version: int) -> None:
         self._update("update_machine", machine.machine_id, expected_version,
                      machine_values(machine))
         self._machines[machine.machine_id] = copy_machine(machine)
+        self._own(machine.machine_id, machine.return_request_id)
 
-    # --- commands, dead letters, outbox -----------------------------------------------
-    def get_commands(self, command_ids: list[str]) -> dict[str, CommandRecord]:
-        rows = self.conn.execute(STMT["commands"], {"keys": command_ids})
-        return {row.command_id: command_of(row) for row in rows}
-
-    @contextlib.contextmanager
-    def savepoint(self) -> Iterator[None]:
-        # Savepoints here never nest, so one fixed name serves (and needs no compiling).
-        emitted = len(self._docs)
-        known = (dict(self._requests), dict(self._machines),
-                 {k: list(v) for k, v in self._owned.items()})
-        self.conn.exec_driver_sql("SAVEPOINT hf_command")
-        try:
-            yield
-        except BaseException:
-            self.conn.exec_driver_sql("ROLLBACK TO SAVEPOINT hf_command")
-            self.conn.exec_driver_sql("RELEASE SAVEPOINT hf_command")
-            del self._docs[emitted:]
-            self._requests, self._machines, self._owned = known
-            raise
-        self.conn.exec_driver_sql("RELEASE SAVEPOINT hf_command")
-
-    def record_command(self, record: CommandRecord) -> None:
-        values = {c: getattr(record, c) for c in COMMAND_COLUMNS}
-        if record.version == 1:
-            self.conn.execute(STMT["insert_command"], {"command_id": record.command_id, **values})
-        else:
-            self._update("update_command", record.command_id, record.version - 1, values)
-
-    def add_dead_letter(self, letter: DeadLetter) -> None:
-        write_dead_letter(self.conn, letter)
-
-    def emit(self, doc: ViewDoc) -> None:
-        """Queue a view document for the outbox; written with the commit."""
-        self._docs.append(doc)
-
+    def machine_named(self, name: str) -> Machine | None:
+        rows = self.conn.execute(STMT["machines_named"], {"key": name}).all()
+        return copy_machine(newest_named(name, rows, self._machines))
 
 def insert_outbox(conn: Connection, docs: list[ViewDoc]) -> list[ViewDoc]:
     """The transaction's view documents in one multi-row insert; returns them with row ids."""

@@ -1,0 +1,160 @@
+"""HostFactory's answers over HTTP, shaped as its provider-plugin scripts print them: the
+plugin's ``getRequestStatus`` is one POST here whatever the number of ids, and any client
+that is not a script gets the same answers (docs/hostfactory.md).
+
+The rules (state -> result, deadlines, grace periods) are ``shared.hostfactory``'s; this
+module only reads the views they apply to, in as few Redis round trips as the answer allows.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from queries_service.cache import ReadCache
+from queries_service.responses import JSON, error
+from shared import hostfactory as hf
+from shared import keys
+from shared.ids import is_valid_id
+from shared.settings import Settings
+
+MAX_STATUS_IDS: Final = 1000
+MAX_LISTED_HOSTS: Final = 10_000
+MAX_BODY_BYTES: Final = 4 * 1024 * 1024
+
+
+class BadBody(Exception):
+    def __init__(self, status: int, problem: str) -> None:
+        super().__init__(problem)
+        self.status = status
+        self.problem = problem
+
+
+async def read_json_object(request: Request, limit: int = MAX_BODY_BYTES) -> dict[str, Any]:
+    """The request body as a JSON object, read no further than ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        raise BadBody(413, f"the body may hold at most {limit} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise BadBody(413, f"the body may hold at most {limit} bytes")
+    try:
+        value = orjson.loads(bytes(body) or b"{}")
+    except orjson.JSONDecodeError as exc:
+        raise BadBody(400, f"the body is not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise BadBody(400, "the body must be a JSON object")
+    return value
+
+
+def listed(body: dict[str, Any], field: str, most: int) -> list[dict[str, Any]]:
+    """``body[field]`` as a list of objects: HostFactory sends a single object where IBM's
+    document shows one, and an array where real installations do."""
+    value = body.get(field)
+    if value is None:
+        return []
+    items = [value] if isinstance(value, dict) else value
+    if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+        raise BadBody(400, f"{field} must be an object or an array of objects")
+    if len(items) > most:
+        raise BadBody(413, f"{field} may list at most {most} entries (got {len(items)})")
+    return items
+
+
+def _command_of(request_id: str) -> str | None:
+    """The command that creates ``req-X`` / ``ret-X`` by default is ``X``."""
+    prefix, sep, command_id = request_id.partition("-")
+    return command_id if sep and prefix in ("req", "ret") and is_valid_id(command_id) else None
+
+
+class HostFactoryAnswers:
+    def __init__(self, cache: ReadCache, settings: Settings,
+                 templates: Callable[[], Awaitable[list[dict[str, Any]]]]) -> None:
+        self.cache = cache
+        self.templates = templates
+        # An id sent moments ago is "running" (not "unknown") until its deadline could pass.
+        self.grace_s = max(settings.request_timeout_s, settings.return_timeout_s)
+
+    async def request_status(self, request: Request) -> Response:
+        try:
+            asked = [e.get("requestId") for e in listed(await read_json_object(request),
+                                                        "requests", MAX_STATUS_IDS)]
+        except BadBody as exc:
+            return error(exc.status, "invalid_body", exc.problem)
+        valid = [i for i in asked if is_valid_id(i)]
+        docs = dict(zip(valid, await self.cache.mget([keys.request_key(i) for i in valid]),
+                        strict=True))
+        missing = [i for i in valid if docs[i] is None and _command_of(i)]
+        outcomes = dict(zip(missing, await self.cache.mget(
+            [keys.command_key(_command_of(i) or "") for i in missing]), strict=True))
+        now = time.time()
+        answers = []
+        for ident in asked:
+            doc = docs.get(ident) if isinstance(ident, str) else None
+            if doc is not None:
+                answers.append(hf.hf_request(orjson.loads(doc), now))
+            elif not is_valid_id(ident):
+                answers.append({"requestId": ident, "status": "complete_with_error",
+                                "message": "not a valid request id", "machines": []})
+            else:
+                outcome = outcomes.get(ident)
+                answers.append(hf.hf_unknown(ident, now, self.grace_s,
+                                             orjson.loads(outcome) if outcome else None))
+        return Response(orjson.dumps({"requests": answers}), 200, media_type=JSON)
+
+    async def return_requests(self, request: Request) -> Response:
+        try:
+            hosts = listed(await read_json_object(request), "machines", MAX_LISTED_HOSTS)
+        except BadBody as exc:
+            return error(exc.status, "invalid_body", exc.problem)
+        found = await self._machines_of(hosts)
+        now = time.time()
+        gone, unknown = [], 0
+        for host, machine in zip(hosts, found, strict=True):
+            if machine is None:
+                unknown += 1
+                continue
+            grace = hf.grace_period(machine, now)
+            if grace is not None:
+                gone.append({"machine": host.get("name") or machine.get("name") or "",
+                             "gracePeriod": grace})
+        message = (f"{len(gone)} of {len(hosts)} listed host(s) gone or going"
+                   + (f"; {unknown} unknown to this provider, not reported" if unknown else ""))
+        return Response(orjson.dumps({"status": "complete", "message": message,
+                                      "requests": gone}), 200, media_type=JSON)
+
+    async def _machines_of(self, hosts: list[dict[str, Any]]) -> list[dict[str, Any] | None]:
+        """Each listed host's machine view: by ``machineId``, else by ``name``."""
+        ids = [h.get("machineId") if is_valid_id(h.get("machineId")) else None for h in hosts]
+        docs = await self._mget_views(keys.machine_key, ids)
+        by_name = [h.get("name") if d is None and isinstance(h.get("name"), str)
+                   and h.get("name") else None for h, d in zip(hosts, docs, strict=True)]
+        if any(by_name):
+            names = await self._mget_views(keys.machine_name_key, by_name)
+            named_ids = [n.get("machine_id") if n else None for n in names]
+            named = await self._mget_views(keys.machine_key, named_ids)
+            docs = [d if d is not None else n for d, n in zip(docs, named, strict=True)]
+        return docs
+
+    async def _mget_views(self, key_of: Callable[[str], str],
+                          idents: list[Any]) -> list[dict[str, Any] | None]:
+        wanted = [i for i in idents if isinstance(i, str) and i]
+        raw = dict(zip(wanted, await self.cache.mget([key_of(i) for i in wanted]), strict=True))
+        return [orjson.loads(d) if isinstance(i, str) and (d := raw.get(i)) else None
+                for i in idents]
+
+    async def available_templates(self, request: Request) -> Response:
+        templates = await self.templates()
+        if not templates:
+            # HostFactory drops a provider that answers an empty list for good.
+            return error(503, "no_templates", "no templates are loaded; see the worker's log")
+        return Response(orjson.dumps({"templates": templates,
+                                      "message": "Get available templates success."}),
+                        200, media_type=JSON)

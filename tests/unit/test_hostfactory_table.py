@@ -1,0 +1,100 @@
+"""HOSTFACTORY.md's state -> result table, transcribed row by row, against the one function
+that applies it (``shared.hostfactory.machine_result``): every machine state x request type
+x deadline case, and the request status rule."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from shared import hostfactory as hf
+
+STATES = ("pending", "running", "stopping", "shutting-down", "stopped", "terminated",
+          "failed", None)
+# machine state -> (acquire, return), before the deadline; None is "unknown to the provider".
+TABLE = {
+    "pending": ("executing", "executing"),
+    "running": ("succeed", "executing"),
+    "stopping": ("fail", "executing"),
+    "shutting-down": ("fail", "executing"),
+    "stopped": ("fail", "succeed"),
+    "terminated": ("fail", "succeed"),
+    "failed": ("fail", "succeed"),
+    None: ("fail", "succeed"),
+}
+
+
+@pytest.mark.parametrize("state", STATES)
+@pytest.mark.parametrize("kind", [hf.ACQUIRE, hf.RETURN])
+@pytest.mark.parametrize("past_deadline", [False, True])
+def test_every_state_type_and_deadline_case(state: str | None, kind: str,
+                                            past_deadline: bool) -> None:
+    before = TABLE[state][0 if kind == hf.ACQUIRE else 1]
+    result, message = hf.machine_result(kind, state, past_deadline=past_deadline)
+    if past_deadline and before == "executing":
+        # "deadline passed, not yet final": fail, saying which deadline.
+        assert result == "fail"
+        assert message == (hf.DEADLINE_PASSED if kind == hf.ACQUIRE else hf.NOT_RETURNED)
+    else:
+        assert result == before
+    assert (message != "") == (result == "fail")
+
+
+def test_running_without_a_name_or_address_is_still_executing() -> None:
+    assert hf.machine_result(hf.ACQUIRE, "running", addressed=False)[0] == "executing"
+    assert hf.machine_result(hf.ACQUIRE, "running", addressed=False,
+                             past_deadline=True)[0] == "fail"
+
+
+@pytest.mark.parametrize("state", STATES)
+def test_a_late_machine_of_an_acquire_request_fails(state: str | None) -> None:
+    result, message = hf.machine_result(hf.ACQUIRE, state, late=True)
+    assert result == "fail" and message
+
+
+@pytest.mark.parametrize(("asked", "results", "past", "expected"), [
+    (3, [], False, "running"),
+    (3, ["succeed", "succeed"], False, "running"),          # fewer reported than asked
+    (3, ["succeed", "succeed"], True, "complete_with_error"),
+    (3, ["succeed", "executing", "succeed"], True, "running"),  # still executing
+    (2, ["succeed", "succeed"], False, "complete"),
+    (2, ["succeed", "fail"], False, "complete_with_error"),
+    (1, [], True, "complete_with_error"),
+])
+def test_request_status(asked: int, results: list[str], past: bool, expected: str) -> None:
+    assert hf.request_status(asked, results, past) == expected
+
+
+def test_a_view_past_its_deadline_answers_final_before_the_worker_acts() -> None:
+    now = time.time()
+    view = {"request_id": "req-a", "kind": "acquire", "status": "in_progress",
+            "max_number": 2, "deadline_at": now - 1, "machines": [
+                {"machine_id": "m1", "status": "running", "name": "h1", "private_ip": "10.0.0.1",
+                 "created_at": now},
+                {"machine_id": "m2", "status": "pending", "created_at": now}]}
+    answer = hf.hf_request(view, now)
+    assert answer["status"] == "complete_with_error"
+    assert [m["result"] for m in answer["machines"]] == ["succeed", "fail"]
+    assert hf.hf_request({**view, "deadline_at": now + 60}, now)["status"] == "running"
+
+
+def test_time_ordered_ids_carry_their_time() -> None:
+    now = time.time()
+    ident = hf.time_ordered_id(now)
+    assert abs((hf.issued_at(f"req-{ident}") or 0) - now) < 0.002
+    assert hf.issued_at("req-not-a-uuid") is None
+    assert hf.issued_at("req-0b5f1b6e-8d0c-4b7e-9a77-1c1d8e3e2f10") is None  # version 4
+
+
+@pytest.mark.parametrize(("status", "reclaim_in", "expected"), [
+    ("running", None, None), ("pending", None, None), ("stopping", None, None),
+    ("shutting-down", None, 0),
+    ("terminated", None, 0), ("stopped", None, 0), ("failed", None, 0),
+    ("running", 120, 120), ("running", -30, 0),
+])
+def test_grace_period(status: str, reclaim_in: int | None, expected: int | None) -> None:
+    now = 1_800_000_000.0
+    machine = {"status": status,
+               "reclaim_at": None if reclaim_in is None else now + reclaim_in}
+    assert hf.grace_period(machine, now) == expected
