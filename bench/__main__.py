@@ -305,9 +305,11 @@ def _http_ok(url: str) -> bool:
         return False
 
 
-def wrk(url: str, connections: int, duration_s: int) -> dict[str, Any]:
+def wrk(url: str, connections: int, duration_s: int,
+        script: Path | None = None) -> dict[str, Any]:
+    extra = ["-s", str(script)] if script else []
     out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{duration_s}s", "--latency",
-                          url], capture_output=True, text=True, check=True).stdout
+                          *extra, url], capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     latency = dict(re.findall(r"^\s+(50|99)%\s+([\d.]+\w+)", out, re.M))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)

@@ -2,6 +2,6 @@
 
 import sys
 
-from hfctl.cli import main
+from hfctl.main import main
 
 sys.exit(main())

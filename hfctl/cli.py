@@ -187,9 +187,22 @@ def _add_store_operations(sub: Any) -> None:
     validate.set_defaults(fn=cmd_templates_validate)
 
 
+def _plugin(args: argparse.Namespace) -> int:
+    from hfctl.plugin import main as plugin
+
+    return plugin([args.operation, "-f", args.file])
+
+
 def _parser() -> argparse.ArgumentParser:
+    from hfctl.plugin import OPERATIONS
+
     parser = argparse.ArgumentParser(prog="hfctl", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    plugin = sub.add_parser("hostfactory", help="the HostFactory provider plugin: one "
+                            "JSON object on stdout (hostfactory/scripts/*.sh run this)")
+    plugin.add_argument("operation", choices=OPERATIONS)
+    plugin.add_argument("-f", "--file", required=True, help="HostFactory's input file")
+    plugin.set_defaults(fn=_plugin)
     for add in (_add_up, _add_send, _add_status, _add_store_operations):
         add(sub)
     return parser

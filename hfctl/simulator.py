@@ -1,8 +1,9 @@
 """A simulated provider: answers each new request by reporting its machines through the
-public commands, ``pending`` and then ``running`` (or ``failed`` at a set rate).
+public commands, ``pending`` and then ``running`` (or ``failed`` at a set rate), and each
+return request by reporting its machines ``shutting-down`` and then ``terminated``.
 
-It learns of new requests as any outside system could: by listing the pending requests on
-the query service (``GET /requests?status=pending``) a few times a second.
+It learns of requests as any outside system could: by listing them on the query service
+(``GET /requests?status=pending`` and ``?status=in_progress``) a few times a second.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class Simulator:
         self.random = random.Random(seed)
         self.queue: list[_Report] = []
         self.seen: set[str] = set()
+        self.returning: set[str] = set()
 
     def plan(self, view: dict[str, Any]) -> None:
         """Machines for a request nobody has reported on yet."""
@@ -53,8 +55,9 @@ class Simulator:
             machine_id = f"{request_id}-m{n}"
             start = now + self.random.uniform(0.05, 0.3) * self.delay_s
             ip = f"192.0.2.{self.random.randint(1, 254)}"  # TEST-NET-1: never routed
-            meta = {"name": f"sim-{n}", "private_ip": ip, "instance_type": "t3.micro",
-                    "price_type": "ondemand", "launch_time": int(now)}
+            meta = {"name": f"{machine_id}.sim.internal", "private_ip": ip,
+                    "instance_type": "t3.micro", "price_type": "ondemand",
+                    "launch_time": int(now)}
             heapq.heappush(self.queue, _Report(start, machine_id, "pending", request_id, meta))
             failed = self.random.random() < self.failure_rate
             final = _Report(start + self.random.uniform(0.5, 1.5) * self.delay_s, machine_id,
@@ -63,6 +66,26 @@ class Simulator:
             heapq.heappush(self.queue, final)
         log.info("planned machines", extra={"request_id": request_id,
                                             "machines": view["max_number"]})
+
+    def plan_return(self, view: dict[str, Any]) -> None:
+        """Terminate the machines a new return request gives back."""
+        request_id = view["request_id"]
+        if view.get("kind") != "return" or request_id in self.returning:
+            return
+        full = fetch_json(f"{self.query_url}/requests/{quote(request_id)}")
+        if full is None:
+            return
+        self.returning.add(request_id)
+        now = time.time()
+        for machine in full.get("machines") or []:
+            if machine["status"] in ("shutting-down", "terminated", "failed"):
+                continue
+            start = now + self.random.uniform(0.05, 0.3) * self.delay_s
+            for status, at in (("shutting-down", start),
+                               ("terminated", start + self.random.uniform(0.3, 1) * self.delay_s)):
+                heapq.heappush(self.queue, _Report(at, machine["machine_id"], status,
+                                                   machine["request_id"]))
+        log.info("returning machines", extra={"request_id": request_id})
 
     def send_due(self) -> int:
         sent = 0
@@ -75,26 +98,34 @@ class Simulator:
             sent += 1
         return sent
 
-    def pending(self) -> Iterator[dict[str, Any]]:
-        """Every pending request's summary view, page by page."""
+    def listing(self, status: str) -> Iterator[dict[str, Any]]:
+        """Every summary view of requests in ``status``, page by page."""
         cursor: str | None = ""
         while cursor is not None:
-            page = fetch_json(f"{self.query_url}/requests?status=pending&limit=500"
+            page = fetch_json(f"{self.query_url}/requests?status={status}&limit=500"
                               + (f"&cursor={quote(cursor)}" if cursor else ""))
             if page is None:
                 return
             yield from page["requests"]
             cursor = page["next_cursor"]
 
+    def look(self) -> None:
+        listed = set()
+        for view in self.listing("pending"):
+            self.plan(view)
+            listed.add(view["request_id"])
+        self.seen &= listed  # reported on: no longer pending, never listed again
+        returning = set()
+        for view in self.listing("in_progress"):
+            self.plan_return(view)
+            returning.add(view["request_id"])
+        self.returning &= returning
+
     def run(self, stop_after_s: float | None = None) -> None:
         deadline = None if stop_after_s is None else time.monotonic() + stop_after_s
         while deadline is None or time.monotonic() < deadline:
             try:
-                listed = set()
-                for view in self.pending():
-                    self.plan(view)
-                    listed.add(view["request_id"])
-                self.seen &= listed  # reported on: no longer pending, never listed again
+                self.look()
             except OSError as exc:  # the query service is not up yet, or restarting
                 log.warning("cannot list pending requests", extra={"error": str(exc)})
             self.send_due()

@@ -88,7 +88,7 @@ class HostFactoryAnswers:
                                                         "requests", MAX_STATUS_IDS)]
         except BadBody as exc:
             return error(exc.status, "invalid_body", exc.problem)
-        valid = [i for i in asked if is_valid_id(i)]
+        valid = [str(i) for i in asked if is_valid_id(i)]
         docs = dict(zip(valid, await self.cache.mget([keys.request_key(i) for i in valid]),
                         strict=True))
         missing = [i for i in valid if docs[i] is None and _command_of(i)]
@@ -100,7 +100,7 @@ class HostFactoryAnswers:
             doc = docs.get(ident) if isinstance(ident, str) else None
             if doc is not None:
                 answers.append(hf.hf_request(orjson.loads(doc), now))
-            elif not is_valid_id(ident):
+            elif not isinstance(ident, str) or not is_valid_id(ident):
                 answers.append({"requestId": ident, "status": "complete_with_error",
                                 "message": "not a valid request id", "machines": []})
             else:

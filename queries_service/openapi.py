@@ -59,6 +59,60 @@ def _get(summary: str, op_id: str, ok: dict[str, Any],
                     "responses": {"200": {"description": "OK", **ok}, **_ERRORS}}}
 
 
+_HF_MACHINE = {"type": "object", "required": [
+    "machineId", "name", "result", "status", "privateIpAddress", "launchtime", "message",
+    "priceType", "instanceType", "instanceTags", "cloudHostId"], "properties": {
+    "machineId": {"type": "string"}, "name": {"type": "string"},
+    "result": {"enum": ["executing", "succeed", "fail"]}, "status": {"type": "string"},
+    "privateIpAddress": {"type": ["string", "null"]},
+    "publicIpAddress": {"type": "string"}, "launchtime": {"type": "integer"},
+    "message": {"type": "string"}, "priceType": {"type": ["string", "null"]},
+    "instanceType": {"type": ["string", "null"]}, "instanceTags": {"type": "string"},
+    "cloudHostId": {"type": ["string", "null"]}, "rcAccount": {"type": "string"}},
+    "additionalProperties": False}
+_HF_HOSTS = {"type": "object", "properties": {"machines": {"oneOf": [
+    {"type": "array", "maxItems": 10000, "items": {"type": "object"}}, {"type": "object"}]}}}
+_HF_OPERATIONS: dict[str, tuple[str, str, dict[str, Any], dict[str, Any]]] = {
+    "/hostfactory/request-status": (
+        "getRequestStatus", "HostFactory's getRequestStatus for up to 1000 ids, in one call",
+        {"type": "object", "properties": {"requests": {"oneOf": [
+            {"type": "array", "maxItems": 1000, "items": {"type": "object", "properties": {
+                "requestId": {"type": "string"}}}}, {"type": "object"}]}}},
+        {"type": "object", "properties": {"requests": {"type": "array", "items": {
+            "type": "object", "properties": {
+                "requestId": {"type": "string"},
+                "status": {"enum": ["running", "complete", "complete_with_error"]},
+                "message": {"type": "string"},
+                "machines": {"type": "array", "items": _HF_MACHINE}}}}}}),
+    "/hostfactory/return-requests": (
+        "getReturnRequests", "HostFactory's getReturnRequests: which listed hosts are gone "
+        "or going", _HF_HOSTS,
+        {"type": "object", "properties": {
+            "status": {"const": "complete"}, "message": {"type": "string"},
+            "requests": {"type": "array", "items": {"type": "object", "properties": {
+                "machine": {"type": "string"},
+                "gracePeriod": {"type": "integer", "minimum": 0}}}}}}),
+}
+
+
+def _hostfactory_paths() -> dict[str, Any]:
+    paths: dict[str, Any] = {}
+    for path, (op_id, summary, body, answer) in _HF_OPERATIONS.items():
+        paths[path] = {"post": {
+            "summary": summary, "operationId": op_id,
+            "requestBody": {"required": True, **_json(body)},
+            "responses": {"200": {"description": "OK", **_json(answer)},
+                          "400": {"description": "not a JSON object", **_json(_ref("ErrorBody"))},
+                          "413": {"description": "too large", **_json(_ref("ErrorBody"))},
+                          **_ERRORS}}}
+    paths["/hostfactory/templates"] = _get(
+        "HostFactory's getAvailableTemplates (503 rather than an empty list)",
+        "getAvailableTemplates", _json({"type": "object", "properties": {
+            "templates": {"type": "array", "minItems": 1, "items": {"type": "object"}},
+            "message": {"type": "string"}}}), [])
+    return paths
+
+
 def _paths(parameters: Parameters) -> dict[str, Any]:
     paths: dict[str, Any] = {}
     for path, operation, op_id, summary, schema, ident in _PATHS:
@@ -73,6 +127,7 @@ def _paths(parameters: Parameters) -> dict[str, Any]:
     paths["/readyz"] = _get("Readiness: the read cache answers", "readyz", plain, [])
     paths["/metrics"] = _get("Prometheus metrics", "metrics",
                              {"content": {"text/plain": {"schema": {"type": "string"}}}}, [])
+    paths.update(_hostfactory_paths())
     return paths
 
 

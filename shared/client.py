@@ -35,10 +35,18 @@ class Sent:
 
 
 class CommandClient:
-    def __init__(self, broker_url: str) -> None:
+    def __init__(self, broker_url: str, connect_timeout_s: float | None = None) -> None:
         self.app = Celery("hostfactory-producer", broker=broker_url, set_as_current=False)
         self.app.conf.update(task_serializer="json", accept_content=["json"],
                              broker_connection_retry_on_startup=True)
+        if connect_timeout_s is not None:
+            # Fail within seconds when the broker is away, instead of retrying for long.
+            self.app.conf.update(
+                broker_connection_timeout=connect_timeout_s,
+                broker_transport_options={"socket_connect_timeout": connect_timeout_s,
+                                          "socket_timeout": connect_timeout_s},
+                task_publish_retry_policy={"max_retries": 2, "interval_start": 0,
+                                           "interval_step": 0.5, "interval_max": 1})
 
     @classmethod
     def from_env(cls) -> CommandClient:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Any
+from typing import Any, TextIO
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
@@ -25,9 +25,12 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, default=str)
 
 
-def configure(level: str = "INFO") -> None:
-    """Our loggers speak JSON on stderr; Celery's own logging is left as it is."""
-    handler = logging.StreamHandler()
+def configure(level: str = "INFO", stream: TextIO | None = None) -> None:
+    """Our loggers speak JSON on stderr (or ``stream``); Celery's own logging is left as
+    it is. An unknown level name logs at INFO."""
+    if level not in logging.getLevelNamesMapping():
+        level = "INFO"
+    handler = logging.StreamHandler(stream)
     handler.setFormatter(JsonFormatter())
     for name in ("hostfactory",):
         logger = logging.getLogger(name)

@@ -46,3 +46,9 @@ def create_request(self: Task, *args: Any, **kwargs: Any) -> str:
           base=BatchedCommandTask)
 def update_machine_status(self: Task, *args: Any, **kwargs: Any) -> str:
     return run_command(self, args, kwargs)
+
+
+@app.task(name=names.RETURN_MACHINES_TASK, bind=True,  # type: ignore[untyped-decorator]
+          base=BatchedCommandTask)
+def return_machines(self: Task, *args: Any, **kwargs: Any) -> str:
+    return run_command(self, args, kwargs)

@@ -81,6 +81,10 @@ def test_acquire_and_return_mixed_in_one_batch(client: TestClient, rclient: redi
     first = acquire["machines"][0]
     assert set(first) == MACHINE_KEYS and first["instanceTags"] == "team=hpc"
     assert first["launchtime"] == 1795860000 and first["name"] == "h1"
+    spec = client.get("/openapi.json").json()["paths"]["/hostfactory/request-status"]["post"]
+    answer = spec["responses"]["200"]["content"]["application/json"]["schema"]
+    machine = answer["properties"]["requests"]["items"]["properties"]["machines"]["items"]
+    assert set(machine["required"]) == MACHINE_KEYS  # the document says what is served
     up(pair, "req-a", "h3")
     pair.send("return_machines", machines=[{"name": "h1", "machine_id": "i-h1"},
                                            {"name": "h2"}], request_id="ret-b")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -115,7 +116,8 @@ def machine_values(machine: Machine) -> dict[str, Any]:
             "return_request_id": machine.return_request_id, "late": machine.late}
 
 
-def newest_named(name: str, rows: list[Any], known: dict[str, Machine | None]) -> Machine | None:
+def newest_named(name: str, rows: Sequence[Any],
+                 known: dict[str, Machine | None]) -> Machine | None:
     """Of the machines named so (rows newest first, read through what the transaction
     knows), one still up before one that is gone: host names are used again."""
     for row in rows:

@@ -1,0 +1,289 @@
+"""The HostFactory provider plugin: ``hfctl hostfactory OP -f INPUT_FILE``.
+
+HostFactory (IBM Spectrum Symphony, LSF's resource connector) runs one of five scripts
+(``hostfactory/scripts/OP.sh``) with ``-f input.json`` and reads exactly one JSON object from
+stdout; exit 0 on success, 1 with ``{"message": ...}`` on any failure. Logs go to
+``$HF_PROVIDER_LOGDIR`` (or stderr), never to stdout.
+
+The plugin is a client of the pair: it sends commands by the public wire contract (Celery
+messages on the broker) and reads the query service's ``/hostfactory/...`` answers over HTTP.
+The three reading operations import neither Celery nor pydantic, so they start fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, TextIO
+
+from shared import hostfactory as hf
+
+OPERATIONS: Final = ("getAvailableTemplates", "requestMachines", "requestReturnMachines",
+                     "getRequestStatus", "getReturnRequests")
+CONFIG_FILE: Final = "hostfactory-cqrs.json"
+# Keys HostFactory's requestMachines input may carry besides the template; LSF adds these.
+PASSED_ON: Final = ("rc_account", "userData")
+log = logging.getLogger("hostfactory.plugin")
+
+
+class PluginError(Exception):
+    """What HostFactory is told (exit 1, ``{"message": ...}``); it retries the call later."""
+
+
+@dataclass(frozen=True)
+class PluginConfig:
+    broker_url: str
+    query_url: str
+    token: str | None
+    timeout_s: float
+    provider: str
+
+    @classmethod
+    def load(cls, env: Mapping[str, str]) -> PluginConfig:
+        """The environment, over ``$HF_PROVIDER_CONFDIR/hostfactory-cqrs.json`` (LSF:
+        ``$PRO_CONF_DIR``), over the defaults."""
+        merged = {**_config_file(env), **{k: v for k, v in env.items() if v}}
+        try:
+            timeout_s = float(merged.get("HF_CQRS_HTTP_TIMEOUT_S", "20"))
+        except ValueError:
+            raise PluginError("HF_CQRS_HTTP_TIMEOUT_S must be a number of seconds") from None
+        return cls(
+            broker_url=merged.get("BROKER_URL") or merged.get("REDIS_URL")
+            or "redis://localhost:6379/0",
+            query_url=(merged.get("QUERY_URL") or "http://127.0.0.1:8080").rstrip("/"),
+            token=merged.get("QUERY_API_TOKEN") or None,
+            timeout_s=timeout_s,
+            provider=merged.get("HF_PROVIDER_NAME") or "hostfactory-cqrs",
+        )
+
+
+def _config_file(env: Mapping[str, str]) -> dict[str, str]:
+    confdir = env.get("HF_PROVIDER_CONFDIR") or env.get("PRO_CONF_DIR")
+    if not confdir:
+        return {}
+    path = Path(confdir) / CONFIG_FILE
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise PluginError(f"cannot read {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise PluginError(f"{path} must hold a JSON object of settings")
+    return {str(k): str(v) for k, v in data.items() if v is not None}
+
+
+# --- HTTP to the query service ------------------------------------------------------------
+def _http(config: PluginConfig, path: str, body: object | None = None) -> Any:
+    """One request to the query service; its JSON answer, or a PluginError that says why."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(config.query_url + path, data=data,
+                                     method="GET" if data is None else "POST")
+    request.add_header("Accept", "application/json")
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    if config.token:
+        request.add_header("Authorization", f"Bearer {config.token}")
+    started = time.monotonic()
+    try:
+        with urllib.request.urlopen(request, timeout=config.timeout_s) as response:
+            answer = json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        raise PluginError(f"the query service answered {exc.code} to {path}: "
+                          f"{_detail(exc)}") from None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise PluginError(f"the query service at {config.query_url} is unreachable "
+                          f"({reason})") from None
+    log.debug("query service answered", extra={"event": "http", "path": path,
+                                               "ms": round((time.monotonic() - started) * 1e3)})
+    return answer
+
+
+def _detail(exc: urllib.error.HTTPError) -> str:
+    try:
+        body = json.loads(exc.read())
+    except (ValueError, OSError):
+        return exc.reason
+    return str(body.get("detail") or body.get("error") or body) if isinstance(body, dict) \
+        else str(body)
+
+
+# --- the five operations ------------------------------------------------------------------
+def get_available_templates(config: PluginConfig, _: dict[str, Any]) -> dict[str, Any]:
+    answer = _http(config, "/hostfactory/templates")
+    if not answer.get("templates"):  # never an empty list: HostFactory would drop us
+        raise PluginError("no templates are loaded")
+    return dict(answer)
+
+
+def get_request_status(config: PluginConfig, given: dict[str, Any]) -> dict[str, Any]:
+    answer = _http(config, "/hostfactory/request-status",
+                   {"requests": _entries(given, "requests")})
+    return {"requests": answer["requests"]}
+
+
+def get_return_requests(config: PluginConfig, given: dict[str, Any]) -> dict[str, Any]:
+    return dict(_http(config, "/hostfactory/return-requests",
+                      {"machines": _entries(given, "machines")}))
+
+
+def request_machines(config: PluginConfig, given: dict[str, Any]) -> dict[str, Any]:
+    template = given.get("template")
+    if isinstance(template, list) and len(template) == 1:
+        template = template[0]
+    if not isinstance(template, dict):
+        raise PluginError('the input needs "template": {"templateId", "machineCount"}')
+    template_id, count = template.get("templateId"), template.get("machineCount")
+    if not isinstance(template_id, str) or not template_id:
+        raise PluginError("template.templateId must be a template's id")
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise PluginError(f"template.machineCount must be a whole number ≥ 1 (got {count!r})")
+    _check_template(config, template_id, count)
+    attributes = {k: given[k] for k in PASSED_ON if given.get(k) is not None}
+    command_id = hf.time_ordered_id()
+    _send(config, "commands.create_request", {
+        "template_id": template_id, "max_number": count, "command_id": command_id,
+        "attributes": attributes or None, "user_id": config.provider})
+    return {"requestId": f"req-{command_id}", "message": "Request accepted."}
+
+
+def _check_template(config: PluginConfig, template_id: str, count: int) -> None:
+    query = urllib.parse.urlencode({"templateId": template_id, "limit": 1})
+    found = _http(config, f"/templates?{query}").get("templates") or []
+    if not found:
+        raise PluginError(f"unknown template {template_id!r}")
+    most = found[0].get("maxNumber")
+    if isinstance(most, int) and most != -1 and count > most:
+        raise PluginError(f"machineCount {count} is over template {template_id!r}'s "
+                          f"maxNumber {most}")
+
+
+def request_return_machines(config: PluginConfig, given: dict[str, Any]) -> dict[str, Any]:
+    machines = []
+    for entry in _entries(given, "machines"):
+        name = entry.get("name")
+        if not isinstance(name, str) or not name:
+            raise PluginError(f"every machine needs its host name: {entry!r}")
+        machine_id = entry.get("machineId")
+        machines.append({"name": name, **({"machine_id": machine_id}
+                                          if isinstance(machine_id, str) and machine_id
+                                          else {})})
+    if not machines:
+        raise PluginError('the input lists no machines ("machines": [{"name": ...}])')
+    command_id = hf.time_ordered_id()
+    _send(config, "commands.return_machines", {
+        "machines": machines, "command_id": command_id, "user_id": config.provider})
+    return {"requestId": f"ret-{command_id}", "message": "Return accepted."}
+
+
+def _entries(given: dict[str, Any], field: str) -> list[dict[str, Any]]:
+    value = given.get(field, [])
+    items = [value] if isinstance(value, dict) else value
+    if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+        raise PluginError(f"{field} must be an object or an array of objects")
+    return items
+
+
+def _send(config: PluginConfig, task: str, kwargs: dict[str, Any]) -> None:
+    """Validate with the worker's own models, then publish; a broker that does not take the
+    message within a few seconds is an error HostFactory retries."""
+    from pydantic import ValidationError
+
+    from shared.client import CommandClient
+
+    client = CommandClient(config.broker_url, connect_timeout_s=min(config.timeout_s, 5.0))
+    try:
+        sent = client.send(task, kwargs)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
+                             for e in exc.errors(include_url=False))
+        raise PluginError(f"refused before sending: {problems}") from None
+    except Exception as exc:  # kombu raises many kinds; all mean "not sent"
+        raise PluginError(f"the broker at {_safe(config.broker_url)} did not take the "
+                          f"command ({type(exc).__name__}: {exc})") from None
+    finally:
+        client.close()
+    log.info("command sent", extra={"event": "sent", "task": task,
+                                    "command_id": sent.command_id})
+
+
+def _safe(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    return f"{parts.scheme}://{host}{f':{parts.port}' if parts.port else ''}"
+
+
+HANDLERS: Final[dict[str, Callable[[PluginConfig, dict[str, Any]], dict[str, Any]]]] = {
+    "getAvailableTemplates": get_available_templates,
+    "requestMachines": request_machines,
+    "requestReturnMachines": request_return_machines,
+    "getRequestStatus": get_request_status,
+    "getReturnRequests": get_return_requests,
+}
+
+
+# --- the entry point ----------------------------------------------------------------------
+def _input(argv: list[str]) -> tuple[str, dict[str, Any]]:
+    if not argv or argv[0] not in HANDLERS:
+        raise PluginError(f"usage: hfctl hostfactory {{{','.join(OPERATIONS)}}} -f FILE")
+    rest = argv[1:]
+    if len(rest) != 2 or rest[0] not in ("-f", "--file"):
+        raise PluginError(f"usage: hfctl hostfactory {argv[0]} -f INPUT_FILE")
+    try:
+        given = json.loads(Path(rest[1]).read_text())
+    except OSError as exc:
+        raise PluginError(f"cannot read the input file {rest[1]}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise PluginError(f"the input file {rest[1]} is not JSON: {exc}") from None
+    if not isinstance(given, dict):
+        raise PluginError(f"the input file {rest[1]} must hold one JSON object")
+    return argv[0], given
+
+
+def _log_to(env: Mapping[str, str]) -> None:
+    """One JSON object per line, to ``$HF_PROVIDER_LOGDIR/hostfactory-cqrs.log`` (LSF:
+    ``$PRO_LOG_DIR``) or to stderr; stdout stays HostFactory's."""
+    from shared import logs
+
+    logdir = env.get("HF_PROVIDER_LOGDIR") or env.get("PRO_LOG_DIR")
+    stream: TextIO = sys.stderr
+    if logdir:
+        with contextlib.suppress(OSError):
+            Path(logdir).mkdir(parents=True, exist_ok=True)
+            stream = open(Path(logdir) / "hostfactory-cqrs.log", "a")  # noqa: SIM115
+    logs.configure(env.get("LOG_LEVEL", "INFO").upper(), stream=stream)
+
+
+def main(argv: list[str], env: Mapping[str, str] | None = None) -> int:
+    env = os.environ if env is None else env
+    out = sys.stdout
+    started = time.monotonic()
+    code, answer, op = 0, {}, argv[0] if argv else "?"
+    with contextlib.redirect_stdout(sys.stderr):  # whatever prints, prints to the log side
+        try:
+            _log_to(env)
+            op, given = _input(argv)
+            answer = HANDLERS[op](PluginConfig.load(env), given)
+        except PluginError as exc:
+            code, answer = 1, {"message": str(exc)}
+        except Exception as exc:  # never a traceback where HostFactory reads JSON
+            log.exception("operation failed", extra={"event": "plugin_failed", "op": op})
+            code, answer = 1, {"message": f"{op} failed: {type(exc).__name__}: {exc}"}
+        log.log(logging.INFO if code == 0 else logging.WARNING, "operation done", extra={
+            "event": "plugin_op", "op": op, "exit": code,
+            "ms": round((time.monotonic() - started) * 1e3),
+            **({"reason": answer["message"]} if code else {})})
+    out.write(json.dumps(answer) + "\n")
+    out.flush()
+    return code

@@ -1,0 +1,181 @@
+"""The five provider-plugin scripts driven exactly as HostFactory drives them: an input file
+passed with ``-f``, HostFactory's environment (settings from ``$HF_PROVIDER_CONFDIR``, logs
+to ``$HF_PROVIDER_LOGDIR``), stdout parsed as one JSON object, the exit code checked; over
+real Redis and real worker, query service and simulator processes."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import ROOT, Proc, free_port, wait_for
+
+SCRIPTS = ROOT / "hostfactory" / "scripts"
+HFCTL = Path(sys.executable).parent / "hfctl"
+
+
+class HostFactory:
+    """What HostFactory does: writes an input file, runs OP.sh -f FILE, reads stdout."""
+
+    def __init__(self, tmp_path: Path, env: dict[str, str]) -> None:
+        self.tmp = tmp_path
+        self.env = env
+        self.calls = itertools.count()
+
+    def call(self, op: str, body: object, **env: str) -> tuple[int, dict[str, Any]]:
+        path = self.tmp / f"input-{next(self.calls)}.json"
+        path.write_text(json.dumps(body))
+        done = subprocess.run([str(SCRIPTS / f"{op}.sh"), "-f", str(path)],
+                              env={**self.env, **env}, capture_output=True, timeout=60,
+                              check=False)
+        lines = done.stdout.decode().splitlines()
+        assert len(lines) == 1, (done.stdout, done.stderr)  # exactly one object, nothing else
+        answer = json.loads(lines[0])
+        assert isinstance(answer, dict)
+        assert done.returncode in (0, 1), done.stderr
+        if done.returncode == 1:
+            assert set(answer) == {"message"} and answer["message"]
+        return done.returncode, answer
+
+    def ok(self, op: str, body: object, **env: str) -> dict[str, Any]:
+        code, answer = self.call(op, body, **env)
+        assert code == 0, answer
+        return answer
+
+    def status(self, *ids: str) -> list[dict[str, Any]]:
+        answer = self.ok("getRequestStatus", {"requests": [{"requestId": i} for i in ids]})
+        requests: list[dict[str, Any]] = answer["requests"]
+        return requests
+
+    def until(self, request_id: str, status: str, timeout_s: float = 30) -> dict[str, Any]:
+        found: dict[str, Any] = wait_for(
+            lambda: next((r for r in self.status(request_id) if r["status"] == status), None),
+            timeout_s, every_s=0.2, what=f"{request_id} to be {status}")
+        return found
+
+
+@pytest.fixture
+def hostfactory(stack_env: dict[str, str], query_url: str, tmp_path: Path) -> HostFactory:
+    confdir, logdir, workdir = (tmp_path / d for d in ("conf", "log", "work"))
+    for d in (confdir, logdir, workdir):
+        d.mkdir()
+    # Settings from the provider's conf file; the environment HostFactory gives holds none.
+    (confdir / "hostfactory-cqrs.json").write_text(json.dumps(
+        {"QUERY_URL": query_url, "BROKER_URL": stack_env["REDIS_URL"]}))
+    env = {"PATH": "/usr/bin:/bin", "HFCQRS_HFCTL": str(HFCTL),
+           "HF_PROVIDER_NAME": "hfcqrs", "HF_PROVIDER_CONFDIR": str(confdir),
+           "HF_PROVIDER_LOGDIR": str(logdir), "HF_PROVIDER_WORKDIR": str(workdir)}
+    return HostFactory(tmp_path, env)
+
+
+@pytest.fixture
+def simulator(stack_env: dict[str, str], query_url: str, tmp_path: Path) -> Any:
+    proc = Proc([sys.executable, "-m", "hfctl", "simulate", "--delay", "0.2"],
+                {**stack_env, "QUERY_URL": query_url}, tmp_path / "simulator.log").start()
+    yield proc
+    proc.stop()
+
+
+def report(producer: Any, machine_id: str, status: str, **kwargs: Any) -> None:
+    producer.send_task("commands.update_machine_status", queue="commands.machines",
+                       kwargs={"machine_id": machine_id, "status": status,
+                               "observed_at": time.time(), **kwargs})
+
+
+def test_a_whole_cycle_through_the_five_scripts(hostfactory: HostFactory, worker: Proc,
+                                                simulator: Proc, producer: Any,
+                                                tmp_path: Path) -> None:
+    templates = hostfactory.ok("getAvailableTemplates", {})["templates"]
+    small = next(t for t in templates if t["templateId"] == "x86-small")
+    assert all(isinstance(v, list) and len(v) == 2 and isinstance(v[1], str)
+               for v in small["attributes"].values())
+    accepted = hostfactory.ok("requestMachines",
+                              {"template": {"templateId": "x86-small", "machineCount": 3}})
+    request_id = accepted["requestId"]
+    assert request_id.startswith("req-")
+    done = hostfactory.until(request_id, "complete")
+    machines = done["machines"]
+    assert [m["result"] for m in machines] == ["succeed"] * 3
+    assert all(m["name"] and m["privateIpAddress"] for m in machines)
+    first, second, third = machines
+    returned = hostfactory.ok("requestReturnMachines", {"machines": [
+        {"name": first["name"], "machineId": first["machineId"]},
+        {"name": second["name"]}]})  # by host name only
+    ret = hostfactory.until(returned["requestId"], "complete")  # the simulator terminates
+    assert [(m["result"], m["status"]) for m in ret["machines"]] == [
+        ("succeed", "terminated")] * 2
+    listed = {"machines": [{"name": third["name"], "machineId": third["machineId"]}]}
+    assert hostfactory.ok("getReturnRequests", listed)["requests"] == []
+    # A spot interruption notice: about 120 s left.
+    report(producer, third["machineId"], "running", metadata={"reclaim_at": time.time() + 120})
+    notice = wait_for(lambda: hostfactory.ok("getReturnRequests", listed)["requests"],
+                      20, every_s=0.2, what="the reclaim notice")
+    assert notice[0]["machine"] == third["name"] and 110 <= notice[0]["gracePeriod"] <= 120
+    # Terminated out of band (a console termination): gone, grace period 0.
+    report(producer, third["machineId"], "terminated")
+    wait_for(lambda: hostfactory.ok("getReturnRequests", listed)["requests"] == [
+        {"machine": third["name"], "gracePeriod": 0}], 20, every_s=0.2, what="termination")
+    log = (tmp_path / "log" / "hostfactory-cqrs.log").read_text()
+    assert '"op": "requestMachines"' in log and '"exit": 0' in log
+
+
+def test_deadlines_end_requests(hostfactory: HostFactory, start_worker: Callable[..., Proc],
+                                producer: Any) -> None:
+    start_worker(REQUEST_TIMEOUT_S="3")
+    silent = hostfactory.ok("requestMachines", {"template": [
+        {"templateId": "x86-small", "machineCount": 2}]})["requestId"]
+    partial = hostfactory.ok("requestMachines",
+                             {"template": {"templateId": "x86-small", "machineCount": 3}})
+    partial_id = partial["requestId"]
+    for n in range(2):
+        report(producer, f"{partial_id}-m{n}", "running", request_id=partial_id,
+               metadata={"name": f"h{n}.example", "private_ip": f"10.0.0.{n}"})
+    assert hostfactory.status(silent)[0]["status"] == "running"
+    nothing = hostfactory.until(silent, "complete_with_error", timeout_s=15)
+    assert nothing["machines"] == [] and "deadline passed" in nothing["message"]
+    some = hostfactory.until(partial_id, "complete_with_error", timeout_s=15)
+    assert [m["result"] for m in some["machines"]] == ["succeed", "succeed"]
+    assert "2 of 3" in some["message"]
+    # A machine launched after the deadline is recorded, as failed, launched too late.
+    report(producer, f"{partial_id}-m2", "running", request_id=partial_id,
+           metadata={"name": "h2.example", "private_ip": "10.0.0.2"})
+    late = wait_for(lambda: [m for m in hostfactory.status(partial_id)[0]["machines"]
+                             if m["machineId"].endswith("-m2")], 20, every_s=0.2,
+                    what="the late machine")
+    assert late[0]["result"] == "fail" and "after the request's deadline" in late[0]["message"]
+    unknown = hostfactory.status("req-nobody-knows")[0]
+    assert (unknown["status"], unknown["machines"]) == ("complete_with_error", [])
+
+
+def test_refusals_are_one_object_and_exit_1(hostfactory: HostFactory, worker: Proc) -> None:
+    code, answer = hostfactory.call("requestMachines",
+                                    {"template": {"templateId": "nope", "machineCount": 1}})
+    assert code == 1 and "unknown template 'nope'" in answer["message"]
+    code, answer = hostfactory.call("requestMachines",
+                                    {"template": {"templateId": "x86-small", "machineCount": 11}})
+    assert code == 1 and "maxNumber 10" in answer["message"]
+    code, answer = hostfactory.call("requestReturnMachines", {"machines": [{"machineId": "x"}]})
+    assert code == 1 and "host name" in answer["message"]
+    # LOG_LEVEL=DEBUG: still exactly one object on stdout (call() checks it).
+    assert hostfactory.ok("getRequestStatus", {"requests": {"requestId": "req-x"}},
+                          LOG_LEVEL="DEBUG")["requests"][0]["requestId"] == "req-x"
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    code, answer = hostfactory.call("getRequestStatus", {"requests": []}, QUERY_URL=nowhere)
+    assert code == 1 and "unreachable" in answer["message"]
+    code, answer = hostfactory.call(
+        "requestReturnMachines", {"machines": [{"name": "h1"}]},
+        BROKER_URL=f"redis://127.0.0.1:{free_port()}/0")
+    assert code == 1 and "broker" in answer["message"]
+    path = hostfactory.tmp / "broken.json"
+    path.write_text("{not json")
+    done = subprocess.run([str(SCRIPTS / "getReturnRequests.sh"), "-f", str(path)],
+                          env=hostfactory.env, capture_output=True, timeout=30, check=False)
+    assert done.returncode == 1 and "not JSON" in json.loads(done.stdout)["message"]
