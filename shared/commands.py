@@ -34,6 +34,10 @@ MAX_RECLAIM_AHEAD_S: Final = 7 * 24 * 3600.0
 
 Id = Annotated[StrictStr, Field(min_length=1, max_length=MAX_ID_LEN, pattern=ID_PATTERN)]
 ShortText = Annotated[StrictStr, Field(max_length=256)]
+# A host name: what machines are found by (a store column, a cache key), so no control
+# characters (PostgreSQL refuses NUL in text, and no host is named with one).
+HostName = Annotated[StrictStr, Field(min_length=1, max_length=256,
+                                      pattern=r"^[^\x00-\x1f\x7f]+$")]
 
 MachineStatus = Literal[
     "pending", "running", "stopping", "stopped", "shutting-down", "terminated", "failed"
@@ -104,7 +108,7 @@ class MachineMetadata(BaseModel):
 
     model_config = ConfigDict(extra="allow", frozen=True, strict=True)
 
-    name: ShortText | None = None
+    name: HostName | None = None
     private_ip: Annotated[StrictStr, Field(max_length=64)] | None = None
     public_ip: Annotated[StrictStr, Field(max_length=64)] | None = None
     instance_type: ShortText | None = None
@@ -172,7 +176,7 @@ class ReturnedMachine(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
-    name: Annotated[StrictStr, Field(min_length=1, max_length=256)]
+    name: HostName
     machine_id: Id | None = None
 
 

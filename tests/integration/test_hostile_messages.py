@@ -22,6 +22,7 @@ from tests.conftest import ROOT, Proc, wait_for
 from tests.messages import CREATE, UPDATE, body_of, encoded, envelope, marker_of
 
 GOOD = {"template_id": "x86-small", "max_number": 1}
+RETURN = "commands.return_machines"
 
 
 @dataclass
@@ -80,6 +81,17 @@ def _cases() -> list[Case]:
         Case("observed_at in year 9999", envelope(UPDATE, body_of({
             "machine_id": "m-far", "status": "running", "request_id": "req-x",
             "observed_at": "9999-01-01T00:00:00+00:00"}), queue="commands.machines"), True),
+        Case("return of 10,001 machines", envelope(RETURN, body_of({
+            "machines": [{"name": f"h{n}"} for n in range(10_001)]})), True),
+        Case("return entry in camelCase", envelope(RETURN, body_of({
+            "machines": [{"name": "h1", "machineId": "i-1"}]})), True),
+        Case("return machines not a list", envelope(RETURN, body_of({"machines": "h1"})),
+             True),
+        Case("host name with NUL", envelope(RETURN, body_of({
+            "machines": [{"name": "h\x00st"}]})), True),
+        Case("machine name with NUL", envelope(UPDATE, body_of({
+            "machine_id": "m-nul", "status": "running", "request_id": "req-x",
+            "metadata": {"name": "h\x00st"}})), True),
         Case("not JSON at all", b"\x00\xffnot json at all", False),
         Case("JSON, not an envelope", json.dumps({"hello": "world"}).encode(), False),
         Case("no delivery tag", {**envelope(CREATE, good_body), "properties": {}}, False),

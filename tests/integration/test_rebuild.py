@@ -37,8 +37,15 @@ def test_wiped_cache_is_rebuilt_byte_for_byte(stack_env: dict[str, str],
         d.projector.project(execution.docs)
         for m, status in enumerate(("running", "failed" if n % 3 == 0 else "running")):
             execution = d.executor.execute(Envelope(UPDATE, f"u{n}-{m}", {
-                "machine_id": f"m{n}-{m}", "status": status, "request_id": f"req-c{n}"}))
+                "machine_id": f"m{n}-{m}", "status": status, "request_id": f"req-c{n}",
+                "metadata": {"name": f"host-{n}-{m}"}}))
             d.projector.project(execution.docs)
+    # Return requests: their own views, and new versions of the acquire requests' views.
+    d.projector.project(d.executor.execute(Envelope("commands.return_machines", "r1", {
+        "machines": [{"name": "host-1-0"}, {"name": "host-2-0", "machine_id": "m2-0"},
+                     {"name": "ghost"}]})).docs)
+    d.projector.project(d.executor.execute(Envelope(UPDATE, "t1", {
+        "machine_id": "m1-0", "status": "terminated"})).docs)
     d.projector.project(d.executor.execute(Envelope(CREATE, "bad", {
         "template_id": "nope", "max_number": 1})).docs)
     before = snapshot(rclient)
@@ -54,3 +61,4 @@ def test_wiped_cache_is_rebuilt_byte_for_byte(stack_env: dict[str, str],
     for key, value in before.items():
         assert after[key] == value, key
     assert rclient.ttl(b"hf:v1:command:bad") > 0
+    assert b"hf:v1:request:ret-r1" in after and b"hf:v1:machine-name:host-2-1" in after
