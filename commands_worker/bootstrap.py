@@ -46,7 +46,7 @@ def build(settings: Settings | None = None) -> Deps:
     broker: redis.Redis = (cache if settings.broker_url == settings.cache_url else
                            sync_client(settings.broker_url, socket_timeout=5,
                                        socket_connect_timeout=5))
-    return Deps(settings, store, cache, broker, Projector(cache),
+    return Deps(settings, store, cache, broker, Projector(cache, settings.feed_maxlen),
                 Executor(store.unit_of_work, settings.command_retention_s,
                          deadlines=(settings.request_timeout_s, settings.return_timeout_s)))
 

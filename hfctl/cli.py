@@ -116,11 +116,13 @@ def cmd_templates_validate(args: argparse.Namespace) -> int:
 def cmd_simulate(args: argparse.Namespace) -> int:
     from hfctl.simulator import Simulator
     from shared import logs
+    from shared.redis_urls import sync_client
 
     settings = Settings.from_env()
     logs.configure(settings.log_level)
-    simulator = Simulator(CommandClient(settings.broker_url), settings.query_url,
-                          failure_rate=args.failure_rate, delay_s=args.delay)
+    simulator = Simulator(CommandClient(settings.broker_url), sync_client(settings.cache_url),
+                          failure_rate=args.failure_rate, delay_s=args.delay,
+                          reclaim_rate=args.reclaim_rate)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     with contextlib.suppress(KeyboardInterrupt):
         simulator.run()
@@ -138,6 +140,8 @@ def _add_up(sub: Any) -> None:
     simulate = sub.add_parser("simulate", help="run the simulated provider alone")
     simulate.add_argument("--failure-rate", type=float, default=0.0)
     simulate.add_argument("--delay", type=float, default=1.0, help="seconds per step")
+    simulate.add_argument("--reclaim-rate", type=float, default=0.0,
+                          help="share of running machines given a spot interruption notice")
     simulate.set_defaults(fn=cmd_simulate)
 
 

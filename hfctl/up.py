@@ -57,6 +57,7 @@ def _children(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
                     "--without-gossip", "--without-mingle", "--without-heartbeat",
                     "-l", "warning"]),
         ("queries", [py, "-m", "queries_service"]),
+        ("gateway", [py, "-m", "commands_worker.gateway"]),
     ]
     if args.simulate:
         children.append(("simulator", [py, "-m", "hfctl", "simulate",
@@ -74,6 +75,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     url = settings.query_url
     print(f"hostfactory-cqrs is up: store {settings.store_url}, cache {settings.cache_url}\n"
           f"  query service  {url}  (try {url}/templates)\n"
+          f"  gateway        http://{settings.gateway_host}:{settings.gateway_port}"
+          f"  (POST /commands/create-request)\n"
           f"  send           hfctl send create-request --template-id x86-small --max-number 2\n"
           f"  poll           hfctl status REQUEST_ID --wait\n"
           f"Ctrl-C stops everything started here.", flush=True)

@@ -20,38 +20,13 @@ from queries_service.cache import ReadCache
 from queries_service.responses import JSON, error
 from shared import hostfactory as hf
 from shared import keys
+from shared.asgi import BadBody, read_json_object
 from shared.ids import is_valid_id
 from shared.settings import Settings
 
 MAX_STATUS_IDS: Final = 1000
 MAX_LISTED_HOSTS: Final = 10_000
 MAX_BODY_BYTES: Final = 4 * 1024 * 1024
-
-
-class BadBody(Exception):
-    def __init__(self, status: int, problem: str) -> None:
-        super().__init__(problem)
-        self.status = status
-        self.problem = problem
-
-
-async def read_json_object(request: Request, limit: int = MAX_BODY_BYTES) -> dict[str, Any]:
-    """The request body as a JSON object, read no further than ``limit`` bytes."""
-    declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > limit):
-        raise BadBody(413, f"the body may hold at most {limit} bytes")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise BadBody(413, f"the body may hold at most {limit} bytes")
-    try:
-        value = orjson.loads(bytes(body) or b"{}")
-    except orjson.JSONDecodeError as exc:
-        raise BadBody(400, f"the body is not JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise BadBody(400, "the body must be a JSON object")
-    return value
 
 
 def listed(body: dict[str, Any], field: str, most: int) -> list[dict[str, Any]]:
@@ -84,8 +59,8 @@ class HostFactoryAnswers:
 
     async def request_status(self, request: Request) -> Response:
         try:
-            asked = [e.get("requestId") for e in listed(await read_json_object(request),
-                                                        "requests", MAX_STATUS_IDS)]
+            body = await read_json_object(request, MAX_BODY_BYTES)
+            asked = [e.get("requestId") for e in listed(body, "requests", MAX_STATUS_IDS)]
         except BadBody as exc:
             return error(exc.status, "invalid_body", exc.problem)
         valid = [str(i) for i in asked if is_valid_id(i)]
@@ -111,7 +86,8 @@ class HostFactoryAnswers:
 
     async def return_requests(self, request: Request) -> Response:
         try:
-            hosts = listed(await read_json_object(request), "machines", MAX_LISTED_HOSTS)
+            body = await read_json_object(request, MAX_BODY_BYTES)
+            hosts = listed(body, "machines", MAX_LISTED_HOSTS)
         except BadBody as exc:
             return error(exc.status, "invalid_body", exc.problem)
         found = await self._machines_of(hosts)

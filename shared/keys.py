@@ -41,6 +41,16 @@ def requests_by_status_key(status: str) -> str:
     return f"{PREFIX}idx:requests:{status}"
 
 
+# --- the provider feed (docs/providers.md): what providers must act on -------------------
+# A Redis Stream; entries have the fields event_id, type and event (the JSON document).
+FEED_STREAM_KEY: Final = f"{PREFIX}feed"
+
+
+def feed_published_key(event_id: str) -> str:
+    """Set when an event was added to the feed: a re-projected outbox row adds nothing."""
+    return f"{PREFIX}feed-published:{event_id}"
+
+
 # Pub/sub channel on which the projector announces every view it wrote: "<key> <version>".
 VIEWS_CHANNEL: Final = f"{PREFIX}views"
 

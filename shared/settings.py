@@ -49,6 +49,13 @@ class Settings(BaseSettings):
     # Bearer tokens the query service accepts (comma-separated); empty: no authentication.
     query_api_tokens: Annotated[tuple[str, ...], NoDecode] = Field(
         (), validation_alias="QUERY_API_TOKENS")
+    # The command gateway (python -m commands_worker.gateway): where it listens, how many
+    # server processes, and its bearer tokens (comma-separated; empty: none needed).
+    gateway_host: str = Field("127.0.0.1", validation_alias="GATEWAY_HOST", min_length=1)
+    gateway_port: Port = Field(8081, validation_alias="GATEWAY_PORT")
+    gateway_workers: int = Field(1, validation_alias="GATEWAY_WORKERS", ge=1, le=64)
+    gateway_api_tokens: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), validation_alias="GATEWAY_API_TOKENS")
     # The longest long-poll ``wait`` a query service accepts.
     query_max_wait_s: int = Field(60, validation_alias="QUERY_MAX_WAIT_S", ge=1, le=3600)
     # How long outcomes and their dedupe records are kept.
@@ -63,6 +70,8 @@ class Settings(BaseSettings):
     # Retries (with backoff) of a command while the store is unreachable.
     max_retries: int = Field(8, validation_alias="COMMAND_MAX_RETRIES", ge=0, le=1000)
     log_level: LogLevel = Field("INFO", validation_alias="LOG_LEVEL")
+    # The provider feed's approximate length bound (Redis Stream MAXLEN ~).
+    feed_maxlen: int = Field(100_000, validation_alias="FEED_MAXLEN", ge=1000, le=10_000_000)
     # HostFactory deadlines: an acquire / a return request not done this long after it was
     # accepted ends complete_with_error (applied once by a worker).
     request_timeout_s: float = Field(600.0, validation_alias="REQUEST_TIMEOUT_S",
@@ -85,7 +94,7 @@ class Settings(BaseSettings):
                                                             data.get("QUERY_PORT", 8080)))
         return data
 
-    @field_validator("query_api_tokens", mode="before")
+    @field_validator("query_api_tokens", "gateway_api_tokens", mode="before")
     @classmethod
     def _split_tokens(cls, value: Any) -> Any:
         if isinstance(value, str):

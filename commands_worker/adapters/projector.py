@@ -19,7 +19,10 @@ from shared import keys
 from shared.views import REQUEST_STATUSES
 
 _CAS_SCRIPT: Final = lua.source("project.lua")
+_PUBLISH_SCRIPT: Final = lua.source("publish.lua")
 _DOCS_PER_CALL: Final = 200
+FEED_MAXLEN: Final = 100_000
+_FEED_PREFIX: Final = keys.feed_published_key("")
 
 
 def _keys_and_args(doc: ViewDoc) -> tuple[list[str], list[str | bytes | int]]:
@@ -33,18 +36,29 @@ def _keys_and_args(doc: ViewDoc) -> tuple[list[str], list[str | bytes | int]]:
     return doc_keys, [len(doc_keys), doc.version, doc.body, ttl_ms, doc.seq, request_id]
 
 
+def is_feed_event(doc: ViewDoc) -> bool:
+    return doc.key.startswith(_FEED_PREFIX)
+
+
 class Projector:
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, feed_maxlen: int = FEED_MAXLEN) -> None:
         self.client = client
+        self.feed_maxlen = feed_maxlen
         self._cas = client.register_script(_CAS_SCRIPT)
+        self._publish = client.register_script(_PUBLISH_SCRIPT)
 
     def project(self, docs: Iterable[ViewDoc]) -> int:
-        """Write the documents in one round trip; returns how many replaced an older one."""
-        docs = list(docs)
-        if not docs:
+        """Write the documents, and add the feed events to the feed, in one round trip;
+        returns how many views replaced an older one."""
+        every = list(docs)
+        if not every:
             return 0
+        events = [d for d in every if is_feed_event(d)]
+        docs = [d for d in every if not is_feed_event(d)] if events else every
         try:
             pipe = self.client.pipeline(transaction=False)
+            for first in range(0, len(events), _DOCS_PER_CALL):
+                self._publish_events(pipe, events[first:first + _DOCS_PER_CALL])
             for first in range(0, len(docs), _DOCS_PER_CALL):
                 script_keys: list[str] = []
                 args: list[str | bytes | int] = [keys.VIEWS_CHANNEL]
@@ -53,9 +67,22 @@ class Projector:
                     script_keys += doc_keys
                     args += doc_args
                 self._cas(keys=script_keys, args=args, client=pipe)
-            return sum(int(r) for r in pipe.execute())
+            results = pipe.execute()
+            return sum(int(r) for r in results[_calls(len(events)):])
         except redis.RedisError as exc:
             # Unreachable, a failover that demoted the primary under us (ReadOnlyError), or
             # full (OutOfMemoryError): the outbox keeps the documents, and the next attempt
             # finds the new primary or the room.
             raise CacheUnavailable(str(exc)) from exc
+
+    def _publish_events(self, pipe: redis.client.Pipeline, events: list[ViewDoc]) -> None:
+        args: list[str | bytes | int] = [self.feed_maxlen, max(events[0].ttl_s, 60) * 1000]
+        for event in events:
+            event_id = event.key.removeprefix(_FEED_PREFIX)
+            args += [event_id, event.status, event.body]
+        self._publish(keys=[keys.FEED_STREAM_KEY, *(e.key for e in events)], args=args,
+                      client=pipe)
+
+
+def _calls(count: int) -> int:
+    return -(-count // _DOCS_PER_CALL)

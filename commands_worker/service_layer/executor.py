@@ -242,6 +242,8 @@ class Executor:
                 uow.emit(views.machine_doc(machine))
                 if machine.renamed and (named := views.machine_name_doc(machine)):
                     uow.emit(named)
+            for event in effect.events:
+                uow.emit(views.event_doc(event, self.retention_s))
         uow.emit(views.command_doc(record, self.retention_s))
 
     def _refuse(self, uow: UnitOfWork, env: Envelope, refusal: CommandRefused,

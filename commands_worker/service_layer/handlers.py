@@ -19,7 +19,8 @@ from commands_worker.domain.errors import (
     TemplateNotFound,
 )
 from commands_worker.domain.model import Machine, Request, request_status
-from commands_worker.service_layer.ports import Effect, UnitOfWork
+from commands_worker.service_layer import documents as feed
+from commands_worker.service_layer.ports import Effect, FeedEvent, UnitOfWork
 from shared import hostfactory as hf
 from shared.commands import Command, CreateRequest, ReturnMachines, UpdateMachineStatus
 from shared.ids import MAX_ID_LEN, default_request_id, default_return_id, is_valid_id
@@ -66,7 +67,7 @@ def create_request(cmd: CreateRequest, ctx: Context, uow: UnitOfWork) -> Effect:
         deadline_at=ctx.now + ctx.request_timeout_s,
     )
     uow.add_request(request)
-    return Effect("applied", request=request)
+    return Effect("applied", request=request, events=[feed.acquire_event(request, template)])
 
 
 def _new_request_id(uow: UnitOfWork, request_id: str) -> str:
@@ -143,7 +144,18 @@ def _first_report(
     uow.add_machine(machine)
     machines.append(machine)
     _machines_changed(uow, request, machines, ctx.now)
-    return Effect("applied", request=request, machines=machines, machine=machine)
+    return Effect("applied", request=request, machines=machines, machine=machine,
+                  events=_releases([machine], LAUNCHED_LATE))
+
+
+LAUNCHED_LATE: Final = "launched after its request's deadline"
+NOT_UP_IN_TIME: Final = "not up by its request's deadline"
+
+
+def _releases(machines: list[Machine], reason: str) -> list[FeedEvent]:
+    """Late machines still there: the provider is to terminate them."""
+    return [feed.release_event(m, reason) for m in machines
+            if m.late and m.status not in ("terminated", "failed")]
 
 
 def _machines_changed(uow: UnitOfWork, request: Request, machines: list[Machine],
@@ -184,7 +196,9 @@ def return_machines(cmd: ReturnMachines, ctx: Context, uow: UnitOfWork) -> Effec
     uow.add_request(request)
     acquired = sorted({m.request_id for m in machines})
     also = [_refresh(uow, rid, machines, ctx.now) for rid in acquired]
-    return Effect("applied", request=request, machines=machines, touched=machines, also=also)
+    events = [feed.return_event(request, machines)] if machines else []
+    return Effect("applied", request=request, machines=machines, touched=machines, also=also,
+                  events=events)
 
 
 def _open_return(uow: UnitOfWork, machine: Machine) -> str | None:
@@ -213,7 +227,8 @@ def pass_deadline(cmd: PassDeadline, ctx: Context, uow: UnitOfWork) -> Effect:
     for machine in touched:
         uow.save_machine(machine, machine.version - 1)
     uow.save_request(request, loaded_request)
-    return Effect("applied", request=request, machines=machines, touched=touched)
+    return Effect("applied", request=request, machines=machines, touched=touched,
+                  events=_releases(touched, NOT_UP_IN_TIME))
 
 
 Handler = Callable[[Any, Context, UnitOfWork], Effect]

@@ -9,11 +9,13 @@ from collections.abc import Iterator
 from typing import Any
 
 from commands_worker.domain.errors import CacheUnavailable
+from commands_worker.domain.model import Machine, Request, Template
 from commands_worker.service_layer import documents
 from commands_worker.service_layer.executor import Execution, Executor, deadline_envelope
 from commands_worker.service_layer.ports import (
     REPLAYING,
     DeadLetter,
+    FeedEvent,
     Projector,
     Store,
     ViewDoc,
@@ -63,11 +65,28 @@ def purge_expired_commands(store: Store, retention_s: int) -> int:
     return store.purge_commands(time.time() - retention_s)
 
 
+def _open_work(request: Request, machines: list[Machine],
+               templates: dict[str, Template]) -> list[FeedEvent]:
+    """The feed events a provider still has to act on for this request: republished by a
+    rebuild (a provider dedupes on their ids)."""
+    owned = [m for m in machines if m.request_id == request.request_id]
+    events = [documents.release_event(m, "late") for m in owned
+              if m.late and m.status not in ("terminated", "failed")]
+    if request.is_final:
+        return events
+    if request.kind == "return":
+        return [*events, documents.return_event(request, machines)]
+    return [*events, documents.acquire_event(request, templates.get(request.template_id))]
+
+
 def _rebuild_docs(store: Store, retention_s: int) -> Iterator[ViewDoc]:
     templates, version = store.templates()
     yield documents.templates_doc(templates, version)
+    by_id = {t.template_id: t for t in templates}
     for request, machines in store.iter_requests():
         yield from documents.request_docs(request, machines)
+        for event in _open_work(request, machines, by_id):
+            yield documents.event_doc(event, retention_s)
         # A machine is listed by its acquire request and by its return request: once here.
         for machine in (m for m in machines if m.request_id == request.request_id):
             yield documents.machine_doc(machine)

@@ -89,6 +89,16 @@ class ViewDoc:
     outbox_id: int = 0
 
 
+@dataclass(frozen=True)
+class FeedEvent:
+    """Something a provider must act on (docs/providers.md): written to the outbox with the
+    change that caused it, added to the provider feed once."""
+
+    type: str  # acquire | return | release
+    event_id: str
+    payload: dict[str, Any]
+
+
 @dataclass
 class Effect:
     """What a handler changed; the executor turns it into views."""
@@ -100,6 +110,7 @@ class Effect:
     # Other machines whose views changed, and other requests (with their machines).
     touched: list[Machine] = field(default_factory=list)
     also: list[tuple[Request, list[Machine]]] = field(default_factory=list)
+    events: list[FeedEvent] = field(default_factory=list)
 
 
 class UnitOfWork(Protocol):

@@ -132,3 +132,9 @@ def test_sigkill_twice_loses_nothing_and_doubles_nothing(
             "complete" if all(plan.final_status[m] == "running" for m in machines)
             else "complete_with_error")
         assert view["status"] == expected, request_id
+    # The provider feed: one acquire event per request, however the kills fell between a
+    # commit and its projection (the outbox projects it later, the marker keeps it single).
+    wait_for(lambda: rclient.xlen("hf:v1:feed") >= len(plan.machines_of), 30, every_s=0.5,
+             what="every acquire event")
+    fed = [fields[b"event_id"].decode() for _, fields in rclient.xrange("hf:v1:feed")]
+    assert sorted(fed) == sorted(f"acquire:{r}" for r in plan.machines_of)

@@ -117,6 +117,10 @@ def _violations(prefix: str, forbidden: tuple[str, ...]) -> list[str]:
                                        "commands_worker.adapters",
                                        "commands_worker.entrypoints",
                                        "commands_worker.bootstrap")),
+    # The gateway publishes by the wire contract and never touches the store or the cache.
+    ("commands_worker.gateway", ("redis", "sqlalchemy", "commands_worker.domain",
+                                 "commands_worker.service_layer", "commands_worker.adapters",
+                                 "commands_worker.entrypoints", "commands_worker.bootstrap")),
     ("hfctl", ("queries_service", "commands_worker.domain", "commands_worker.service_layer",
                "commands_worker.adapters", "commands_worker.bootstrap",
                "commands_worker.entrypoints.celery_app", "commands_worker.entrypoints.tasks")),

@@ -1,0 +1,100 @@
+"""The provider feed: each thing a provider must act on is one event in the stream, written
+with the change that caused it (the outbox), added once however often it is projected, and
+valid against its JSON Schema in docs/schemas/."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import redis
+
+from commands_worker.adapters.projector import Projector
+from commands_worker.service_layer.executor import Envelope, Executor
+from commands_worker.service_layer.maintenance import rebuild_read_model
+from shared import keys
+from tests.conftest import ROOT
+from tests.fakes import FakeState, FakeStore, FakeUnitOfWork, templates
+
+SCHEMAS = {name: json.loads((ROOT / "docs" / "schemas" / f"feed-{name}.json").read_text())
+           for name in ("acquire", "return", "release")}
+
+
+def feed(client: redis.Redis) -> list[dict[str, Any]]:
+    events = []
+    entries: Any = client.xrange(keys.FEED_STREAM_KEY)
+    for _, fields in entries:
+        event = json.loads(fields[b"event"])
+        assert fields[b"event_id"].decode() == event["event_id"]
+        assert fields[b"type"].decode() == event["type"]
+        jsonschema.validate(event, SCHEMAS[event["type"]])
+        events.append(event)
+    return events
+
+
+class Worker:
+    def __init__(self, client: redis.Redis, timeout_s: float = 600.0) -> None:
+        self.state = FakeState.with_templates(templates(small=3))
+        self.now = time.time()
+        self.executor = Executor(lambda: FakeUnitOfWork(self.state), retention_s=600,
+                                 clock=lambda: self.now, deadlines=(timeout_s, timeout_s))
+        self.projector = Projector(client)
+        self.ids = itertools.count()
+        self.docs: list[Any] = []
+
+    def send(self, task: str, **kwargs: Any) -> None:
+        internal = task == "deadline"
+        done = self.executor.execute(Envelope(task if internal else f"commands.{task}",
+                                              f"c{next(self.ids)}", kwargs, internal=internal))
+        self.docs += done.docs
+        self.projector.project(done.docs)
+
+
+def test_one_event_per_change_whatever_is_projected_again(rclient: redis.Redis) -> None:
+    worker = Worker(rclient)
+    worker.send("create_request", template_id="small", max_number=2, request_id="req-a",
+                attributes={"rc_account": "grid"})
+    for n in range(2):
+        worker.send("update_machine_status", machine_id=f"m{n}", status="running",
+                    request_id="req-a", metadata={"name": f"h{n}"})
+    worker.send("return_machines", machines=[{"name": "h0"}, {"name": "nobody"}],
+                request_id="ret-b")
+    worker.send("return_machines", machines=[{"name": "nobody"}], request_id="ret-c")
+    worker.projector.project(worker.docs)  # a crash before the outbox rows were deleted
+    events = feed(rclient)
+    assert [e["event_id"] for e in events] == ["acquire:req-a", "return:ret-b"]
+    acquire, ret = events
+    assert acquire["machine_count"] == 2 and acquire["template"]["templateId"] == "small"
+    assert acquire["attributes"] == {"rc_account": "grid"}
+    assert ret["machines"] == [{"machine_id": "m0", "name": "h0", "request_id": "req-a"}]
+
+
+def test_late_machines_are_released(rclient: redis.Redis) -> None:
+    worker = Worker(rclient, timeout_s=60)
+    worker.send("create_request", template_id="small", max_number=3, request_id="req-a")
+    worker.send("update_machine_status", machine_id="m0", status="running", request_id="req-a")
+    worker.send("update_machine_status", machine_id="m1", status="pending", request_id="req-a")
+    worker.now += 61
+    worker.send("deadline", request_id="req-a")
+    worker.send("update_machine_status", machine_id="m2", status="running", request_id="req-a")
+    releases = [e for e in feed(rclient) if e["type"] == "release"]
+    assert [(e["event_id"], e["reason"]) for e in releases] == [
+        ("release:m1", "not up by its request's deadline"),
+        ("release:m2", "launched after its request's deadline")]
+
+
+def test_a_rebuild_republishes_the_open_work(rclient: redis.Redis, tmp_path: Path) -> None:
+    worker = Worker(rclient)
+    worker.send("create_request", template_id="small", max_number=1, request_id="req-open")
+    worker.send("create_request", template_id="small", max_number=1, request_id="req-done")
+    worker.send("update_machine_status", machine_id="m0", status="running",
+                request_id="req-done", metadata={"name": "h0"})
+    worker.send("return_machines", machines=[{"name": "h0"}], request_id="ret-open")
+    rclient.flushdb()  # Redis lost everything: views, feed, markers
+    rebuild_read_model(FakeStore(worker.state), worker.projector, retention_s=600)
+    assert sorted(e["event_id"] for e in feed(rclient)) == ["acquire:req-open",
+                                                            "return:ret-open"]

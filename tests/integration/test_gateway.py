@@ -1,0 +1,126 @@
+"""The command gateway over a real Redis broker: what it publishes is the public contract's
+message (task name, queue, kwargs, task id = command id), and what it refuses it explains."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from starlette.testclient import TestClient
+
+from commands_worker.gateway.app import create_app
+from shared.settings import Settings
+
+
+@pytest.fixture
+def gateway(redis_url: str) -> Iterator[TestClient]:
+    env = {"REDIS_URL": redis_url, "QUERY_URL": "http://query.example:8080"}
+    with TestClient(create_app(Settings.from_env(env))) as client:
+        yield client
+
+
+def published(client: redis.Redis, queue: str) -> list[dict[str, Any]]:
+    """The messages waiting on ``queue``, as the worker will read them."""
+    messages = []
+    for raw in reversed(client.lrange(queue, 0, -1)):
+        envelope = json.loads(raw)
+        _, kwargs, _ = json.loads(base64.b64decode(envelope["body"]))
+        messages.append({"task": envelope["headers"]["task"], "id": envelope["headers"]["id"],
+                         "kwargs": kwargs})
+    return messages
+
+
+def test_a_command_is_published_by_the_contract(gateway: TestClient,
+                                                rclient: redis.Redis) -> None:
+    answer = gateway.post("/commands/create-request",
+                          json={"template_id": "x86-small", "max_number": 2})
+    assert answer.status_code == 202
+    body = answer.json()
+    assert body["request_id"] == f"req-{body['command_id']}"
+    assert answer.headers["location"] == f"http://query.example:8080/requests/{body['request_id']}"
+    [message] = published(rclient, "commands.requests")
+    assert message == {"task": "commands.create_request", "id": body["command_id"], "kwargs": {
+        "template_id": "x86-small", "max_number": 2, "command_id": body["command_id"]}}
+    seed = gateway.post("/requests", json={"template_id": "x86-small", "max_number": 1})
+    assert seed.status_code == 202 and seed.json()["task"] == "commands.create_request"
+    ret = gateway.post("/commands/return-machines", json={"machines": [{"name": "h1"}]})
+    assert ret.json()["request_id"].startswith("ret-")
+    report = gateway.post("/commands/update-machine-status", json={
+        "machine_id": "m1", "status": "running", "request_id": "req-x"})
+    assert report.headers["location"].endswith(f"/commands/{report.json()['command_id']}")
+    assert [m["task"] for m in published(rclient, "commands.machines")] == [
+        "commands.update_machine_status"]
+
+
+def test_a_retried_post_is_the_same_command(gateway: TestClient, rclient: redis.Redis) -> None:
+    body = {"template_id": "x86-small", "max_number": 1}
+    first = gateway.post("/commands/create-request", json=body,
+                         headers={"Idempotency-Key": "order-17"})
+    again = gateway.post("/commands/create-request", json=body,
+                         headers={"Idempotency-Key": "order-17"})
+    assert first.json()["command_id"] == again.json()["command_id"] == "order-17"
+    assert {m["id"] for m in published(rclient, "commands.requests")} == {"order-17"}
+    clash = gateway.post("/commands/create-request", json={**body, "command_id": "other"},
+                         headers={"Idempotency-Key": "order-17"})
+    assert clash.status_code == 422
+
+
+def test_refusals_say_what_and_why(gateway: TestClient, rclient: redis.Redis) -> None:
+    bad = gateway.post("/commands/create-request",
+                       json={"template_id": "x86-small", "max_number": "3", "extra": 1})
+    assert bad.status_code == 422
+    fields = {p["field"]: p["problem"] for p in bad.json()["detail"]}
+    assert set(fields) == {"max_number", "extra"}
+    assert gateway.post("/commands/create-request", content=b"{").status_code == 400
+    assert gateway.post("/commands/drop-tables", json={}).status_code == 404
+    huge = gateway.post("/commands/return-machines", content=b" " * (5 * 2**20))
+    assert huge.status_code == 413
+    assert gateway.get("/commands/create-request").status_code == 405
+    assert rclient.llen("commands.requests") == 0  # nothing refused was published
+
+
+def test_tokens(redis_url: str) -> None:
+    env = {"REDIS_URL": redis_url, "GATEWAY_API_TOKENS": "s3cret"}
+    with TestClient(create_app(Settings.from_env(env))) as client:
+        body = {"template_id": "x86-small", "max_number": 1}
+        assert client.post("/commands/create-request", json=body).status_code == 401
+        ok = client.post("/commands/create-request", json=body,
+                         headers={"Authorization": "Bearer s3cret"})
+        assert ok.status_code == 202
+        assert client.get("/healthz").status_code == 200
+
+
+def test_an_unreachable_broker_is_503(redis_url: str) -> None:
+    env = {"REDIS_URL": "redis://127.0.0.1:1/0"}
+    with TestClient(create_app(Settings.from_env(env))) as client:
+        answer = client.post("/commands/create-request",
+                             json={"template_id": "x86-small", "max_number": 1})
+        assert answer.status_code == 503 and answer.json()["error"] == "broker_unavailable"
+
+
+_SPEC = json.loads(__import__("commands_worker.gateway.app", fromlist=["x"])
+                   .openapi_document())
+_values = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.text(max_size=12)),
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.sampled_from(
+        ["template_id", "max_number", "machines", "name", "machine_id", "status",
+         "request_id", "metadata", "command_id", "x"]), inner, max_size=5)),
+    max_leaves=15)
+
+
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(path=st.sampled_from(sorted(_SPEC["paths"])), body=_values,
+       key=st.one_of(st.none(), st.text(max_size=10)))
+def test_any_body_on_any_documented_path_is_never_a_500(gateway: TestClient, path: str,
+                                                        body: object, key: str | None) -> None:
+    headers = {} if key is None else {"Idempotency-Key": key.encode("utf-8")}
+    answer = gateway.post(path, content=json.dumps(body), headers=headers)
+    assert answer.status_code in (202, 400, 422), answer.text
+    assert isinstance(answer.json(), dict)
