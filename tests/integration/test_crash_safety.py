@@ -136,5 +136,6 @@ def test_sigkill_twice_loses_nothing_and_doubles_nothing(
     # commit and its projection (the outbox projects it later, the marker keeps it single).
     wait_for(lambda: rclient.xlen("hf:v1:feed") >= len(plan.machines_of), 30, every_s=0.5,
              what="every acquire event")
-    fed = [fields[b"event_id"].decode() for _, fields in rclient.xrange("hf:v1:feed")]
+    entries: Any = rclient.xrange("hf:v1:feed")
+    fed = [fields[b"event_id"].decode() for _, fields in entries]
     assert sorted(fed) == sorted(f"acquire:{r}" for r in plan.machines_of)
