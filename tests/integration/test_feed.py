@@ -98,3 +98,24 @@ def test_a_rebuild_republishes_the_open_work(rclient: redis.Redis, tmp_path: Pat
     rebuild_read_model(FakeStore(worker.state), worker.projector, retention_s=600)
     assert sorted(e["event_id"] for e in feed(rclient)) == ["acquire:req-open",
                                                             "return:ret-open"]
+
+
+def test_a_crash_between_commit_and_publish_loses_no_event(rclient: redis.Redis,
+                                                           tmp_path: Path) -> None:
+    """The worker committed (views and events in the outbox) and died before projecting:
+    the sweep of a worker that starts later publishes the event, once however often it runs."""
+    from commands_worker.adapters.sql.store import Store as SqlStore
+    from commands_worker.adapters.templates_file import EXAMPLE_TEMPLATES, load_templates_file
+    from commands_worker.service_layer.maintenance import repair_outbox
+
+    store = SqlStore.from_url(f"sqlite:///{tmp_path / 'crash.sqlite3'}")
+    store.load_templates(load_templates_file(EXAMPLE_TEMPLATES))
+    executor = Executor(store.unit_of_work, retention_s=600)
+    executor.execute(Envelope("commands.create_request", "c1",
+                              {"template_id": "x86-small", "max_number": 1}))
+    assert rclient.xlen(keys.FEED_STREAM_KEY) == 0  # committed, never projected
+    projector = Projector(rclient)
+    assert repair_outbox(store, projector, older_than_s=0) > 0
+    repair_outbox(store, projector, older_than_s=0)
+    assert [e["event_id"] for e in feed(rclient)] == ["acquire:req-c1"]
+    store.engine.dispose()
