@@ -114,11 +114,11 @@ def hf_machine(machine: Mapping[str, Any], result: str, message: str) -> dict[st
 def hf_request(view: Mapping[str, Any], now: float) -> dict[str, Any]:
     """One entry of getRequestStatus from a request view (machines embedded)."""
     kind = view.get("kind") or ACQUIRE
-    stored = view.get("status")
     deadline = view.get("deadline_at")
-    final = stored in ("complete", "complete_with_error")
-    past = deadline is not None and now > deadline and not final
-    expired = past or (final and bool(view.get("expired")))
+    # Past the deadline, what is still executing fails, whatever the worker has recorded
+    # (a request the view counts complete may hold a running machine HostFactory cannot use
+    # yet: it must not stay "running" for ever).
+    expired = (deadline is not None and now > deadline) or bool(view.get("expired"))
     machines = []
     for m in view.get("machines") or []:
         result, message = machine_result(
@@ -138,7 +138,8 @@ def hf_request(view: Mapping[str, Any], now: float) -> dict[str, Any]:
 def _unknown_machine(entry: Mapping[str, Any]) -> dict[str, Any]:
     return {"machineId": entry.get("machine_id") or "", "name": entry.get("name") or "",
             "result": "succeed", "status": "unknown", "privateIpAddress": None,
-            "launchtime": 0, "message": "unknown to the provider: nothing to return",
+            "launchtime": 0,
+            "message": entry.get("message") or "unknown to the provider: nothing to return",
             "priceType": None, "instanceType": None, "instanceTags": "",
             "cloudHostId": None}
 

@@ -98,3 +98,16 @@ def test_grace_period(status: str, reclaim_in: int | None, expected: int | None)
     machine = {"status": status,
                "reclaim_at": None if reclaim_in is None else now + reclaim_in}
     assert hf.grace_period(machine, now) == expected
+
+
+def test_a_machine_that_never_gets_an_address_does_not_keep_a_request_running() -> None:
+    """The view counts a running machine as up; HostFactory needs its name and address. Past
+    the deadline, the request ends rather than stay running for ever."""
+    now = time.time()
+    view = {"request_id": "req-a", "kind": "acquire", "status": "complete", "max_number": 1,
+            "deadline_at": now + 60, "machines": [
+                {"machine_id": "m1", "status": "running", "created_at": now}]}
+    assert hf.hf_request(view, now)["status"] == "running"
+    late = hf.hf_request({**view, "deadline_at": now - 1}, now)
+    assert late["status"] == "complete_with_error"
+    assert late["machines"][0]["result"] == "fail"
