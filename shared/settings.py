@@ -70,6 +70,11 @@ class Settings(BaseSettings):
     # Retries (with backoff) of a command while the store is unreachable.
     max_retries: int = Field(8, validation_alias="COMMAND_MAX_RETRIES", ge=0, le=1000)
     log_level: LogLevel = Field("INFO", validation_alias="LOG_LEVEL")
+    # The worker host's Prometheus endpoint (every pool process's counts); 0 turns it off.
+    worker_metrics_port: int = Field(9808, validation_alias="WORKER_METRICS_PORT",
+                                     ge=0, le=65535)
+    worker_metrics_host: str = Field("127.0.0.1", validation_alias="WORKER_METRICS_HOST",
+                                     min_length=1)
     # The provider feed's approximate length bound (Redis Stream MAXLEN ~).
     feed_maxlen: int = Field(100_000, validation_alias="FEED_MAXLEN", ge=1000, le=10_000_000)
     # HostFactory deadlines: an acquire / a return request not done this long after it was

@@ -120,6 +120,7 @@ def stack_env(tmp_path: Path, redis_url: str, templates_file: Path) -> dict[str,
         "TEMPLATES_FILE": str(templates_file),
         "BROKER_VISIBILITY_TIMEOUT_S": "4",
         "COMMAND_MAX_RETRIES": "3",
+        "WORKER_METRICS_PORT": "0",  # a test that reads them gives its worker a free port
         "PYTHONPATH": str(ROOT),
     })
     return env

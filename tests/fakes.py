@@ -244,7 +244,8 @@ class FakeStore:
         s = self.state
         return {"requests": len(s.requests), "machines": len(s.machines),
                 "commands": len(s.commands), "outbox": len(s.outbox),
-                "dead_letters": len(s.dead_letters)}
+                "dead_letters": len(s.dead_letters),
+                "dead_letters_open": sum(1 for d in s.dead_letters if d.state == "open")}
 
 
 def templates(**max_numbers: int) -> list[Template]:

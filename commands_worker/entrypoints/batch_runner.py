@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from typing import Any, Final, NamedTuple
 
 from commands_worker import bootstrap
+from commands_worker.adapters import metrics
 from commands_worker.adapters.broker import dead_letter_inbox
 from commands_worker.domain import errors
 from commands_worker.service_layer.executor import Envelope, Execution
@@ -99,7 +100,11 @@ def _run(d: bootstrap.Deps, envs: list[Envelope], items: list[BatchItem],
     """A failure no command should cause is isolated: the batch is split in halves and each
     run again, down to the one command that causes it, which is refused on its own."""
     try:
+        applying = time.perf_counter()
         batch = d.executor.execute_batch(envs)
+        committed = time.perf_counter()
+        metrics.APPLY_SECONDS.observe(committed - applying)
+        metrics.BATCH_SIZE.observe(len(envs))
     except errors.StoreUnavailable as exc:
         return [_store_unavailable(d, env, item, exc, started)
                 for env, item in zip(envs, items, strict=True)]
@@ -114,6 +119,8 @@ def _run(d: bootstrap.Deps, envs: list[Envelope], items: list[BatchItem],
                     + _run(d, envs[half:], items[half:], started))
         return [_unapplicable(d, envs[0], exc, started)]
     projected = _project(d, batch.docs)
+    if projected and batch.docs:
+        metrics.PROJECTION_LAG.observe(time.perf_counter() - committed)
     verdicts = []
     for env, item, outcome in zip(envs, items, batch.outcomes, strict=True):
         if isinstance(outcome, errors.RetryLater):
@@ -159,6 +166,7 @@ def _project(d: bootstrap.Deps, docs: list[ViewDoc]) -> bool:
 def _store_unavailable(d: bootstrap.Deps, env: Envelope, item: BatchItem, exc: Exception,
                        started: float) -> Verdict:
     if item.outages < d.settings.max_retries:
+        metrics.STORE_RETRIES.inc()
         _log(env, "retry", started, 1, reason=str(exc), outages=item.outages)
         return Verdict(Action.RETRY, jittered(2.0 ** item.outages, OUTAGE_MOST_S), "outages")
     reason = f"store unavailable after {item.outages + 1} attempts: {exc}"
@@ -171,6 +179,8 @@ def _store_unavailable(d: bootstrap.Deps, env: Envelope, item: BatchItem, exc: E
 def _log(env: Envelope, outcome: str, started: float, batch_size: int,
          execution: Execution | None = None, **fields: Any) -> None:
     record = execution.record if execution else None
+    metrics.count_command(env.task, "duplicate" if execution and execution.duplicate
+                          else outcome)
     log.info("command", extra={
         "event": "command", "task": env.task, "command_id": env.command_id,
         "correlation_id": env.correlation_id, "outcome": outcome,

@@ -12,11 +12,32 @@ from typing import Any
 from celery import bootsteps
 
 from commands_worker import bootstrap
+from commands_worker.adapters import metrics
 from commands_worker.adapters.broker import dead_letter_inbox
 from commands_worker.adapters.templates_file import TemplatesFileError
 from commands_worker.service_layer import maintenance
+from shared import names
 
 PURGE_EVERY_S = 3600.0
+_served: list[int] = []
+
+
+def serve_metrics() -> None:
+    """The host's metrics endpoint, once per worker main process (the consumer, and so this
+    step, may restart after a broker outage)."""
+    settings = bootstrap.deps().settings
+    if _served or not settings.worker_metrics_port:
+        return
+    try:
+        metrics.serve(settings.worker_metrics_port, settings.worker_metrics_host,
+                      bootstrap.deps, names.ALL_QUEUES)
+        _served.append(settings.worker_metrics_port)
+    except (OSError, ValueError) as exc:  # the port is taken (a second worker on this
+        # host), or the worker was not started as commands_worker.app: say so
+        bootstrap.log.error("metrics endpoint not served", extra={
+            "event": "metrics_unserved", "port": settings.worker_metrics_port,
+            "error": str(exc)})
+        _served.append(0)
 
 
 class Housekeeping(bootsteps.StartStopStep):  # type: ignore[misc]
@@ -31,6 +52,7 @@ class Housekeeping(bootsteps.StartStopStep):  # type: ignore[misc]
 
     def start(self, parent: Any) -> None:
         self.tref = parent.timer.call_repeatedly(1.0, self.tick, priority=10)
+        serve_metrics()
         self.tick()
 
     def stop(self, parent: Any) -> None:
@@ -57,6 +79,8 @@ class Housekeeping(bootsteps.StartStopStep):  # type: ignore[misc]
     def pass_deadlines(d: bootstrap.Deps) -> None:
         for done in maintenance.pass_deadlines(d.store, d.executor, d.projector):
             record = done.record
+            if record.outcome == "applied":
+                metrics.DEADLINES.inc()
             bootstrap.log.info("deadline passed" if record.outcome == "applied" else
                                "deadline no longer applies", extra={
                                    "event": "deadline_passed", "outcome": record.outcome,

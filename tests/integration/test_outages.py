@@ -165,7 +165,10 @@ def test_a_full_redis_is_ridden_out(start_worker: Any, own_redis: tuple[str, Any
     client.config_set("maxmemory-policy", "noeviction")
     client.config_set("maxmemory", used + 4 * 2**20)
     filled = _fill(client)
-    time.sleep(3.0)  # full for three seconds
+    time.sleep(3.0)  # full for three seconds at least, and until the worker has met it (a
+    # worker between writes, on a loaded machine, may not try one in three seconds)
+    wait_for(lambda: "broker_refuses_writes" in worker.output(), 20,
+             what="the worker to meet the full Redis")
     client.delete(*[f"filler:{n}" for n in range(filled)])
     client.config_set("maxmemory", 0)
     sender.join(timeout=120)

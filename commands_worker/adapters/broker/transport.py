@@ -25,7 +25,7 @@ from kombu.transport import virtual
 from kombu.utils.json import loads
 from redis.exceptions import NoScriptError, ResponseError
 
-from commands_worker.adapters import lua
+from commands_worker.adapters import lua, metrics
 from commands_worker.adapters.broker import dead_letter_inbox
 from shared import keys
 
@@ -124,6 +124,7 @@ class QoS(kredis.QoS):  # type: ignore[misc]
         count = int(client.hincrby(keys.REDELIVERIES_KEY, tag, 1))
         if count <= self.channel.max_redeliveries:
             self.restore_by_tag(tag, client=client, leftmost=leftmost)
+            metrics.REDELIVERIES.inc()
             return
         raw = client.hget(self.unacked_key, tag)
         pipe = client.pipeline()

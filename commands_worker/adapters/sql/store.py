@@ -177,8 +177,13 @@ class Store:
             return dead_letter_of(row)
 
     def counts(self) -> dict[str, int]:
+        """Rows per table, and the dead letters still open (not replayed)."""
         with self.engine.connect() as conn:
-            return {
+            found = {
                 t.name: int(conn.execute(sa.select(sa.func.count()).select_from(t)).scalar_one())
                 for t in (requests, machines, commands, outbox, dead_letters)
             }
+            found["dead_letters_open"] = int(conn.execute(
+                sa.select(sa.func.count()).select_from(dead_letters)
+                .where(dead_letters.c.state == "open")).scalar_one())
+            return found
