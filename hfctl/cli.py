@@ -171,7 +171,31 @@ def _add_status(sub: Any) -> None:
     status.add_argument("--wait", action="store_true", help="until the request is final")
     status.add_argument("--timeout", type=float, default=300.0)
     status.add_argument("--json", action="store_true", help="print the final view too")
+    status.add_argument("--history", action="store_true",
+                        help="every command that touched the request, in order")
     status.set_defaults(fn=cmd_status)
+
+
+def _stats(args: argparse.Namespace) -> int:
+    from hfctl.stats import cmd_stats
+
+    settings = Settings.from_env()
+    args.worker = args.worker or [
+        f"http://{settings.worker_metrics_host}:{settings.worker_metrics_port}/metrics"]
+    args.query = args.query or [settings.query_url]
+    return cmd_stats(args)
+
+
+def _add_stats(sub: Any) -> None:
+    stats = sub.add_parser("stats", help="one screen: queues, rates, lag, dead letters, "
+                           "targets up (from the metrics endpoints)")
+    stats.add_argument("--worker", action="append", default=[],
+                       help="a worker host's metrics URL (repeat; default this host's)")
+    stats.add_argument("--query", action="append", default=[],
+                       help="a query service's base URL (repeat; default QUERY_URL)")
+    stats.add_argument("--every", type=float, default=2.0, help="seconds between readings")
+    stats.add_argument("--watch", action="store_true", help="keep refreshing")
+    stats.set_defaults(fn=_stats)
 
 
 def _add_store_operations(sub: Any) -> None:
@@ -207,7 +231,7 @@ def _parser() -> argparse.ArgumentParser:
     plugin.add_argument("operation", choices=OPERATIONS)
     plugin.add_argument("-f", "--file", required=True, help="HostFactory's input file")
     plugin.set_defaults(fn=_plugin)
-    for add in (_add_up, _add_send, _add_status, _add_store_operations):
+    for add in (_add_up, _add_send, _add_status, _add_stats, _add_store_operations):
         add(sub)
     return parser
 

@@ -39,8 +39,30 @@ def _show(line: str, tty: bool) -> None:
     print(("\r" + line) if tty else line, end="" if tty else "\n", flush=True)
 
 
+def history_lines(history: dict[str, Any]) -> list[str]:
+    """One line per command, in the order applied: when, task, outcome, machine, version."""
+    lines = []
+    for e in history["entries"]:
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(e["at"]))
+        task = e["task"].removeprefix("commands.")
+        version = f"v{e['version_after']}" if e["version_after"] is not None else "-"
+        machine = e["machine_id"] or ""
+        reason = f"  {e['reason']}" if e["reason"] else ""
+        lines.append(f"{when}  {task:<22} {e['outcome']:<11} {version:<5} {machine:<24} "
+                     f"{e['command_id']}{reason}")
+    return lines
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     url = f"{Settings.from_env().query_url}/requests/{quote(args.request_id, safe='')}"
+    if args.history:
+        history = fetch_json(f"{url}/history")
+        if history is None:
+            print(f"unknown request {args.request_id}", file=sys.stderr)
+            return 2
+        print("\n".join(history_lines(history)) if not args.json
+              else json.dumps(history, indent=2))
+        return 0
     deadline = time.monotonic() + args.timeout
     tty = sys.stdout.isatty()
     view = fetch_json(url)

@@ -28,6 +28,7 @@ from shared.settings import Settings
 ROUTES: Final = (
     ("/requests/{request_id}", "get_request"),
     ("/requests/{request_id}/machines", "list_machines"),
+    ("/requests/{request_id}/history", "request_history"),
     ("/requests", "list_requests"),
     ("/machines/{machine_id}", "get_machine"),
     ("/commands/{command_id}", "get_command"),
@@ -65,9 +66,20 @@ def _route(holder: dict[str, QueryApp], path: str, name: str, method: str = "GET
             response = error(503, "cache_unavailable", UNREACHABLE)
         query_app.metrics.served(name, response.status_code)
         assert isinstance(response, Response)
+        if response.status_code >= 400 and response.status_code != 404:
+            _refused(request, response.status_code, name)
         return response
 
     return Route(path, endpoint, methods=[method], name=name)
+
+
+def _refused(request: Request, status: int, route: str) -> None:
+    """Every request refused or failed, with the poller's ``X-Correlation-ID`` (404s, the
+    answer to a poll that came early, are counted in the metrics, not logged)."""
+    log.log(logging.ERROR if status >= 500 else logging.WARNING, "request refused", extra={
+        "event": "request_refused", "status": status, "route": route,
+        "path": request.url.path[:300],
+        "correlation_id": request.headers.get("x-correlation-id", "")[:200] or None})
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -77,6 +89,9 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _server_error(request: Request, exc: Exception) -> Response:
+    log.error("request failed", exc_info=exc, extra={
+        "event": "request_failed", "path": request.url.path[:300],
+        "correlation_id": request.headers.get("x-correlation-id", "")[:200] or None})
     return error(500, "internal_error", "the service failed; see its log")
 
 

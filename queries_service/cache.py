@@ -117,6 +117,12 @@ class ReadCache:
         assert isinstance(docs, list)
         return docs
 
+    async def members(self, key: str) -> list[bytes]:
+        """A sorted set's members, lowest score first."""
+        rows = await self._read("zrange", key, 0, -1)
+        assert isinstance(rows, list)
+        return rows
+
     async def zrange_after(self, key: str, after: int, limit: int) -> list[tuple[bytes, float]]:
         rows = await self._read("zrange", key, f"({after}", "+inf", byscore=True,
                                 withscores=True, offset=0, num=limit)

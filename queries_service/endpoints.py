@@ -120,6 +120,16 @@ class QueryApp:
         return Response(orjson.dumps({"machines": page, "next_cursor": cursor}), 200,
                         media_type=JSON)
 
+    async def request_history(self, request: Request) -> Response:
+        """Every command that touched the request or its machines, in the order applied."""
+        ident = _ident(request, "request_id")
+        entries = await self.cache.members(keys.history_key(ident)) if ident else []
+        if not entries and (not ident or await self.cache.get(keys.request_key(ident)) is None):
+            return error(404, "not_found", f"no request {ident!r}")
+        body = (b'{"request_id":' + orjson.dumps(ident) + b',"entries":['
+                + b",".join(entries) + b"]}")
+        return Response(body, 200, media_type=JSON)
+
     async def get_machine(self, request: Request) -> Response:
         return await self._view(request, "get_machine", "machine", keys.machine_key)
 

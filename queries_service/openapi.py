@@ -28,6 +28,8 @@ _PATHS: tuple[tuple[str, str, str, str, str | None, str | None], ...] = (
      "RequestView", "request_id"),
     ("/requests/{request_id}/machines", "list_machines", "listRequestMachines",
      "A page of a request's machines, in the order first reported", None, "request_id"),
+    ("/requests/{request_id}/history", "request_history", "getRequestHistory",
+     "Every command that touched the request or its machines, in order", None, "request_id"),
     ("/requests", "list_requests", "listRequests", "A page of request views",
      "RequestsPage", None),
     ("/machines/{machine_id}", "get_machine", "getMachine", "A machine's view",

@@ -91,6 +91,7 @@ QUERY_PARAMS: Final[dict[str, tuple[Param, ...]]] = {
     "list_machines": (_limit(100, MAX_PAGE), CURSOR),
     "list_requests": (Param("status", "status"), _limit(50, MAX_PAGE), CURSOR,
                       Param("include_machines", "boolean", False)),
+    "request_history": (),
     "get_machine": (MIN_VERSION,),
     "get_command": (MIN_VERSION,),
     "list_templates": (_limit(100, 1000), Param("offset", "integer", 0, 0, 10**6)),

@@ -18,6 +18,11 @@ def request_summary_key(request_id: str) -> str:
     return f"{PREFIX}request-summary:{request_id}"
 
 
+def history_key(request_id: str) -> str:
+    """Sorted set of the request's history entries (JSON), scored by the store's sequence."""
+    return f"{PREFIX}history:{request_id}"
+
+
 def machine_key(machine_id: str) -> str:
     return f"{PREFIX}machine:{machine_id}"
 

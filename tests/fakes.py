@@ -15,7 +15,14 @@ from typing import Any, Self
 from commands_worker.domain.errors import ConcurrentUpdate
 from commands_worker.domain.model import Machine, Request, Template
 from commands_worker.service_layer import ports
-from commands_worker.service_layer.ports import CommandRecord, DeadLetter, ProjectedBacklog, ViewDoc
+from commands_worker.service_layer.documents import history_doc
+from commands_worker.service_layer.ports import (
+    CommandRecord,
+    DeadLetter,
+    HistoryEntry,
+    ProjectedBacklog,
+    ViewDoc,
+)
 
 
 @dataclass
@@ -28,6 +35,7 @@ class FakeState:
     dead_letters: list[DeadLetter] = field(default_factory=list)
     outbox: list[ViewDoc] = field(default_factory=list)
     outbox_at: dict[int, float] = field(default_factory=dict)
+    history: list[HistoryEntry] = field(default_factory=list)
     seq: int = 0
     ids: int = 0
 
@@ -164,6 +172,11 @@ class FakeUnitOfWork:
     def emit(self, doc: ViewDoc) -> None:
         self.docs.append(doc)
 
+    def add_history(self, entry: HistoryEntry) -> None:
+        entry = replace(entry, id=self.w.next_id())
+        self.w.history.append(entry)
+        self.docs.append(history_doc(entry))
+
 
 class FakeStore:
     """The store as a whole, over one ``FakeState``."""
@@ -202,6 +215,9 @@ class FakeStore:
         for request in sorted(self.state.requests.values(), key=lambda r: r.seq):
             yield request, [m for m in self.state.machines.values()
                             if request.request_id in (m.request_id, m.return_request_id)]
+
+    def iter_history(self, batch: int = 5000) -> Iterator[HistoryEntry]:
+        yield from list(self.state.history)
 
     def overdue_requests(self, now: float, limit: int = 500) -> list[str]:
         overdue = sorted((r for r in self.state.requests.values()

@@ -23,6 +23,9 @@ _PUBLISH_SCRIPT: Final = lua.source("publish.lua")
 _DOCS_PER_CALL: Final = 200
 FEED_MAXLEN: Final = 100_000
 _FEED_PREFIX: Final = keys.feed_published_key("")
+_HISTORY_PREFIX: Final = keys.history_key("")
+# A request's history keeps its newest entries, this many.
+HISTORY_MAX_ENTRIES: Final = 500
 
 
 def _keys_and_args(doc: ViewDoc) -> tuple[list[str], list[str | bytes | int]]:
@@ -54,11 +57,15 @@ class Projector:
         if not every:
             return 0
         events = [d for d in every if is_feed_event(d)]
-        docs = [d for d in every if not is_feed_event(d)] if events else every
+        told = [d for d in every if d.key.startswith(_HISTORY_PREFIX)]
+        docs = ([d for d in every if not is_feed_event(d) and not
+                 d.key.startswith(_HISTORY_PREFIX)] if events or told else every)
         try:
             pipe = self.client.pipeline(transaction=False)
             for first in range(0, len(events), _DOCS_PER_CALL):
                 self._publish_events(pipe, events[first:first + _DOCS_PER_CALL])
+            for key in _add_history(pipe, told):
+                pipe.zremrangebyrank(key, 0, -HISTORY_MAX_ENTRIES - 1)
             for first in range(0, len(docs), _DOCS_PER_CALL):
                 script_keys: list[str] = []
                 args: list[str | bytes | int] = [keys.VIEWS_CHANNEL]
@@ -68,7 +75,8 @@ class Projector:
                     args += doc_args
                 self._cas(keys=script_keys, args=args, client=pipe)
             results = pipe.execute()
-            return sum(int(r) for r in results[_calls(len(events)):])
+            skipped = _calls(len(events)) + len(told) + len({d.key for d in told})
+            return sum(int(r) for r in results[skipped:])
         except redis.RedisError as exc:
             # Unreachable, a failover that demoted the primary under us (ReadOnlyError), or
             # full (OutOfMemoryError): the outbox keeps the documents, and the next attempt
@@ -82,6 +90,14 @@ class Projector:
             args += [event_id, event.status, event.body]
         self._publish(keys=[keys.FEED_STREAM_KEY, *(e.key for e in events)], args=args,
                       client=pipe)
+
+
+def _add_history(pipe: redis.client.Pipeline, entries: list[ViewDoc]) -> list[str]:
+    """Each entry into its request's history set, scored by its sequence: the same entry
+    projected again is the same member, so nothing doubles. Returns the sets written."""
+    for entry in entries:
+        pipe.zadd(entry.key, {entry.body: entry.version})
+    return list(dict.fromkeys(e.key for e in entries))
 
 
 def _calls(count: int) -> int:

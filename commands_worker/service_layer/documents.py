@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 
 from commands_worker.domain.model import MACHINE_FIELDS, Machine, Request, Template
-from commands_worker.service_layer.ports import CommandRecord, FeedEvent, ViewDoc
+from commands_worker.service_layer.ports import CommandRecord, FeedEvent, HistoryEntry, ViewDoc
 from shared import keys
 
 
@@ -148,3 +148,14 @@ def release_event(machine: Machine, reason: str) -> FeedEvent:
     return FeedEvent("release", f"release:{machine.machine_id}", {
         "request_id": machine.request_id, "machines": [_machine_ref(machine)],
         "reason": reason})
+
+
+# --- request history ----------------------------------------------------------------------
+def history_doc(entry: HistoryEntry) -> ViewDoc:
+    """One history entry: a member of the request's history set, scored by its sequence
+    (the same bytes live and after a rebuild, so the set never holds one entry twice)."""
+    body = _dumps({"id": entry.id, "command_id": entry.command_id, "task": entry.task,
+                   "outcome": entry.outcome, "reason": entry.reason,
+                   "machine_id": entry.machine_id, "version_after": entry.version_after,
+                   "at": entry.at})
+    return ViewDoc(keys.history_key(entry.request_id), entry.id, body, status="history")

@@ -35,6 +35,7 @@ from commands_worker.service_layer.ports import (
     CommandRecord,
     DeadLetter,
     Effect,
+    HistoryEntry,
     UnitOfWork,
     ViewDoc,
 )
@@ -178,6 +179,7 @@ class Executor:
                 prior = known.get(env.command_id)
                 if prior is not None and prior.outcome != REPLAYING:
                     outcomes[index] = Execution(prior, [], duplicate=True)
+                    _tell(uow, [prior.request_id], prior, now, "duplicate")
                     continue
                 outcome = self._apply_one(uow, env, prior, now)
                 if isinstance(outcome, Execution):
@@ -193,6 +195,7 @@ class Executor:
                 record = self._record(env, effect, prior, now)
                 self._emit(uow, effect, record)
                 uow.record_command(record)
+                _tell_effect(uow, effect, record, now)
                 return Execution(record, [])
         except CommandRefused as refusal:
             if refusal.may_succeed_later and not env.final_attempt:
@@ -265,7 +268,33 @@ class Executor:
             command_id=env.command_id, task=env.task, queue=env.queue,
         ))
         uow.emit(views.command_doc(record, self.retention_s))
+        # The request it names, and the one of the machine it names (they may differ: a
+        # report naming the wrong request is refused, and its machine's request shows it).
+        machine = uow.get_machine(record.machine_id) if record.machine_id else None
+        named = dict.fromkeys([record.request_id, machine.request_id if machine else None])
+        _tell(uow, list(named), record, now)
         return Execution(record, [])
+
+
+def _tell_effect(uow: UnitOfWork, effect: Effect, record: CommandRecord, now: float) -> None:
+    """A history entry for each request the command touched, with its version after."""
+    touched = ([effect.request] if effect.request else []) + [r for r, _ in effect.also]
+    if not touched and effect.machine is not None:  # a superseded report: its request
+        _tell(uow, [effect.machine.request_id], record, now)
+    for request in touched:
+        _tell(uow, [request.request_id], record, now,
+              version_after=request.version if effect.outcome == "applied" else None)
+
+
+def _tell(uow: UnitOfWork, request_ids: list[str | None], record: CommandRecord, now: float,
+          outcome: str | None = None, version_after: int | None = None) -> None:
+    for request_id in request_ids:
+        # Only requests that exist have a history: a refused command naming a made-up
+        # request leaves none behind (its outcome and dead letter say enough).
+        if request_id and uow.get_request(request_id) is not None:
+            uow.add_history(HistoryEntry(
+                request_id, record.command_id, record.task, outcome or record.outcome, now,
+                record.reason, record.machine_id, version_after))
 
 
 def parked_command_id(letter: DeadLetter) -> str | None:

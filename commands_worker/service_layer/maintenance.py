@@ -93,6 +93,8 @@ def _rebuild_docs(store: Store, retention_s: int) -> Iterator[ViewDoc]:
             named = documents.machine_name_doc(machine)
             if named is not None:
                 yield named
+    for entry in store.iter_history():
+        yield documents.history_doc(entry)
     now = time.time()
     for record in store.iter_commands(since=now - retention_s):
         if record.outcome == REPLAYING:

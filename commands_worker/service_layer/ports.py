@@ -90,6 +90,22 @@ class ViewDoc:
 
 
 @dataclass(frozen=True)
+class HistoryEntry:
+    """One command as a request's history shows it: every command that touched the request
+    or one of its machines, duplicates and refusals included, in the order applied."""
+
+    request_id: str
+    command_id: str
+    task: str
+    outcome: str  # applied | superseded | rejected | duplicate
+    at: float
+    reason: str | None = None
+    machine_id: str | None = None
+    version_after: int | None = None  # the request's version after it (applied ones)
+    id: int = 0  # the store's sequence: the order, and the read model's score
+
+
+@dataclass(frozen=True)
 class FeedEvent:
     """Something a provider must act on (docs/providers.md): written to the outbox with the
     change that caused it, added to the provider feed once."""
@@ -165,6 +181,11 @@ class UnitOfWork(Protocol):
 
     def add_dead_letter(self, letter: DeadLetter) -> None: ...
 
+    def add_history(self, entry: HistoryEntry) -> None:
+        """Kept with the commit; its view document joins the outbox then (it needs the
+        store's sequence number)."""
+        ...
+
     def emit(self, doc: ViewDoc) -> None: ...
 
 
@@ -218,6 +239,8 @@ class Store(Protocol):
     def iter_requests(self, batch: int = 500) -> Iterator[tuple[Request, list[Machine]]]: ...
 
     def iter_commands(self, since: float, batch: int = 2000) -> Iterator[CommandRecord]: ...
+
+    def iter_history(self, batch: int = 5000) -> Iterator[HistoryEntry]: ...
 
     def purge_commands(self, older_than: float) -> int: ...
 

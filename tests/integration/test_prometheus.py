@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -112,9 +112,10 @@ def test_prometheus_sees_the_exact_counts_and_the_alerts(
              every_s=0.5, what=f"the workload's counts (last: {counts()})")
     wait_for(lambda: p.value("hf_worker_dead_letters_open") == 2, 30, every_s=0.5,
              what="two open dead letters")
-    served = p.value(f'sum(hf_query_requests_total{{instance="127.0.0.1:{q1_port}",'
-                     f'route="get_request"}})')
-    assert served == 7
+    served = (f'sum(hf_query_requests_total{{instance="127.0.0.1:{q1_port}",'
+              f'route="get_request"}})')
+    wait_for(lambda: p.value(served) == 7, 30, every_s=0.5,  # q1's next scrape
+             what="the seven answers of q1")
     assert p.value('sum(hf_worker_batch_size_count)') is not None
     assert p.value("hf_worker_templates_version") == 1
     wait_for(lambda: ("HfDeadLettersGrowing", f"127.0.0.1:{worker_port}") in p.firing(), 30,
@@ -125,6 +126,15 @@ def test_prometheus_sees_the_exact_counts_and_the_alerts(
     wait_for(lambda: down in p.firing(), 30, every_s=0.5, what="HfQueryServiceDown to fire")
     q2 = _query_service(stack_env, tmp_path, q2_port, "q2-again")
     wait_for(lambda: down not in p.firing(), 30, every_s=0.5, what="it to resolve")
-    time.sleep(0)
+    # hfctl stats reads the same endpoints: one screen.
+    stats = subprocess.run(
+        [sys.executable, "-m", "hfctl", "stats", "--worker",
+         f"http://127.0.0.1:{worker_port}/metrics", "--query", f"http://127.0.0.1:{q1_port}",
+         "--every", "0.5"], env=stack_env, cwd=ROOT, capture_output=True, text=True,
+        timeout=60, check=False)
+    assert stats.returncode == 0, stats.stderr
+    assert "targets up 2/2" in stats.stdout
+    assert re.search(r"queue commands.requests\s+waiting\s+0", stats.stdout), stats.stdout
+    assert "dead letters open 2" in stats.stdout
     for proc in (prom, q1, q2):
         proc.stop()

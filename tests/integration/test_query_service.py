@@ -185,3 +185,26 @@ def test_machines_of_a_request_page_in_the_order_first_reported(
 
 def _has_version(client: TestClient, path: str, version: int) -> bool:
     return bool(client.get(path).json()["version"] == version)
+
+
+def test_a_refused_request_is_logged_with_the_pollers_correlation_id(
+        client: TestClient) -> None:
+    import logging
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign,assignment]
+    logger = logging.getLogger("hostfactory.queries")
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        bad = client.get("/requests/r1", params={"min_version": "x"},
+                         headers={"X-Correlation-ID": "poll-7"})
+        assert bad.status_code == 422
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    [record] = [r for r in records if getattr(r, "event", None) == "request_refused"]
+    assert (record.status, record.correlation_id, record.route) == (  # type: ignore[attr-defined]
+        422, "poll-7", "get_request")

@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from commands_worker.adapters.sql.tables import (
     commands,
     dead_letters,
+    history,
     machines,
     outbox,
     requests,
@@ -44,6 +45,7 @@ STMT: Final = {
     "insert_machine": machines.insert(),
     "insert_command": commands.insert(),
     "insert_outbox": outbox.insert().returning(outbox.c.id, sort_by_parameter_order=True),
+    "insert_history": history.insert().returning(history.c.id, sort_by_parameter_order=True),
     "update_request": _versioned_update(requests, "request_id", REQUEST_COLUMNS),
     "update_machine": _versioned_update(machines, "machine_id", MACHINE_COLUMNS),
     "update_command": _versioned_update(commands, "command_id", COMMAND_COLUMNS),

@@ -23,6 +23,7 @@ from commands_worker.adapters.sql.tables import (
     commands,
     create_schema,
     dead_letters,
+    history,
     machines,
     meta,
     outbox,
@@ -36,6 +37,7 @@ from commands_worker.service_layer.ports import (
     REPLAYING,
     CommandRecord,
     DeadLetter,
+    HistoryEntry,
     ProjectedBacklog,
     ViewDoc,
 )
@@ -133,6 +135,19 @@ class Store:
             for row in rows:
                 yield request_of(row), owned[row.request_id]
             last = rows[-1].seq
+
+    def iter_history(self, batch: int = 5000) -> Iterator[HistoryEntry]:
+        last = 0
+        while True:
+            with self.engine.connect() as conn:
+                rows = conn.execute(history.select().where(history.c.id > last)
+                                    .order_by(history.c.id).limit(batch)).all()
+            if not rows:
+                return
+            for r in rows:
+                yield HistoryEntry(r.request_id, r.command_id, r.task, r.outcome, r.at,
+                                   r.reason, r.machine_id, r.version_after, r.id)
+            last = rows[-1].id
 
     def iter_commands(self, since: float, batch: int = 2000) -> Iterator[CommandRecord]:
         last = ""

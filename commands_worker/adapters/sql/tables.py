@@ -76,6 +76,18 @@ outbox = sa.Table(
     sa.Column("status", sa.String(32), nullable=False),
     sa.Column("created_at", sa.Float, nullable=False, index=True),
 )
+history = sa.Table(
+    "history", metadata,
+    sa.Column("id", _BigInt, primary_key=True, autoincrement=True),
+    sa.Column("request_id", sa.String(200), nullable=False, index=True),
+    sa.Column("command_id", sa.String(200), nullable=False),
+    sa.Column("task", sa.String(100), nullable=False),
+    sa.Column("outcome", sa.String(16), nullable=False),
+    sa.Column("reason", sa.Text),
+    sa.Column("machine_id", sa.String(200)),
+    sa.Column("version_after", sa.Integer),
+    sa.Column("at", sa.Float, nullable=False),
+)
 dead_letters = sa.Table(
     "dead_letters", metadata,
     sa.Column("id", _BigInt, primary_key=True, autoincrement=True),

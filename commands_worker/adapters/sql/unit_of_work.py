@@ -31,15 +31,23 @@ from commands_worker.adapters.sql.statements import COMMAND_COLUMNS, STMT
 from commands_worker.adapters.sql.tables import dead_letters
 from commands_worker.domain.errors import ConcurrentUpdate
 from commands_worker.domain.model import Machine, Request, Template
-from commands_worker.service_layer.ports import CommandRecord, DeadLetter, ProjectedBacklog, ViewDoc
+from commands_worker.service_layer.documents import history_doc
+from commands_worker.service_layer.ports import (
+    CommandRecord,
+    DeadLetter,
+    HistoryEntry,
+    ProjectedBacklog,
+    ViewDoc,
+)
 
 
 class _Transaction:
-    """What a transaction records beside the aggregates: command outcomes, dead letters and
-    the view documents for the outbox."""
+    """What a transaction records beside the aggregates: command outcomes, dead letters,
+    history entries and the view documents for the outbox."""
 
     _conn: Connection | None
     _docs: list[ViewDoc]
+    _history: list[HistoryEntry]
 
     @property
     def conn(self) -> Connection:
@@ -72,6 +80,9 @@ class _Transaction:
         """Queue a view document for the outbox; written with the commit."""
         self._docs.append(doc)
 
+    def add_history(self, entry: HistoryEntry) -> None:
+        self._history.append(entry)
+
 
 class SqlUnitOfWork(_Transaction):
     """One store transaction. Statements are few, small and prepared once; the outbox rows
@@ -96,6 +107,7 @@ class SqlUnitOfWork(_Transaction):
             self._close()
             raise translate_errors(exc) from exc
         self._docs = []
+        self._history = []
         self._templates = {}
         # What this transaction has read or written, so a batch reads each row once.
         self._requests: dict[str, Request | None] = {}
@@ -129,18 +141,19 @@ class SqlUnitOfWork(_Transaction):
                 # Rows projected after earlier commands go in this transaction: no commit of
                 # their own. Lost on a crash, they are projected again (a no-op) by the sweep.
                 self.conn.execute(STMT["delete_outbox"], {"keys": done})
-            docs = insert_outbox(self.conn, self._docs)
+            history = insert_history(self.conn, self._history)
+            docs = insert_outbox(self.conn, self._docs + history)
             self.conn.commit()
         except BaseException:
             self.projected.add(done)
             raise
-        self._docs = []
+        self._docs, self._history = [], []
         return docs
 
     @contextlib.contextmanager
     def savepoint(self) -> Iterator[None]:
         # Savepoints here never nest, so one fixed name serves (and needs no compiling).
-        emitted = len(self._docs)
+        emitted, told = len(self._docs), len(self._history)
         known = (dict(self._requests), dict(self._machines),
                  {k: list(v) for k, v in self._owned.items()})
         self.conn.exec_driver_sql("SAVEPOINT hf_command")
@@ -150,6 +163,7 @@ class SqlUnitOfWork(_Transaction):
             self.conn.exec_driver_sql("ROLLBACK TO SAVEPOINT hf_command")
             self.conn.exec_driver_sql("RELEASE SAVEPOINT hf_command")
             del self._docs[emitted:]
+            del self._history[told:]
             self._requests, self._machines, self._owned = known
             raise
         self.conn.exec_driver_sql("RELEASE SAVEPOINT hf_command")
@@ -260,6 +274,18 @@ def insert_outbox(conn: Connection, docs: list[ViewDoc]) -> list[ViewDoc]:
          "seq": d.seq, "status": d.status, "created_at": now} for d in docs
     ]).scalars().all()
     return [replace(doc, outbox_id=int(i)) for doc, i in zip(docs, ids, strict=True)]
+
+
+def insert_history(conn: Connection, entries: list[HistoryEntry]) -> list[ViewDoc]:
+    """The transaction's history entries in one multi-row insert; their view documents,
+    which carry the sequence the store gave them."""
+    if not entries:
+        return []
+    ids = conn.execute(STMT["insert_history"], [
+        {"request_id": e.request_id, "command_id": e.command_id, "task": e.task[:100],
+         "outcome": e.outcome, "reason": e.reason, "machine_id": e.machine_id,
+         "version_after": e.version_after, "at": e.at} for e in entries]).scalars().all()
+    return [history_doc(replace(e, id=int(i))) for e, i in zip(entries, ids, strict=True)]
 
 
 def write_dead_letter(conn: Connection, letter: DeadLetter) -> None:
