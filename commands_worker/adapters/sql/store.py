@@ -4,7 +4,8 @@ Each command's own transaction is a ``SqlUnitOfWork``."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -117,16 +118,25 @@ class Store:
                 .order_by(requests.c.deadline_at).limit(limit)).all()
         return [r.request_id for r in rows]
 
-    def iter_requests(self, batch: int = 500) -> Iterator[tuple[Request, list[Machine]]]:
-        last = 0
+    def _pages(self, query: sa.Select[Any], column: sa.Column[Any], start: Any,
+               batch: int) -> Iterator[Sequence[Any]]:
+        """The rows of ``query`` in pages ordered by ``column`` (keyset pagination: each
+        page read in a connection of its own, so a long rebuild holds no transaction)."""
+        last = start
         while True:
             with self.engine.connect() as conn:
-                rows = conn.execute(requests.select().where(requests.c.seq > last)
-                                    .order_by(requests.c.seq).limit(batch)).all()
-                if not rows:
-                    return
-                ids = [r.request_id for r in rows]
-                owned: dict[str, list[Machine]] = {i: [] for i in ids}
+                rows = conn.execute(query.where(column > last).order_by(column)
+                                    .limit(batch)).all()
+            if not rows:
+                return
+            yield rows
+            last = getattr(rows[-1], column.name)
+
+    def iter_requests(self, batch: int = 500) -> Iterator[tuple[Request, list[Machine]]]:
+        for rows in self._pages(requests.select(), requests.c.seq, 0, batch):
+            ids = [r.request_id for r in rows]
+            owned: dict[str, list[Machine]] = {i: [] for i in ids}
+            with self.engine.connect() as conn:
                 for m in conn.execute(machines.select().where(sa.or_(
                         machines.c.request_id.in_(ids), machines.c.return_request_id.in_(ids)))):
                     for request_id in (m.request_id, m.return_request_id):
@@ -134,33 +144,17 @@ class Store:
                             owned[request_id].append(machine_of(m))
             for row in rows:
                 yield request_of(row), owned[row.request_id]
-            last = rows[-1].seq
 
     def iter_history(self, batch: int = 5000) -> Iterator[HistoryEntry]:
-        last = 0
-        while True:
-            with self.engine.connect() as conn:
-                rows = conn.execute(history.select().where(history.c.id > last)
-                                    .order_by(history.c.id).limit(batch)).all()
-            if not rows:
-                return
+        for rows in self._pages(history.select(), history.c.id, 0, batch):
             for r in rows:
                 yield HistoryEntry(r.request_id, r.command_id, r.task, r.outcome, r.at,
                                    r.reason, r.machine_id, r.version_after, r.id)
-            last = rows[-1].id
 
     def iter_commands(self, since: float, batch: int = 2000) -> Iterator[CommandRecord]:
-        last = ""
-        while True:
-            with self.engine.connect() as conn:
-                rows = conn.execute(
-                    commands.select().where(commands.c.recorded_at >= since,
-                                            commands.c.command_id > last)
-                    .order_by(commands.c.command_id).limit(batch)).all()
-            if not rows:
-                return
+        recent = commands.select().where(commands.c.recorded_at >= since)
+        for rows in self._pages(recent, commands.c.command_id, "", batch):
             yield from (command_of(r) for r in rows)
-            last = rows[-1].command_id
 
     def purge_commands(self, older_than: float) -> int:
         with self.engine.begin() as conn:
