@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import uvicorn
 
 from shared.settings import Settings
@@ -9,6 +12,9 @@ from shared.settings import Settings
 
 def main() -> None:
     settings = Settings.from_env()
+    if settings.query_workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # The server's processes count into shared files: /metrics is whole for the host.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="hf-query-metrics-")
     uvicorn.run("queries_service.asgi:app", host=settings.query_host, port=settings.query_port,
                 workers=settings.query_workers, log_level="warning", access_log=False,
                 lifespan="on", loop="uvloop",

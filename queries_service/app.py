@@ -3,11 +3,15 @@ them (bearer tokens outermost, then the fast path for views known current, then 
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Final
 
+from prometheus_client import multiprocess
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -54,6 +58,7 @@ def _route(holder: dict[str, QueryApp], path: str, name: str, method: str = "GET
 
     async def endpoint(request: Request) -> Response:
         query_app = holder["app"]
+        started = time.perf_counter()
         try:
             target = getattr(query_app, owner) if owner else query_app
             response = await getattr(target, attribute)(request)
@@ -64,7 +69,7 @@ def _route(holder: dict[str, QueryApp], path: str, name: str, method: str = "GET
             log.warning("read cache unreachable", extra={"event": "cache_unavailable",
                                                          "route": name, "error": str(exc)})
             response = error(503, "cache_unavailable", UNREACHABLE)
-        query_app.metrics.served(name, response.status_code)
+        query_app.metrics.served(name, response.status_code, time.perf_counter() - started)
         assert isinstance(response, Response)
         if response.status_code >= 400 and response.status_code != 404:
             _refused(request, response.status_code, name)
@@ -80,6 +85,14 @@ def _refused(request: Request, status: int, route: str) -> None:
         "event": "request_refused", "status": status, "route": route,
         "path": request.url.path[:300],
         "correlation_id": request.headers.get("x-correlation-id", "")[:200] or None})
+
+
+async def _sync_every_second(metrics: Metrics) -> None:
+    """Keep this process's kept counts in the metrics (with several server processes, the
+    one answering a scrape reads the others' from their files)."""
+    while True:
+        await asyncio.sleep(1.0)
+        metrics.sync()
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -105,8 +118,12 @@ def create_app(settings: Settings | None = None, cache: ReadCache | None = None)
         own = cache or ReadCache.from_settings(settings)
         query_app = holder["app"] = QueryApp(own, settings, local, metrics)
         query_app.notifier.start()
+        syncing = asyncio.create_task(_sync_every_second(metrics))
         yield
+        syncing.cancel()
         await query_app.notifier.stop()
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
         if cache is None:
             await own.close()
 

@@ -41,7 +41,8 @@ class ReadCache:
     primary: aioredis.Redis
     replica: aioredis.Redis | None
     counters: dict[str, int] = field(default_factory=lambda: {
-        "reads_replica": 0, "reads_primary": 0, "replica_fallbacks": 0, "fresh_reads": 0})
+        "reads_replica": 0, "reads_primary": 0, "replica_fallbacks": 0, "fresh_reads": 0,
+        "errors": 0})
     _replica_ok: bool = False
     _replica_checked_at: float = float("-inf")
 
@@ -91,6 +92,7 @@ class ReadCache:
         try:
             result = await getattr(self.primary, fn_name)(*args, **kwargs)
         except UNAVAILABLE as exc:
+            self.counters["errors"] += 1
             raise CacheUnavailable(str(exc)) from exc
         self.counters["reads_primary"] += 1
         return result

@@ -40,8 +40,9 @@ class QueryApp:
         self.params = Parameters(settings.query_max_wait_s)
         self.notifier = ViewNotifier(cache, local)
         self.metrics = metrics
-        metrics.follow(lambda: (self.notifier.waiting_count(), self.local.hits,
-                                self.cache.counters))
+        metrics.follow(lambda: (self.notifier.waiting_count(), {
+            "local_hits": self.local.hits, "long_polls_woken": self.notifier.woken,
+            **{f"cache_{k}": v for k, v in self.cache.counters.items()}}))
         self._reading: dict[str, asyncio.Future[bytes | None]] = {}
         self._templates: tuple[int, list[dict[str, Any]]] = (-1, [])
         self.hostfactory = HostFactoryAnswers(cache, settings, self._load_templates)

@@ -10,6 +10,7 @@ check). ``min_version`` and ``If-None-Match`` are honoured on the fast path too.
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Final
@@ -122,22 +123,23 @@ class FastPath:
     """Answers repeated GETs from ``LocalViews``; everything else goes to the app."""
 
     def __init__(self, app: ASGIApp, local: LocalViews,
-                 count: Callable[[str, int], None]) -> None:
+                 count: Callable[[str, int, float], None]) -> None:
         self.app = app
         self.local = local
         self.count = count
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "GET" and self.local.enabled:
+            started = time.perf_counter()
             found = fast_key(scope["path"], scope["query_string"])
             doc = self.local.get(found[1]) if found else None
             if found is not None and doc is not None:
-                await self._answer(found, doc, scope, send)
+                await self._answer(found, doc, scope, send, started)
                 return
         await self.app(scope, receive, send)
 
     async def _answer(self, found: tuple[str, str], doc: bytes, scope: Scope,
-                      send: Send) -> None:
+                      send: Send, started: float) -> None:
         route, key = found
         headers = [_JSON, _NO_CACHE]
         status = 200
@@ -150,4 +152,4 @@ class FastPath:
         headers.append((b"content-length", str(len(doc)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": doc})
-        self.count(route, status)
+        self.count(route, status, time.perf_counter() - started)

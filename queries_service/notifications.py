@@ -22,6 +22,7 @@ class ViewNotifier:
         self.cache = cache
         self.local = local
         self.waiters: dict[str, list[tuple[int, asyncio.Event]]] = defaultdict(list)
+        self.woken = 0  # long-polls woken by an announcement
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
@@ -63,8 +64,9 @@ class ViewNotifier:
             return
         version = int(version_text)
         for min_version, event in waiting:
-            if version >= min_version:
+            if version >= min_version and not event.is_set():
                 event.set()
+                self.woken += 1
 
     async def _listen_forever(self, client: object) -> None:
         while True:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterator
+from pathlib import Path
 
 import orjson
 import pytest
@@ -208,3 +209,73 @@ def test_a_refused_request_is_logged_with_the_pollers_correlation_id(
     [record] = [r for r in records if getattr(r, "event", None) == "request_refused"]
     assert (record.status, record.correlation_id, record.route) == (  # type: ignore[attr-defined]
         422, "poll-7", "get_request")
+
+
+def test_metrics_are_whole_for_the_host_with_several_server_processes(
+        stack_env: dict[str, str], tmp_path: Path, rclient: redis.Redis) -> None:
+    """QUERY_WORKERS=2: whichever process answers a scrape reports both processes' answers,
+    their latency, and the long-polls each holds."""
+    import asyncio
+    import sys
+
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tests.conftest import Proc, free_port, wait_for
+
+    put_request(rclient, 1)
+    port = free_port()
+    proc = Proc([sys.executable, "-m", "queries_service"],
+                {**stack_env, "QUERY_PORT": str(port), "QUERY_WORKERS": "2"},
+                tmp_path / "queries.log").start()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: _answers(f"{base}/healthz"), 30, what="the query service")
+
+        async def load() -> None:
+            async with httpx.AsyncClient(base_url=base, limits=httpx.Limits(
+                    max_connections=40)) as client:
+                polls = [asyncio.create_task(client.get(
+                    "/requests/r1", params={"min_version": 9, "wait": 3}, timeout=10))
+                    for _ in range(6)]
+                await asyncio.sleep(1.0)
+                samples = [_sample(await client.get("/metrics"), "hf_query_long_polls_waiting")
+                           for _ in range(6)]
+                assert set(samples) == {6.0}, samples  # both processes' polls, every scrape
+                for _ in range(200):
+                    assert (await client.get("/requests/r1")).status_code == 200
+                await asyncio.gather(*polls)
+
+        asyncio.run(load())
+
+        def served() -> float:
+            text = httpx.get(f"{base}/metrics").text
+            return sum(s.value for f in text_string_to_metric_families(text)
+                       for s in f.samples if s.name == "hf_query_requests_total"
+                       and s.labels.get("route") == "get_request")
+
+        wait_for(lambda: served() == 206, 10, what="206 answers counted")
+        text = httpx.get(f"{base}/metrics").text
+        assert _sample_text(text, "hf_query_request_seconds_count", "get_request") == 206
+    finally:
+        proc.stop()
+
+
+def _answers(url: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _sample(response: object, name: str) -> float:
+    return _sample_text(response.text, name)  # type: ignore[attr-defined]
+
+
+def _sample_text(text: str, name: str, route: str | None = None) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
+               if s.name == name and route in (None, s.labels.get("route")))
