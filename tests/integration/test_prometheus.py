@@ -10,7 +10,7 @@ import shutil
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,15 @@ def _ok(url: str) -> bool:
 
 
 @pytest.fixture
+def procs() -> Iterator[list[Proc]]:
+    """What a test starts, stopped whatever the test's outcome."""
+    started: list[Proc] = []
+    yield started
+    for proc in started:
+        proc.stop()
+
+
+@pytest.fixture
 def prometheus_bin() -> str:
     found = shutil.which("prometheus")
     if found is None:
@@ -61,11 +70,12 @@ def prometheus_bin() -> str:
 
 def test_prometheus_sees_the_exact_counts_and_the_alerts(
         prometheus_bin: str, start_worker: Callable[..., Proc], stack_env: dict[str, str],
-        tmp_path: Path, producer: Any) -> None:
+        tmp_path: Path, producer: Any, procs: list[Proc]) -> None:
     worker_port, q1_port, q2_port, prom_port = (free_port() for _ in range(4))
     start_worker(2, WORKER_METRICS_PORT=str(worker_port))
     q1 = _query_service(stack_env, tmp_path, q1_port, "q1")
     q2 = _query_service(stack_env, tmp_path, q2_port, "q2")
+    procs += [q1, q2]
     rules = re.sub(r"for: \w+", "for: 2s", RULES.read_text())
     (tmp_path / "rules.yml").write_text(rules)
     (tmp_path / "prometheus.yml").write_text(json.dumps({
@@ -80,6 +90,7 @@ def test_prometheus_sees_the_exact_counts_and_the_alerts(
                  f"--storage.tsdb.path={tmp_path / 'tsdb'}",
                  f"--web.listen-address=127.0.0.1:{prom_port}"], dict(stack_env),
                 tmp_path / "prometheus.log").start()
+    procs.append(prom)
     p = Prometheus(f"http://127.0.0.1:{prom_port}")
     wait_for(lambda: _ok(f"{p.base}/-/ready"), 30, what="prometheus")
     wait_for(lambda: p.value('sum(up{job=~"hostfactory-.*"})') == 3, 30, every_s=0.5,
@@ -125,6 +136,7 @@ def test_prometheus_sees_the_exact_counts_and_the_alerts(
     down = ("HfQueryServiceDown", f"127.0.0.1:{q2_port}")
     wait_for(lambda: down in p.firing(), 30, every_s=0.5, what="HfQueryServiceDown to fire")
     q2 = _query_service(stack_env, tmp_path, q2_port, "q2-again")
+    procs.append(q2)
     wait_for(lambda: down not in p.firing(), 30, every_s=0.5, what="it to resolve")
     # hfctl stats reads the same endpoints: one screen.
     stats = subprocess.run(
@@ -136,5 +148,3 @@ def test_prometheus_sees_the_exact_counts_and_the_alerts(
     assert "targets up 2/2" in stats.stdout
     assert re.search(r"queue commands.requests\s+waiting\s+0", stats.stdout), stats.stdout
     assert "dead letters open 2" in stats.stdout
-    for proc in (prom, q1, q2):
-        proc.stop()
