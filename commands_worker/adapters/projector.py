@@ -39,10 +39,6 @@ def _keys_and_args(doc: ViewDoc) -> tuple[list[str], list[str | bytes | int]]:
     return doc_keys, [len(doc_keys), doc.version, doc.body, ttl_ms, doc.seq, request_id]
 
 
-def is_feed_event(doc: ViewDoc) -> bool:
-    return doc.key.startswith(_FEED_PREFIX)
-
-
 class Projector:
     def __init__(self, client: redis.Redis, feed_maxlen: int = FEED_MAXLEN) -> None:
         self.client = client
@@ -51,37 +47,35 @@ class Projector:
         self._publish = client.register_script(_PUBLISH_SCRIPT)
 
     def project(self, docs: Iterable[ViewDoc]) -> int:
-        """Write the documents, and add the feed events to the feed, in one round trip;
+        """Write the views, add the feed events and history entries, in one round trip;
         returns how many views replaced an older one."""
-        every = list(docs)
-        if not every:
+        views, events, told = _sorted_out(docs)
+        if not (views or events or told):
             return 0
-        events = [d for d in every if is_feed_event(d)]
-        told = [d for d in every if d.key.startswith(_HISTORY_PREFIX)]
-        docs = ([d for d in every if not is_feed_event(d) and not
-                 d.key.startswith(_HISTORY_PREFIX)] if events or told else every)
         try:
             pipe = self.client.pipeline(transaction=False)
             for first in range(0, len(events), _DOCS_PER_CALL):
                 self._publish_events(pipe, events[first:first + _DOCS_PER_CALL])
             for key in _add_history(pipe, told):
                 pipe.zremrangebyrank(key, 0, -HISTORY_MAX_ENTRIES - 1)
-            for first in range(0, len(docs), _DOCS_PER_CALL):
-                script_keys: list[str] = []
-                args: list[str | bytes | int] = [keys.VIEWS_CHANNEL]
-                for doc in docs[first:first + _DOCS_PER_CALL]:
-                    doc_keys, doc_args = _keys_and_args(doc)
-                    script_keys += doc_keys
-                    args += doc_args
-                self._cas(keys=script_keys, args=args, client=pipe)
-            results = pipe.execute()
-            skipped = _calls(len(events)) + len(told) + len({d.key for d in told})
-            return sum(int(r) for r in results[skipped:])
+            first_view = len(pipe.command_stack)
+            for first in range(0, len(views), _DOCS_PER_CALL):
+                self._write_views(pipe, views[first:first + _DOCS_PER_CALL])
+            return sum(int(r) for r in pipe.execute()[first_view:])
         except redis.RedisError as exc:
             # Unreachable, a failover that demoted the primary under us (ReadOnlyError), or
             # full (OutOfMemoryError): the outbox keeps the documents, and the next attempt
             # finds the new primary or the room.
             raise CacheUnavailable(str(exc)) from exc
+
+    def _write_views(self, pipe: redis.client.Pipeline, views: list[ViewDoc]) -> None:
+        script_keys: list[str] = []
+        args: list[str | bytes | int] = [keys.VIEWS_CHANNEL]
+        for doc in views:
+            doc_keys, doc_args = _keys_and_args(doc)
+            script_keys += doc_keys
+            args += doc_args
+        self._cas(keys=script_keys, args=args, client=pipe)
 
     def _publish_events(self, pipe: redis.client.Pipeline, events: list[ViewDoc]) -> None:
         args: list[str | bytes | int] = [self.feed_maxlen, max(events[0].ttl_s, 60) * 1000]
@@ -100,5 +94,16 @@ def _add_history(pipe: redis.client.Pipeline, entries: list[ViewDoc]) -> list[st
     return list(dict.fromkeys(e.key for e in entries))
 
 
-def _calls(count: int) -> int:
-    return -(-count // _DOCS_PER_CALL)
+def _sorted_out(docs: Iterable[ViewDoc]) -> tuple[list[ViewDoc], list[ViewDoc], list[ViewDoc]]:
+    """Views, feed events and history entries: each has its own way into Redis."""
+    views: list[ViewDoc] = []
+    events: list[ViewDoc] = []
+    told: list[ViewDoc] = []
+    for doc in docs:
+        if doc.key.startswith(_FEED_PREFIX):
+            events.append(doc)
+        elif doc.key.startswith(_HISTORY_PREFIX):
+            told.append(doc)
+        else:
+            views.append(doc)
+    return views, events, told

@@ -145,11 +145,11 @@ def _first_report(
     machines.append(machine)
     _machines_changed(uow, request, machines, ctx.now)
     return Effect("applied", request=request, machines=machines, machine=machine,
-                  events=_releases([machine], LAUNCHED_LATE))
+                  events=_releases([machine], REASON_LAUNCHED_LATE))
 
 
-LAUNCHED_LATE: Final = "launched after its request's deadline"
-NOT_UP_IN_TIME: Final = "not up by its request's deadline"
+REASON_LAUNCHED_LATE: Final = "launched after its request's deadline"
+REASON_NOT_UP: Final = "not up by its request's deadline"
 
 
 def _releases(machines: list[Machine], reason: str) -> list[FeedEvent]:
@@ -228,7 +228,7 @@ def pass_deadline(cmd: PassDeadline, ctx: Context, uow: UnitOfWork) -> Effect:
         uow.save_machine(machine, machine.version - 1)
     uow.save_request(request, loaded_request)
     return Effect("applied", request=request, machines=machines, touched=touched,
-                  events=_releases(touched, NOT_UP_IN_TIME))
+                  events=_releases(touched, REASON_NOT_UP))
 
 
 Handler = Callable[[Any, Context, UnitOfWork], Effect]
