@@ -23,6 +23,11 @@ def history_key(request_id: str) -> str:
     return f"{PREFIX}history:{request_id}"
 
 
+# The outbox key of a transaction's history entries, carried in one row: never a Redis key
+# itself (the projector adds each entry to its request's history set).
+HISTORY_BATCH_KEY: Final = f"{PREFIX}history-batch"
+
+
 def machine_key(machine_id: str) -> str:
     return f"{PREFIX}machine:{machine_id}"
 

@@ -175,7 +175,7 @@ class FakeUnitOfWork:
     def add_history(self, entry: HistoryEntry) -> None:
         entry = replace(entry, id=self.w.next_id())
         self.w.history.append(entry)
-        self.docs.append(history_doc(entry))
+        self.docs.append(history_doc([entry]))
 
 
 class FakeStore:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Final
 
+import orjson
 import redis
 
 from commands_worker.adapters import lua
@@ -20,10 +21,10 @@ from shared.views import REQUEST_STATUSES
 
 _CAS_SCRIPT: Final = lua.source("project.lua")
 _PUBLISH_SCRIPT: Final = lua.source("publish.lua")
+_HISTORY_SCRIPT: Final = lua.source("history.lua")
 _DOCS_PER_CALL: Final = 200
 FEED_MAXLEN: Final = 100_000
 _FEED_PREFIX: Final = keys.feed_published_key("")
-_HISTORY_PREFIX: Final = keys.history_key("")
 # A request's history keeps its newest entries, this many.
 HISTORY_MAX_ENTRIES: Final = 500
 
@@ -45,6 +46,7 @@ class Projector:
         self.feed_maxlen = feed_maxlen
         self._cas = client.register_script(_CAS_SCRIPT)
         self._publish = client.register_script(_PUBLISH_SCRIPT)
+        self._history = client.register_script(_HISTORY_SCRIPT)
 
     def project(self, docs: Iterable[ViewDoc]) -> int:
         """Write the views, add the feed events and history entries, in one round trip;
@@ -56,8 +58,8 @@ class Projector:
             pipe = self.client.pipeline(transaction=False)
             for first in range(0, len(events), _DOCS_PER_CALL):
                 self._publish_events(pipe, events[first:first + _DOCS_PER_CALL])
-            for key in _add_history(pipe, told):
-                pipe.zremrangebyrank(key, 0, -HISTORY_MAX_ENTRIES - 1)
+            for batch in told:
+                self._add_history(pipe, batch)
             first_view = len(pipe.command_stack)
             for first in range(0, len(views), _DOCS_PER_CALL):
                 self._write_views(pipe, views[first:first + _DOCS_PER_CALL])
@@ -67,6 +69,15 @@ class Projector:
             # full (OutOfMemoryError): the outbox keeps the documents, and the next attempt
             # finds the new primary or the room.
             raise CacheUnavailable(str(exc)) from exc
+
+    def _add_history(self, pipe: redis.client.Pipeline, batch: ViewDoc) -> None:
+        """A transaction's history entries, each into its request's set, in one call."""
+        sets: dict[str, int] = {}
+        args: list[str | bytes | int] = [HISTORY_MAX_ENTRIES]
+        for request_id, sequence, member in orjson.loads(batch.body):
+            index = sets.setdefault(keys.history_key(request_id), len(sets) + 1)
+            args += [index, sequence, member]
+        self._history(keys=list(sets), args=args, client=pipe)
 
     def _write_views(self, pipe: redis.client.Pipeline, views: list[ViewDoc]) -> None:
         script_keys: list[str] = []
@@ -86,14 +97,6 @@ class Projector:
                       client=pipe)
 
 
-def _add_history(pipe: redis.client.Pipeline, entries: list[ViewDoc]) -> list[str]:
-    """Each entry into its request's history set, scored by its sequence: the same entry
-    projected again is the same member, so nothing doubles. Returns the sets written."""
-    for entry in entries:
-        pipe.zadd(entry.key, {entry.body: entry.version})
-    return list(dict.fromkeys(e.key for e in entries))
-
-
 def _sorted_out(docs: Iterable[ViewDoc]) -> tuple[list[ViewDoc], list[ViewDoc], list[ViewDoc]]:
     """Views, feed events and history entries: each has its own way into Redis."""
     views: list[ViewDoc] = []
@@ -102,7 +105,7 @@ def _sorted_out(docs: Iterable[ViewDoc]) -> tuple[list[ViewDoc], list[ViewDoc], 
     for doc in docs:
         if doc.key.startswith(_FEED_PREFIX):
             events.append(doc)
-        elif doc.key.startswith(_HISTORY_PREFIX):
+        elif doc.key == keys.HISTORY_BATCH_KEY:
             told.append(doc)
         else:
             views.append(doc)

@@ -151,11 +151,17 @@ def release_event(machine: Machine, reason: str) -> FeedEvent:
 
 
 # --- request history ----------------------------------------------------------------------
-def history_doc(entry: HistoryEntry) -> ViewDoc:
-    """One history entry: a member of the request's history set, scored by its sequence
-    (the same bytes live and after a rebuild, so the set never holds one entry twice)."""
-    body = _dumps({"id": entry.id, "command_id": entry.command_id, "task": entry.task,
+def history_member(entry: HistoryEntry) -> bytes:
+    """One history entry as its request's history set holds it: the same bytes live and
+    after a rebuild, so the set never holds one entry twice."""
+    return _dumps({"id": entry.id, "command_id": entry.command_id, "task": entry.task,
                    "outcome": entry.outcome, "reason": entry.reason,
                    "machine_id": entry.machine_id, "version_after": entry.version_after,
                    "at": entry.at})
-    return ViewDoc(keys.history_key(entry.request_id), entry.id, body, status="history")
+
+
+def history_doc(entries: list[HistoryEntry]) -> ViewDoc:
+    """A transaction's history entries (with their store sequence) as one outbox row:
+    ``[[request_id, sequence, member], ...]``; the projector adds each to its set."""
+    body = orjson.dumps([[e.request_id, e.id, history_member(e).decode()] for e in entries])
+    return ViewDoc(keys.HISTORY_BATCH_KEY, entries[0].id, body, status="history")

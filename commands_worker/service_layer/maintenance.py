@@ -16,6 +16,7 @@ from commands_worker.service_layer.ports import (
     REPLAYING,
     DeadLetter,
     FeedEvent,
+    HistoryEntry,
     Projector,
     Store,
     ViewDoc,
@@ -93,8 +94,14 @@ def _rebuild_docs(store: Store, retention_s: int) -> Iterator[ViewDoc]:
             named = documents.machine_name_doc(machine)
             if named is not None:
                 yield named
+    told: list[HistoryEntry] = []
     for entry in store.iter_history():
-        yield documents.history_doc(entry)
+        told.append(entry)
+        if len(told) >= 500:
+            yield documents.history_doc(told)
+            told = []
+    if told:
+        yield documents.history_doc(told)
     now = time.time()
     for record in store.iter_commands(since=now - retention_s):
         if record.outcome == REPLAYING:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 import redis
 
@@ -44,3 +46,18 @@ def test_outcomes_expire_and_writes_are_announced(rclient: redis.Redis) -> None:
     message = pubsub.get_message(timeout=2)
     assert message is not None and message["data"] == f"{keys.command_key('c1')} 1".encode()
     pubsub.close()
+
+
+def test_history_entries_are_added_once_and_bounded(rclient: redis.Redis) -> None:
+    from commands_worker.adapters.projector import HISTORY_MAX_ENTRIES
+    from commands_worker.service_layer.documents import history_doc
+    from commands_worker.service_layer.ports import HistoryEntry
+
+    entries = [HistoryEntry("r1", f"c{n}", "commands.update_machine_status", "applied",
+                            1000.0 + n, id=n) for n in range(1, HISTORY_MAX_ENTRIES + 3)]
+    projector = Projector(rclient)
+    projector.project([history_doc(entries[:10]), history_doc(entries[10:])])
+    projector.project([history_doc(entries[:10])])  # a crash re-projects a row: no double
+    kept: Any = rclient.zrange(keys.history_key("r1"), 0, -1, withscores=True)
+    assert len(kept) == HISTORY_MAX_ENTRIES
+    assert [int(score) for _, score in kept] == list(range(3, HISTORY_MAX_ENTRIES + 3))

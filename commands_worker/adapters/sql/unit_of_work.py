@@ -277,15 +277,15 @@ def insert_outbox(conn: Connection, docs: list[ViewDoc]) -> list[ViewDoc]:
 
 
 def insert_history(conn: Connection, entries: list[HistoryEntry]) -> list[ViewDoc]:
-    """The transaction's history entries in one multi-row insert; their view documents,
-    which carry the sequence the store gave them."""
+    """The transaction's history entries in one multi-row insert; one outbox document
+    carries them all, with the sequence the store gave each."""
     if not entries:
         return []
     ids = conn.execute(STMT["insert_history"], [
         {"request_id": e.request_id, "command_id": e.command_id, "task": e.task[:100],
          "outcome": e.outcome, "reason": e.reason, "machine_id": e.machine_id,
          "version_after": e.version_after, "at": e.at} for e in entries]).scalars().all()
-    return [history_doc(replace(e, id=int(i))) for e, i in zip(entries, ids, strict=True)]
+    return [history_doc([replace(e, id=int(i)) for e, i in zip(entries, ids, strict=True)])]
 
 
 def write_dead_letter(conn: Connection, letter: DeadLetter) -> None:
