@@ -49,6 +49,16 @@ def wait_for(predicate: Callable[[], Any], timeout_s: float = 20.0, every_s: flo
         time.sleep(every_s)
 
 
+def http_ok(url: str) -> bool:
+    """Whether ``url`` answers 200 now (a service come up, or still up)."""
+    import httpx
+
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -195,20 +205,13 @@ def worker(start_worker: Callable[..., Proc]) -> Proc:
 
 @pytest.fixture
 def query_url(stack_env: dict[str, str], tmp_path: Path) -> Iterator[str]:
-    import httpx
 
     port = free_port()
     proc = Proc([sys.executable, "-m", "queries_service"],
                 {**stack_env, "QUERY_PORT": str(port)}, tmp_path / "queries.log").start()
     url = f"http://127.0.0.1:{port}"
 
-    def healthy() -> bool:
-        try:
-            return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    wait_for(healthy, 20, what="the query service")
+    wait_for(lambda: http_ok(f"{url}/healthz"), 20, what="the query service")
     yield url
     proc.stop()
 

@@ -16,7 +16,7 @@ import httpx
 import pytest
 import redis
 
-from tests.conftest import ROOT, Proc, free_port, wait_for
+from tests.conftest import ROOT, Proc, free_port, http_ok, wait_for
 
 REQUESTS, MACHINES = 100, 2
 
@@ -36,16 +36,9 @@ def gateway_url(stack_env: dict[str, str], tmp_path: Path, query_url: str) -> It
                 {**stack_env, "GATEWAY_PORT": str(port), "QUERY_URL": query_url},
                 tmp_path / "gateway.log").start()
     url = f"http://127.0.0.1:{port}"
-    wait_for(lambda: _ok(f"{url}/healthz"), 20, what="the gateway")
+    wait_for(lambda: http_ok(f"{url}/healthz"), 20, what="the gateway")
     yield url
     proc.stop()
-
-
-def _ok(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def test_two_provider_instances_one_killed(worker: Proc, query_url: str, gateway_url: str,

@@ -4,9 +4,7 @@ valid against its JSON Schema in docs/schemas/."""
 
 from __future__ import annotations
 
-import itertools
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +16,8 @@ from commands_worker.service_layer.executor import Envelope, Executor
 from commands_worker.service_layer.maintenance import rebuild_read_model
 from shared import keys
 from tests.conftest import ROOT
-from tests.fakes import FakeState, FakeStore, FakeUnitOfWork, templates
+from tests.fakes import FakeStore
+from tests.inprocess import InProcessWorker
 
 SCHEMAS = {name: json.loads((ROOT / "docs" / "schemas" / f"feed-{name}.json").read_text())
            for name in ("acquire", "return", "release")}
@@ -36,22 +35,7 @@ def feed(client: redis.Redis) -> list[dict[str, Any]]:
     return events
 
 
-class Worker:
-    def __init__(self, client: redis.Redis, timeout_s: float = 600.0) -> None:
-        self.state = FakeState.with_templates(templates(small=3))
-        self.now = time.time()
-        self.executor = Executor(lambda: FakeUnitOfWork(self.state), retention_s=600,
-                                 clock=lambda: self.now, deadlines=(timeout_s, timeout_s))
-        self.projector = Projector(client)
-        self.ids = itertools.count()
-        self.docs: list[Any] = []
-
-    def send(self, task: str, **kwargs: Any) -> None:
-        internal = task == "deadline"
-        done = self.executor.execute(Envelope(task if internal else f"commands.{task}",
-                                              f"c{next(self.ids)}", kwargs, internal=internal))
-        self.docs += done.docs
-        self.projector.project(done.docs)
+Worker = InProcessWorker
 
 
 def test_one_event_per_change_whatever_is_projected_again(rclient: redis.Redis) -> None:

@@ -4,7 +4,6 @@ deadlines, getReturnRequests by id and by name."""
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -13,12 +12,11 @@ import pytest
 import redis
 from starlette.testclient import TestClient
 
-from commands_worker.adapters.projector import Projector
-from commands_worker.service_layer.executor import Envelope, Executor
+from commands_worker.service_layer.executor import Envelope
 from queries_service.app import create_app
 from shared import hostfactory as hf
 from shared.settings import Settings
-from tests.fakes import FakeState, FakeUnitOfWork, templates
+from tests.inprocess import InProcessWorker
 
 MACHINE_KEYS = {"machineId", "name", "result", "status", "privateIpAddress", "launchtime",
                 "message", "priceType", "instanceType", "instanceTags", "cloudHostId"}
@@ -31,29 +29,7 @@ def client(redis_url: str) -> Iterator[TestClient]:
         yield test_client
 
 
-class Pair:
-    """The worker's side, applied in-process: commands in, views projected to Redis."""
-
-    def __init__(self, r: redis.Redis, timeout_s: float = 600.0) -> None:
-        self.state = FakeState.with_templates(templates(small=3))
-        self.now = time.time()
-        self.executor = Executor(lambda: FakeUnitOfWork(self.state), retention_s=600,
-                                 clock=lambda: self.now, deadlines=(timeout_s, timeout_s))
-        self.projector = Projector(r)
-        self.ids = itertools.count()
-
-    def send(self, task: str, **kwargs: Any) -> str:
-        internal = task == "deadline"
-        done = self.executor.execute(Envelope(task if internal else f"commands.{task}",
-                                              f"c{next(self.ids)}", kwargs, internal=internal))
-        self.projector.project(done.docs)
-        return done.record.outcome
-
-    def report(self, machine_id: str, status: str, request_id: str | None = None,
-               **metadata: Any) -> None:
-        assert self.send("update_machine_status", machine_id=machine_id, status=status,
-                         request_id=request_id, metadata=metadata or None,
-                         observed_at=self.now) == "applied"
+Pair = InProcessWorker
 
 
 def up(pair: Pair, request_id: str, *names: str) -> None:

@@ -164,12 +164,14 @@ def test_a_full_redis_is_ridden_out(start_worker: Any, own_redis: tuple[str, Any
     used = int(client.info("memory")["used_memory"])
     client.config_set("maxmemory-policy", "noeviction")
     client.config_set("maxmemory", used + 4 * 2**20)
-    filled = _fill(client)
+    filler = Filler(client)
+    filler.fill()
     time.sleep(3.0)  # full for three seconds at least, and until the worker has met it (a
-    # worker between writes, on a loaded machine, may not try one in three seconds)
-    wait_for(lambda: "broker_refuses_writes" in worker.output(), 20,
-             what="the worker to meet the full Redis")
-    client.delete(*[f"filler:{n}" for n in range(filled)])
+    # worker between writes, on a loaded machine, may not try one in three seconds; and
+    # its acknowledgements free memory, so the filler tops Redis up meanwhile)
+    wait_for(lambda: filler.fill() and "broker_refuses_writes" in worker.output(), 20,
+             every_s=0.2, what="the worker to meet the full Redis")
+    client.delete(*[f"filler:{n}" for n in range(filler.count)])
     client.config_set("maxmemory", 0)
     sender.join(timeout=120)
     got = every_outcome(client, ids, 90)
@@ -182,17 +184,26 @@ def test_a_full_redis_is_ridden_out(start_worker: Any, own_redis: tuple[str, Any
     producer.close()
 
 
-def _fill(client: redis.Redis) -> int:
-    """Fill Redis until even a tiny write is refused (a big one alone is refused sooner,
-    while small ones still fit); returns how many filler keys it wrote."""
-    n = 0
-    for size in (2**20, 2**16, 2**10, 64, 1):
-        while n < 100_000:
+class Filler:
+    """Fills Redis until even a tiny write is refused (a big one alone is refused sooner,
+    while small ones still fit), and again whenever deletions made room."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+        self.count = 0
+
+    def fill(self) -> bool:
+        for _ in range(20):
+            for size in (2**20, 2**16, 2**10, 64, 1):
+                while self.count < 200_000:
+                    try:
+                        self.client.set(f"filler:{self.count}", b"x" * size)
+                    except redis.exceptions.OutOfMemoryError:
+                        break
+                    self.count += 1
             try:
-                client.set(f"filler:{n}", b"x" * size)
+                self.client.lpush("probe", b"x")
             except redis.exceptions.OutOfMemoryError:
-                break
-            n += 1
-    with pytest.raises(redis.exceptions.OutOfMemoryError):
-        client.lpush("probe", b"x")
-    return n
+                return True  # full: even a one-byte push is refused
+            self.client.delete("probe")  # room was made meanwhile: fill again
+        raise AssertionError("Redis never filled up")

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import ROOT, Proc, free_port, unavailable, wait_for
+from tests.conftest import ROOT, Proc, free_port, http_ok, unavailable, wait_for
 
 RULES = ROOT / "deploy" / "prometheus" / "rules.yml"
 
@@ -40,15 +40,8 @@ class Prometheus:
 def _query_service(stack_env: dict[str, str], tmp_path: Path, port: int, name: str) -> Proc:
     proc = Proc([sys.executable, "-m", "queries_service"],
                 {**stack_env, "QUERY_PORT": str(port)}, tmp_path / f"{name}.log").start()
-    wait_for(lambda: _ok(f"http://127.0.0.1:{port}/healthz"), 20, what=name)
+    wait_for(lambda: http_ok(f"http://127.0.0.1:{port}/healthz"), 20, what=name)
     return proc
-
-
-def _ok(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 @pytest.fixture
@@ -92,7 +85,7 @@ def test_prometheus_sees_the_exact_counts_and_the_alerts(
                 tmp_path / "prometheus.log").start()
     procs.append(prom)
     p = Prometheus(f"http://127.0.0.1:{prom_port}")
-    wait_for(lambda: _ok(f"{p.base}/-/ready"), 30, what="prometheus")
+    wait_for(lambda: http_ok(f"{p.base}/-/ready"), 30, what="prometheus")
     wait_for(lambda: p.value('sum(up{job=~"hostfactory-.*"})') == 3, 30, every_s=0.5,
              what="three targets up")
 

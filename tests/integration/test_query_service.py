@@ -221,7 +221,7 @@ def test_metrics_are_whole_for_the_host_with_several_server_processes(
     import httpx
     from prometheus_client.parser import text_string_to_metric_families
 
-    from tests.conftest import Proc, free_port, wait_for
+    from tests.conftest import Proc, free_port, http_ok, wait_for
 
     put_request(rclient, 1)
     port = free_port()
@@ -230,7 +230,7 @@ def test_metrics_are_whole_for_the_host_with_several_server_processes(
                 tmp_path / "queries.log").start()
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_for(lambda: _answers(f"{base}/healthz"), 30, what="the query service")
+        wait_for(lambda: http_ok(f"{base}/healthz"), 30, what="the query service")
 
         async def load() -> None:
             async with httpx.AsyncClient(base_url=base, limits=httpx.Limits(
@@ -259,15 +259,6 @@ def test_metrics_are_whole_for_the_host_with_several_server_processes(
         assert _sample_text(text, "hf_query_request_seconds_count", "get_request") == 206
     finally:
         proc.stop()
-
-
-def _answers(url: str) -> bool:
-    import httpx
-
-    try:
-        return httpx.get(url, timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def _sample(response: object, name: str) -> float:
