@@ -318,6 +318,31 @@ def wrk(url: str, connections: int, duration_s: int,
             "non_2xx": int(errors.group(1)) if errors else 0}
 
 
+def bare_hello(env: dict[str, str], size: int, connections: int, duration_s: int,
+               workdir: Path) -> dict[str, Any]:
+    """The query-side baseline: bare Starlette (uvicorn, one worker, uvloop, httptools)
+    answering a fixed body of ``size`` bytes, under the same wrk load."""
+    port = free_port()
+    bare = Group([sys.executable, "-m", "uvicorn", "bench.bare_starlette:app", "--port",
+                  str(port), "--workers", "1", "--loop", "uvloop", "--http", "httptools",
+                  "--log-level", "warning", "--no-access-log"],
+                 {**env, "BODY_BYTES": str(size)}, workdir / "bare-starlette.log")
+    wait_until(lambda: _http_ok(f"http://127.0.0.1:{port}/hello"), 30, "starlette")
+    result = wrk(f"http://127.0.0.1:{port}/hello", connections, duration_s)
+    result["body_bytes"] = size
+    result["peak_rss_mb"] = bare.peak_rss_mb()
+    bare.stop()
+    return result
+
+
+def post_script(workdir: Path, body: str) -> Path:
+    """A wrk script that POSTs ``body`` as JSON."""
+    script = workdir / "post.lua"
+    script.write_text('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+                      f"wrk.body = {json.dumps(body)}\n")
+    return script
+
+
 def _ms(text: str | None) -> float | None:
     if text is None:
         return None
@@ -352,16 +377,7 @@ def bench_queries(redis_url: str, connections: int, duration_s: int,
     # Two baselines: a body the size of the 50-machine view, and of the summary view.
     for name, size in (("baseline_hello_large", results["request_view_bytes"]),
                        ("baseline_hello", summary_bytes)):
-        port = free_port()
-        bare = Group([sys.executable, "-m", "uvicorn", "bench.bare_starlette:app", "--port",
-                      str(port), "--workers", "1", "--loop", "uvloop", "--http", "httptools",
-                      "--log-level", "warning", "--no-access-log"],
-                     {**env, "BODY_BYTES": str(size)}, workdir / "bare-starlette.log")
-        wait_until(lambda p=port: _http_ok(f"http://127.0.0.1:{p}/hello"), 30, "starlette")
-        results[name] = wrk(f"http://127.0.0.1:{port}/hello", connections, duration_s)
-        results[name]["body_bytes"] = size
-        results[name]["peak_rss_mb"] = bare.peak_rss_mb()
-        bare.stop()
+        results[name] = bare_hello(env, size, connections, duration_s, workdir)
 
     port = free_port()
     ours = Group([sys.executable, "-m", "queries_service"],

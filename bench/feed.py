@@ -23,9 +23,11 @@ from bench.__main__ import (
     ROOT,
     Group,
     _http_ok,
+    bare_hello,
     free_port,
     fresh_store,
     machine,
+    post_script,
     redis_server,
     stack_env,
     start_worker,
@@ -104,21 +106,12 @@ def gateway_throughput(redis_url: str, env: dict[str, str], workdir: Path,
     body = json.dumps({"template_id": "x86-small", "max_number": 2})
     answer = httpx.post(f"{base}/commands/create-request", content=body,
                         headers={"content-type": "application/json"}).content
-    script = workdir / "post.lua"
-    script.write_text('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
-                      f"wrk.body = {json.dumps(body)}\n")
+    script = post_script(workdir, body)
     ours = wrk(f"{base}/commands/create-request", args.connections, args.duration, script)
     ours["peak_rss_mb"] = gateway.peak_rss_mb()
     gateway.stop()
     published = redis.Redis.from_url(redis_url).llen("commands.requests")
-    port = free_port()
-    bare = Group([sys.executable, "-m", "uvicorn", "bench.bare_starlette:app", "--port",
-                  str(port), "--workers", "1", "--loop", "uvloop", "--http", "httptools",
-                  "--log-level", "warning", "--no-access-log"],
-                 {**env, "BODY_BYTES": str(len(answer))}, workdir / "bare.log")
-    wait_until(lambda: _http_ok(f"http://127.0.0.1:{port}/hello"), 30, "starlette")
-    baseline = wrk(f"http://127.0.0.1:{port}/hello", args.connections, args.duration)
-    bare.stop()
+    baseline = bare_hello(env, len(answer), args.connections, args.duration, workdir)
     return {"gateway_post": ours, "baseline_hello_same_size": baseline,
             "messages_published": published,
             "ratio_to_baseline": round(ours["req_per_s"] / baseline["req_per_s"], 3)}

@@ -20,9 +20,11 @@ from bench.__main__ import (
     ROOT,
     Group,
     _http_ok,
+    bare_hello,
     free_port,
     fresh_store,
     machine,
+    post_script,
     redis_server,
     stack_env,
     wait_until,
@@ -120,18 +122,9 @@ def status_batch_throughput(base: str, ids: list[str], env: dict[str, str], work
 
     body = json.dumps({"requests": [{"requestId": i} for i in ids]})
     answer = httpx.post(f"{base}/hostfactory/request-status", content=body).content
-    script = workdir / "post.lua"
-    script.write_text('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
-                      f"wrk.body = {json.dumps(body)}\n")
+    script = post_script(workdir, body)
     ours = wrk(f"{base}/hostfactory/request-status", args.connections, args.duration, script)
-    port = free_port()
-    bare = Group([sys.executable, "-m", "uvicorn", "bench.bare_starlette:app", "--port",
-                  str(port), "--workers", "1", "--loop", "uvloop", "--http", "httptools",
-                  "--log-level", "warning", "--no-access-log"],
-                 {**env, "BODY_BYTES": str(len(answer))}, workdir / "bare.log")
-    wait_until(lambda: _http_ok(f"http://127.0.0.1:{port}/hello"), 30, "starlette")
-    baseline = wrk(f"http://127.0.0.1:{port}/hello", args.connections, args.duration)
-    bare.stop()
+    baseline = bare_hello(env, len(answer), args.connections, args.duration, workdir)
     return {"answer_bytes": len(answer), "status_batch_100": ours,
             "baseline_hello_same_size": baseline,
             "ratio_to_baseline": round(ours["req_per_s"] / baseline["req_per_s"], 3)}

@@ -15,14 +15,12 @@ import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any, Final, Literal
 
-Kind = Literal["acquire", "return"]
 Result = Literal["executing", "succeed", "fail"]
 HfStatus = Literal["running", "complete", "complete_with_error"]
 
 ACQUIRE: Final = "acquire"
 RETURN: Final = "return"
 GONE: Final = frozenset({"stopped", "terminated", "failed"})
-GOING: Final = frozenset({"stopping", "shutting-down"})
 # getReturnRequests: machines in these states are gone or going (gracePeriod 0).
 GONE_OR_GOING: Final = GONE | {"shutting-down"}
 DEADLINE_PASSED: Final = "deadline passed: the machine was not up by the request's deadline"
