@@ -186,9 +186,21 @@ class ReturnMachines(Command):
     request_id: Id | None = None
 
 
+class ReportLaunchFailure(Command):
+    """A provider's word that ``count`` machines of an acquire request will not come (the
+    cloud refused the launch), and why: the request counts them failed and can end now,
+    not at its deadline. Send it once per launch attempt, with a ``command_id`` derived
+    from the feed event, so a redelivered event changes nothing."""
+
+    request_id: Id
+    count: Annotated[StrictInt, Field(ge=1, le=MAX_MACHINES_PER_REQUEST)]
+    message: Annotated[StrictStr, Field(min_length=1, max_length=MAX_MESSAGE_LEN)]
+
+
 # Task name -> the model its kwargs must validate against.
 COMMAND_MODELS: Final[dict[str, type[Command]]] = {
     names.CREATE_REQUEST_TASK: CreateRequest,
     names.UPDATE_MACHINE_STATUS_TASK: UpdateMachineStatus,
     names.RETURN_MACHINES_TASK: ReturnMachines,
+    names.REPORT_LAUNCH_FAILURE_TASK: ReportLaunchFailure,
 }

@@ -127,9 +127,15 @@ def hf_request(view: Mapping[str, Any], now: float) -> dict[str, Any]:
     for entry in view.get("unknown_machines") or []:
         machines.append(_unknown_machine(entry))
     asked = int(view.get("max_number") or 0)
-    status = request_status(asked, [m["result"] for m in machines], expired)
-    return {"requestId": view["request_id"], "status": status,
-            "message": _request_message(kind, status, machines, asked, expired),
+    unfulfilled = int(view.get("unfulfilled") or 0)
+    status = request_status(asked, [m["result"] for m in machines] + ["fail"] * unfulfilled,
+                            expired)
+    message = _request_message(kind, status, machines, asked, expired)
+    if unfulfilled:
+        message = (f"{unfulfilled} of {asked} machine(s) will not come: "
+                   f"{view.get('message') or 'the provider could not launch them'}"
+                   + (f"; {message}" if message else ""))
+    return {"requestId": view["request_id"], "status": status, "message": message,
             "machines": machines}
 
 

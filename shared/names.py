@@ -5,6 +5,8 @@ from typing import Final
 CREATE_REQUEST_TASK: Final = "commands.create_request"
 UPDATE_MACHINE_STATUS_TASK: Final = "commands.update_machine_status"
 RETURN_MACHINES_TASK: Final = "commands.return_machines"
+# A provider says machines of a request will not come (a refused launch).
+REPORT_LAUNCH_FAILURE_TASK: Final = "commands.report_launch_failure"
 
 REQUESTS_QUEUE: Final = "commands.requests"
 MACHINES_QUEUE: Final = "commands.machines"
@@ -13,5 +15,6 @@ QUEUE_OF_TASK: Final[dict[str, str]] = {
     CREATE_REQUEST_TASK: REQUESTS_QUEUE,
     UPDATE_MACHINE_STATUS_TASK: MACHINES_QUEUE,
     RETURN_MACHINES_TASK: REQUESTS_QUEUE,
+    REPORT_LAUNCH_FAILURE_TASK: MACHINES_QUEUE,
 }
 ALL_QUEUES: Final = (REQUESTS_QUEUE, MACHINES_QUEUE)

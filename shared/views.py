@@ -60,6 +60,9 @@ class RequestView(_View):
     deadline_at: float | None = None
     expired: bool = False
     unknown_machines: list[dict[str, Any]] | None = None
+    # An acquire request's machines the provider said will not come, and its reason.
+    unfulfilled: int = 0
+    message: str | None = None
     machines: list[MachineView] | None = None
     machine_count: int
     created_at: float

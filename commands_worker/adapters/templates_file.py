@@ -4,12 +4,13 @@
     {"templates": [{"templateId": "linux-small", "maxNumber": 20,
                     "attributes": {"type": ["String", "X86_64"], "ncpus": ["Numeric", "2"],
                                    "nram": ["Numeric", "4096"]},
-                    "imageId": "ami-…", "instanceTags": "team=hpc", …}]}
+                    "imageId": "ami-…", "vmType": "m5.large", "instanceTags": "team=hpc", …}]}
 
 Attributes come as ``[TypeTag, value]`` pairs or as flat values (``"ncpus": 2``) and leave
 here as pairs with string values, the way HostFactory reads them; every other key of a
-template is kept, in file order. ``maxNumber`` is -1 (unlimited) to 10000; 0 means none may
-be requested. Every problem is reported, each with its template and field.
+template is kept, in file order. A template with ``imageId`` is an AWS template: its fields
+must be ones the AWS provider honours (``shared.awsprov``). ``maxNumber`` is -1 (unlimited)
+to 10000; 0 means none may be requested. Every problem is reported, each with its template and field.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any, Final
 import orjson
 
 from commands_worker.domain.model import Template
+from shared import awsprov
 from shared.ids import is_valid_id
 
 EXAMPLE_TEMPLATES = Path(__file__).parent.parent / "example_templates.json"
@@ -78,6 +80,8 @@ def _template(item: Any, where: str, problems: list[str]) -> Template | None:
         problems.append(f"{where}: maxNumber must be an integer from {low} (unlimited) "
                         f"to {high}")
     attributes = _attributes(item.get("attributes"), where, problems)
+    if awsprov.is_aws_template(item):
+        problems.extend(f"{where}: {problem}" for problem in awsprov.problems(item))
     if len(problems) > before:
         return None
     assert isinstance(template_id, str) and isinstance(max_number, int)

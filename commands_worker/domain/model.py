@@ -124,15 +124,30 @@ class Request:
     unknown_machines: list[dict[str, Any]] = field(default_factory=list)
     # Ended by its deadline (the worker's one expiry change), not by its machines.
     expired: bool = False
+    # An acquire request's machines the provider said will not come, and why (its last word).
+    unfulfilled: int = 0
+    message: str | None = None
 
     @property
     def is_final(self) -> bool:
         return self.status in FINAL_REQUEST_STATUSES
 
-    def is_late(self, observed_at: float) -> bool:
-        """A machine first reported now is late: past the deadline, or the request ended by
-        it already."""
-        return self.expired or (self.deadline_at is not None and observed_at > self.deadline_at)
+    def is_late(self, observed_at: float, reported: int = 0) -> bool:
+        """A machine first reported now, after ``reported`` others, is late: past the
+        deadline, the request ended by it already, or every machine it still waited for
+        was said not to come (HostFactory may have been told it failed)."""
+        return self.expired or (self.deadline_at is not None and observed_at > self.deadline_at
+                                ) or reported + self.unfulfilled >= self.max_number
+
+    def room_for_failures(self, reported: int) -> int:
+        """How many more machines the provider may say will not come."""
+        return self.max_number - reported - self.unfulfilled
+
+    def fail_launch(self, count: int, message: str, machines: list[Machine], now: float) -> None:
+        """``count`` machines will not come: they count failed, and the request may end."""
+        self.unfulfilled += count
+        self.message = message
+        self.on_machines_changed(machines, now)
 
     def expire(self, machines: list[Machine], now: float) -> list[Machine]:
         """The deadline passed: the request ends ``complete_with_error``; an acquire
@@ -159,20 +174,22 @@ class Request:
     def on_machines_changed(self, machines: list[Machine], now: float) -> None:
         """A machine of this request changed: the view changes, so the version grows."""
         self.status = request_status(self.status, self.max_number, machines, self.kind,
-                                     len(self.unknown_machines))
+                                     len(self.unknown_machines), self.unfulfilled)
         self.updated_at = now
         self.version += 1
 
 
 def request_status(current: str, max_number: int, machines: list[Machine],
-                   kind: str = hf.ACQUIRE, unknown: int = 0) -> str:
+                   kind: str = hf.ACQUIRE, unknown: int = 0, unfulfilled: int = 0) -> str:
     """Final statuses stick; otherwise the status follows from the machines' results by
     HostFactory's rule (``shared.hostfactory``), ``running`` being ``pending`` until a
-    machine is known and ``in_progress`` after."""
+    machine is known and ``in_progress`` after. Listed machines nobody knows count as
+    returned; machines said not to come, as failed."""
     if current in FINAL_REQUEST_STATUSES:
         return current
-    results = [m.result_in(kind) for m in machines] + ["succeed"] * unknown
+    results = ([m.result_in(kind) for m in machines] + ["succeed"] * unknown
+               + ["fail"] * unfulfilled)
     status = hf.request_status(max_number, results, past_deadline=False)
     if status == "running":
-        return "in_progress" if machines else "pending"
+        return "in_progress" if machines or unfulfilled else "pending"
     return status

@@ -52,3 +52,9 @@ def update_machine_status(self: Task, *args: Any, **kwargs: Any) -> str:
           base=BatchedCommandTask)
 def return_machines(self: Task, *args: Any, **kwargs: Any) -> str:
     return run_command(self, args, kwargs)
+
+
+@app.task(name=names.REPORT_LAUNCH_FAILURE_TASK, bind=True,  # type: ignore[untyped-decorator]
+          base=BatchedCommandTask)
+def report_launch_failure(self: Task, *args: Any, **kwargs: Any) -> str:
+    return run_command(self, args, kwargs)

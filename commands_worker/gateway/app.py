@@ -30,6 +30,7 @@ COMMANDS: Final = {
     "create-request": names.CREATE_REQUEST_TASK,
     "return-machines": names.RETURN_MACHINES_TASK,
     "update-machine-status": names.UPDATE_MACHINE_STATUS_TASK,
+    "report-launch-failure": names.REPORT_LAUNCH_FAILURE_TASK,
 }
 # 10,000 returned machines with long host names fit.
 MAX_BODY_BYTES: Final = 4 * 1024 * 1024

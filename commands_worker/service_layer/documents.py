@@ -72,6 +72,9 @@ def _request_dict(request: Request, machines: list[Machine] | None, count: int) 
     }
     if request.unknown_machines:
         doc["unknown_machines"] = request.unknown_machines
+    if request.unfulfilled:
+        doc["unfulfilled"] = request.unfulfilled
+        doc["message"] = request.message
     if machines is not None:
         doc["machines"] = [machine_dict(m) for m in machines]
     doc["machine_count"] = count

@@ -22,7 +22,13 @@ from commands_worker.domain.model import Machine, Request, request_status
 from commands_worker.service_layer import documents as feed
 from commands_worker.service_layer.ports import Effect, FeedEvent, UnitOfWork
 from shared import hostfactory as hf
-from shared.commands import Command, CreateRequest, ReturnMachines, UpdateMachineStatus
+from shared.commands import (
+    Command,
+    CreateRequest,
+    ReportLaunchFailure,
+    ReturnMachines,
+    UpdateMachineStatus,
+)
 from shared.ids import MAX_ID_LEN, default_request_id, default_return_id, is_valid_id
 
 DEFAULT_TIMEOUT_S: Final = 600.0
@@ -139,16 +145,19 @@ def _first_report(
         created_at=ctx.now,
         updated_at=ctx.now,
     )
-    machine.late = request.is_late(observed_at)
+    machine.late = request.is_late(observed_at, len(machines))
     machine.apply_report(cmd.status, _details(cmd), observed_at, ctx.now)
     uow.add_machine(machine)
     machines.append(machine)
     _machines_changed(uow, request, machines, ctx.now)
+    reason = REASON_LAUNCHED_LATE if not request.unfulfilled else REASON_NOT_EXPECTED
     return Effect("applied", request=request, machines=machines, machine=machine,
-                  events=_releases([machine], REASON_LAUNCHED_LATE))
+                  events=_releases([machine], reason))
 
 
 REASON_LAUNCHED_LATE: Final = "launched after its request's deadline"
+REASON_NOT_EXPECTED: Final = ("launched after its request ended, or beyond the machines "
+                              "it still waited for")
 REASON_NOT_UP: Final = "not up by its request's deadline"
 
 
@@ -201,6 +210,29 @@ def return_machines(cmd: ReturnMachines, ctx: Context, uow: UnitOfWork) -> Effec
                   events=events)
 
 
+def report_launch_failure(cmd: ReportLaunchFailure, ctx: Context, uow: UnitOfWork) -> Effect:
+    """The provider says ``count`` machines of an acquire request will not come: they count
+    failed, so the request can end now rather than at its deadline. A machine reported for
+    it later than that, beyond what it still waits for, is recorded late and released."""
+    request = uow.get_request(cmd.request_id)
+    if request is None:
+        raise RequestNotFound(f"no request {cmd.request_id!r}")
+    if request.kind != hf.ACQUIRE:
+        raise InvalidCommand(f"{cmd.request_id!r} is a return request: only an acquire "
+                             f"request's machines can fail to launch")
+    machines = uow.machines_of(request.request_id)
+    room = request.room_for_failures(len(machines))
+    if cmd.count > room:
+        raise InvalidCommand(
+            f"request {request.request_id} asked for {request.max_number} machine(s), "
+            f"{len(machines)} reported and {request.unfulfilled} said not to come: "
+            f"{cmd.count} more cannot fail to launch (at most {max(room, 0)})")
+    loaded = request.version
+    request.fail_launch(cmd.count, cmd.message, machines, ctx.now)
+    uow.save_request(request, loaded)
+    return Effect("applied", request=request, machines=machines)
+
+
 def _open_return(uow: UnitOfWork, machine: Machine) -> str | None:
     if machine.return_request_id is None:
         return None
@@ -210,7 +242,7 @@ def _open_return(uow: UnitOfWork, machine: Machine) -> str | None:
 
 def request_status_of(request: Request, machines: list[Machine]) -> str:
     return request_status(request.status, request.max_number, machines, request.kind,
-                          len(request.unknown_machines))
+                          len(request.unknown_machines), request.unfulfilled)
 
 
 def pass_deadline(cmd: PassDeadline, ctx: Context, uow: UnitOfWork) -> Effect:
@@ -239,5 +271,6 @@ HANDLERS: dict[type[Command], Handler] = {
     CreateRequest: create_request,
     UpdateMachineStatus: update_machine_status,
     ReturnMachines: return_machines,
+    ReportLaunchFailure: report_launch_failure,
     PassDeadline: pass_deadline,
 }

@@ -17,7 +17,7 @@ from tests.conftest import ROOT, Proc, wait_for
 
 GPU = {"templateId": "gpu-xl", "maxNumber": -1,
        "attributes": {"type": "X86_64", "ncpus": 16, "nram": 65536, "ngpus": 1},
-       "imageId": "ami-gpu", "instanceTags": "team=ml"}
+       "imageId": "ami-gpu", "vmType": "g5.4xlarge", "instanceTags": "team=ml"}
 
 
 def templates_view(client: redis.Redis) -> dict[str, Any]:

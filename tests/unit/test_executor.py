@@ -170,3 +170,54 @@ def test_a_refusal_in_a_batch_undoes_only_its_own_writes(executor: Executor,
     assert [o.record.outcome for o in batch.outcomes
             if not isinstance(o, Exception)] == ["applied", "rejected"]
     assert set(state.machines) == {"m1"}
+
+
+FAIL_LAUNCH = "commands.report_launch_failure"
+
+
+def test_machines_that_will_not_come_end_the_request_now(executor: Executor,
+                                                         state: FakeState) -> None:
+    """A provider whose launch was partly refused: the request ends when the machines it got
+    are up, with the provider's reason, not at its deadline."""
+    send(executor, CREATE, "t1", template_id="big", max_number=5)
+    send(executor, UPDATE, "u1", machine_id="m1", status="running", request_id="req-t1")
+    assert send(executor, FAIL_LAUNCH, "f1", request_id="req-t1", count=3,
+                message="InsufficientInstanceCapacity: no m5.large in us-east-1a") == "applied"
+    assert state.requests["req-t1"].status == "in_progress"  # one more may still come
+    send(executor, UPDATE, "u2", machine_id="m2", status="running", request_id="req-t1")
+    request = state.requests["req-t1"]
+    assert (request.status, request.unfulfilled) == ("complete_with_error", 3)
+    view = orjson.loads([d.body for d in state.outbox
+                         if d.key == keys.request_key("req-t1")][-1])
+    assert view["unfulfilled"] == 3 and "InsufficientInstanceCapacity" in view["message"]
+    # The same report again (a redelivered feed event) changes nothing.
+    again = executor.execute(Envelope(FAIL_LAUNCH, "f1", {
+        "request_id": "req-t1", "count": 3, "message": "x"}))
+    assert again.duplicate and state.requests["req-t1"].unfulfilled == 3
+
+
+def test_more_failures_than_machines_missing_are_refused(executor: Executor,
+                                                         state: FakeState) -> None:
+    send(executor, CREATE, "t1", template_id="big", max_number=2)
+    send(executor, UPDATE, "u1", machine_id="m1", status="pending", request_id="req-t1")
+    assert send(executor, FAIL_LAUNCH, "f1", request_id="req-t1", count=2,
+                message="refused") == "rejected"
+    assert "at most 1" in (state.commands["f1"].reason or "")
+    assert send(executor, FAIL_LAUNCH, "f2", request_id="nope", count=1,
+                message="refused") == "rejected"
+    assert state.requests["req-t1"].unfulfilled == 0
+
+
+def test_a_machine_launched_after_its_slot_was_given_up_is_released(
+        executor: Executor, state: FakeState) -> None:
+    """The provider said the machine would not come, then it came (a retried launch): it
+    is recorded late and a release event tells the provider to terminate it."""
+    send(executor, CREATE, "t1", template_id="small", max_number=1)
+    send(executor, FAIL_LAUNCH, "f1", request_id="req-t1", count=1, message="refused")
+    assert state.requests["req-t1"].status == "complete_with_error"
+    send(executor, UPDATE, "u1", machine_id="m1", status="running", request_id="req-t1")
+    assert state.machines["m1"].late
+    assert state.requests["req-t1"].status == "complete_with_error"
+    feed = [orjson.loads(d.body) for d in state.outbox if d.key.startswith("hf:v1:feed")]
+    [release] = [e for e in feed if e["type"] == "release"]
+    assert [m["machine_id"] for m in release["machines"]] == ["m1"]

@@ -111,3 +111,20 @@ def test_a_machine_that_never_gets_an_address_does_not_keep_a_request_running() 
     late = hf.hf_request({**view, "deadline_at": now - 1}, now)
     assert late["status"] == "complete_with_error"
     assert late["machines"][0]["result"] == "fail"
+
+
+def test_machines_said_not_to_come_fail_the_request_with_the_providers_reason() -> None:
+    now = time.time()
+    machine = {"machine_id": "i-1", "status": "running", "name": "ip-10-0-0-1.ec2.internal",
+               "private_ip": "10.0.0.1", "launch_time": int(now)}
+    view = {"request_id": "req-1", "kind": "acquire", "max_number": 3, "deadline_at": now + 600,
+            "machines": [machine], "unfulfilled": 2,
+            "message": "EC2 refused: InvalidSubnetID.NotFound: The subnet ID does not exist"}
+    answer = hf.hf_request(view, now)
+    assert answer["status"] == "complete_with_error"
+    assert answer["message"].startswith("2 of 3 machine(s) will not come: EC2 refused: "
+                                        "InvalidSubnetID.NotFound")
+    assert [m["result"] for m in answer["machines"]] == ["succeed"]
+    # While the launched machine is still coming up, the request is still running.
+    running = hf.hf_request({**view, "machines": [{**machine, "status": "pending"}]}, now)
+    assert running["status"] == "running" and "will not come" in running["message"]

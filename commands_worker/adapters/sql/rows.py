@@ -52,6 +52,7 @@ def request_of(row: Any) -> Request:
         updated_at=row.updated_at, version=row.version, seq=row.seq, kind=row.kind,
         deadline_at=row.deadline_at, unknown_machines=details.get("unknown_machines", []),
         expired=bool(details.get("expired")),
+        unfulfilled=int(details.get("unfulfilled", 0)), message=details.get("message"),
     )
 
 
@@ -62,6 +63,10 @@ def request_values(request: Request) -> dict[str, Any]:
         details["unknown_machines"] = request.unknown_machines
     if request.expired:
         details["expired"] = True
+    if request.unfulfilled:
+        details["unfulfilled"] = request.unfulfilled
+    if request.message:
+        details["message"] = request.message
     return {"status": request.status, "version": request.version,
             "updated_at": request.updated_at, "deadline_at": request.deadline_at,
             "details": dumps(details) if details else None}
