@@ -10,7 +10,8 @@ Attributes come as ``[TypeTag, value]`` pairs or as flat values (``"ncpus": 2``)
 here as pairs with string values, the way HostFactory reads them; every other key of a
 template is kept, in file order. A template with ``imageId`` is an AWS template: its fields
 must be ones the AWS provider honours (``shared.awsprov``). ``maxNumber`` is -1 (unlimited)
-to 10000; 0 means none may be requested. Every problem is reported, each with its template and field.
+to 10000; 0 means none may be requested. Every problem is reported, each with its template
+and field.
 """
 
 from __future__ import annotations
