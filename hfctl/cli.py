@@ -129,6 +129,27 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_provider_aws(args: argparse.Namespace) -> int:
+    import socket
+
+    from hfctl.aws.main import ec2_client
+    from hfctl.aws.provider import AwsProvider
+    from shared import logs
+    from shared.redis_urls import sync_client
+
+    settings = Settings.from_env()
+    logs.configure(settings.log_level)
+    provider = AwsProvider(
+        ec2_client(args.threads), CommandClient(settings.broker_url, connect_timeout_s=5.0),
+        sync_client(settings.cache_url), consumer=args.consumer or socket.gethostname(),
+        cluster=args.cluster, follow_s=args.follow, claim_idle_s=args.claim_idle,
+        threads=args.threads)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    with contextlib.suppress(KeyboardInterrupt):
+        provider.run()
+    return 0
+
+
 # --- the parser ---------------------------------------------------------------------------
 def _add_up(sub: Any) -> None:
     up = sub.add_parser("up", help="run worker + query service (+ simulator) on one machine")
@@ -143,6 +164,26 @@ def _add_up(sub: Any) -> None:
     simulate.add_argument("--reclaim-rate", type=float, default=0.0,
                           help="share of running machines given a spot interruption notice")
     simulate.set_defaults(fn=cmd_simulate)
+
+
+def _add_provider(sub: Any) -> None:
+    import os
+
+    provider = sub.add_parser("provider", help="run a provider").add_subparsers(
+        dest="what", required=True)
+    aws = provider.add_parser("aws", help="launch and terminate on AWS EC2 (needs boto3: "
+                              "pip install 'hostfactory-cqrs[aws]'); AWS settings from the "
+                              "standard chain (AWS_DEFAULT_REGION, AWS_ENDPOINT_URL, ...)")
+    aws.add_argument("--cluster", default=os.environ.get("HF_AWS_CLUSTER", "hostfactory-cqrs"),
+                     help="the hf:cluster tag of this pair's instances (HF_AWS_CLUSTER)")
+    aws.add_argument("--consumer", help="this instance's name in the feed's consumer group "
+                     "(default the host name; give each instance on one host its own)")
+    aws.add_argument("--follow", type=float, default=2.0,
+                     help="seconds between DescribeInstances passes")
+    aws.add_argument("--claim-idle", type=float, default=30.0,
+                     help="take over events another instance left pending this long")
+    aws.add_argument("--threads", type=int, default=8, help="EC2 calls at once")
+    aws.set_defaults(fn=cmd_provider_aws)
 
 
 def _add_send(sub: Any) -> None:
@@ -231,7 +272,7 @@ def _parser() -> argparse.ArgumentParser:
     plugin.add_argument("operation", choices=OPERATIONS)
     plugin.add_argument("-f", "--file", required=True, help="HostFactory's input file")
     plugin.set_defaults(fn=_plugin)
-    for add in (_add_up, _add_send, _add_status, _add_stats, _add_store_operations):
+    for add in (_add_up, _add_provider, _add_send, _add_status, _add_stats, _add_store_operations):
         add(sub)
     return parser
 

@@ -76,6 +76,11 @@ class CommandClient:
         return self.send(names.UPDATE_MACHINE_STATUS_TASK,
                          {"machine_id": machine_id, "status": status, **optional})
 
+    def report_launch_failure(self, request_id: str, count: int, message: str,
+                              **optional: Any) -> Sent:
+        return self.send(names.REPORT_LAUNCH_FAILURE_TASK, {
+            "request_id": request_id, "count": count, "message": message, **optional})
+
 
 def fetch_json(url: str, timeout_s: float = 5.0) -> dict[str, Any] | None:
     """GET a JSON document; None on 404."""

@@ -121,6 +121,8 @@ def _violations(prefix: str, forbidden: tuple[str, ...]) -> list[str]:
     ("commands_worker.gateway", ("redis", "sqlalchemy", "commands_worker.domain",
                                  "commands_worker.service_layer", "commands_worker.adapters",
                                  "commands_worker.entrypoints", "commands_worker.bootstrap")),
+    # The AWS provider is an ordinary provider: the feed in, the public commands out.
+    ("hfctl.aws", ("commands_worker", "queries_service")),
     ("hfctl", ("queries_service", "commands_worker.domain", "commands_worker.service_layer",
                "commands_worker.adapters", "commands_worker.bootstrap",
                "commands_worker.entrypoints.celery_app", "commands_worker.entrypoints.tasks")),

@@ -1,0 +1,252 @@
+"""The AWS provider against a real EC2 API endpoint on loopback: moto's server, its own
+process. HostFactory's five scripts, a real worker and query service over real Redis, and
+``hfctl provider aws`` as its own process; what the endpoint holds is checked with boto3."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from tests.conftest import Proc, free_port, http_ok, wait_for
+from tests.e2e.conftest import HostFactory
+
+boto3 = pytest.importorskip("boto3")
+pytest.importorskip("moto")
+IMAGE = "ami-0abc1234def567890"
+ATTRIBUTES = {"type": "X86_64", "ncpus": 2, "nram": 8192}
+
+
+@pytest.fixture(scope="module")
+def ec2_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = free_port()
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    proc = Proc([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                {"PATH": "/usr/bin:/bin"}, log).start()
+    url = f"http://127.0.0.1:{port}"
+    wait_for(lambda: http_ok(f"{url}/moto-api/"), 30, what="moto's server")
+    yield url
+    proc.stop()
+
+
+def aws_env(endpoint: str) -> dict[str, str]:
+    return {"AWS_ENDPOINT_URL": endpoint, "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+
+
+def ec2_of(endpoint: str) -> Any:
+    return boto3.client("ec2", endpoint_url=endpoint, region_name="us-east-1",
+                        aws_access_key_id="testing", aws_secret_access_key="testing")
+
+
+@pytest.fixture
+def ec2(ec2_endpoint: str) -> Any:
+    return ec2_of(ec2_endpoint)
+
+
+@pytest.fixture
+def subnets(ec2: Any) -> list[str]:
+    return sorted(s["SubnetId"] for s in ec2.describe_subnets()["Subnets"])[:2]
+
+
+@pytest.fixture
+def templates_file(tmp_path: Path, subnets: list[str]) -> Path:
+    """awsprov_templates.json as an administrator writes it, for moto's default VPC."""
+    base = {"maxNumber": 100, "attributes": ATTRIBUTES, "imageId": IMAGE,
+            "instanceTags": "team=hpc;cost=grid", "keyName": "ops"}
+    path = tmp_path / "awsprov_templates.json"
+    path.write_text(json.dumps({"templates": [
+        {**base, "templateId": "aws-ondemand", "vmType": "m5.large", "subnetId": subnets[0]},
+        {**base, "templateId": "aws-spot", "priceType": "spot",
+         "vmTypes": {"c5.xlarge": 1, "c5a.xlarge": 1}, "subnetId": ",".join(subnets),
+         "allocationStrategy": "capacityOptimized", "maxSpotPrice": "0.20"},
+        {**base, "templateId": "aws-bad-subnet", "vmType": "m5.large",
+         "subnetId": "subnet-0doesnotexist0"},
+    ]}))
+    return path
+
+
+@pytest.fixture
+def cluster(request: pytest.FixtureRequest) -> str:
+    return f"t{abs(hash(request.node.name)) % 10**8}"
+
+
+def start_provider(stack_env: dict[str, str], endpoint: str, cluster: str, log: Path,
+                   **env: str) -> Proc:
+    """A provider process, once it reads the feed (its group takes new events only)."""
+    argv = [sys.executable, "-m", "hfctl", "provider", "aws", "--cluster", cluster,
+            "--consumer", "aws-1", "--follow", "0.3"]
+    proc = Proc(argv, {**stack_env, **aws_env(endpoint), **env}, log).start()
+    feed = redis.Redis.from_url(stack_env["REDIS_URL"])
+    wait_for(lambda: any(g["name"] == b"aws" and g["consumers"]
+                         for g in (feed.xinfo_groups("hf:v1:feed")
+                                   if feed.exists("hf:v1:feed") else [])),
+             30, what="the provider to read the feed")
+    feed.close()
+    return proc
+
+
+@pytest.fixture
+def provider(stack_env: dict[str, str], ec2_endpoint: str, cluster: str,
+             tmp_path: Path) -> Iterator[Proc]:
+    proc = start_provider(stack_env, ec2_endpoint, cluster, tmp_path / "aws.log")
+    yield proc
+    proc.stop()
+
+
+def instances(ec2: Any, cluster: str, **tags: str) -> list[dict[str, Any]]:
+    filters = [{"Name": "tag:hf:cluster", "Values": [cluster]}]
+    filters += [{"Name": f"tag:{k}", "Values": [v]} for k, v in tags.items()]
+    pages = ec2.get_paginator("describe_instances").paginate(Filters=filters)
+    return [i for page in pages for r in page["Reservations"] for i in r["Instances"]]
+
+
+def test_a_whole_hostfactory_cycle_on_ec2(hostfactory: HostFactory, worker: Proc,
+                                          provider: Proc, ec2: Any, cluster: str,
+                                          subnets: list[str]) -> None:
+    templates = {t["templateId"]: t for t in
+                 hostfactory.ok("getAvailableTemplates", {})["templates"]}
+    assert templates["aws-spot"]["priceType"] == "spot"
+    ondemand = hostfactory.ok("requestMachines", {"template": {
+        "templateId": "aws-ondemand", "machineCount": 3}})["requestId"]
+    spot = hostfactory.ok("requestMachines", {"template": {
+        "templateId": "aws-spot", "machineCount": 2}})["requestId"]
+    done = {rid: hostfactory.until(rid, "complete", 60) for rid in (ondemand, spot)}
+
+    launched = {i["InstanceId"]: i for i in instances(ec2, cluster)}
+    assert len(launched) == 5
+    for rid, template, count in ((ondemand, "aws-ondemand", 3), (spot, "aws-spot", 2)):
+        mine = instances(ec2, cluster, **{"hf:request-id": rid})
+        assert len(mine) == count
+        for instance in mine:
+            tags = {t["Key"]: t["Value"] for t in instance["Tags"]}
+            assert tags["team"] == "hpc" and tags["hf:template-id"] == template
+            assert instance["ImageId"] == IMAGE and instance["SubnetId"] in subnets
+            assert instance["KeyName"] == "ops"
+        answered = done[rid]["machines"]
+        assert sorted(m["machineId"] for m in answered) == sorted(i["InstanceId"]
+                                                                  for i in mine)
+        for machine in answered:
+            real = launched[machine["machineId"]]
+            assert machine["name"] == real["PrivateDnsName"]
+            assert machine["privateIpAddress"] == real["PrivateIpAddress"]
+            assert machine["result"] == "succeed" and machine["status"] == "running"
+            assert machine["instanceType"] == real["InstanceType"]
+            assert "team=hpc" in machine["instanceTags"]
+    assert {i["InstanceType"] for i in instances(ec2, cluster, **{"hf:request-id": ondemand})
+            } == {"m5.large"}
+    assert {m["priceType"] for m in done[spot]["machines"]} == {"spot"}
+    assert {m["priceType"] for m in done[ondemand]["machines"]} == {"ondemand"}
+
+    given_back = done[ondemand]["machines"][:2] + done[spot]["machines"][:1]
+    returned = hostfactory.ok("requestReturnMachines", {"machines": [
+        {"name": m["name"], "machineId": m["machineId"]} for m in given_back]})["requestId"]
+    finished = hostfactory.until(returned, "complete", 60)
+    assert {(m["result"], m["status"]) for m in finished["machines"]} == {
+        ("succeed", "terminated")}
+    states = {i["InstanceId"]: i["State"]["Name"] for i in instances(ec2, cluster)}
+    assert sorted(s for i, s in states.items()
+                  if i in {m["machineId"] for m in given_back}) == ["terminated"] * 3
+    assert sorted(states.values()).count("running") == 2
+    gone = hostfactory.ok("getReturnRequests", {"machines": [
+        {"name": m["name"], "machineId": m["machineId"]} for m in given_back]})
+    assert sorted(r["gracePeriod"] for r in gone["requests"]) == [0, 0, 0]
+
+
+def test_a_refused_launch_ends_the_request_with_ec2s_reason(
+        hostfactory: HostFactory, worker: Proc, provider: Proc) -> None:
+    asked = time.monotonic()
+    rid = hostfactory.ok("requestMachines", {"template": {
+        "templateId": "aws-bad-subnet", "machineCount": 2}})["requestId"]
+    failed = hostfactory.until(rid, "complete_with_error", 30)
+    assert time.monotonic() - asked < 30  # the deadline is 600 s away
+    assert "InvalidSubnetID.NotFound" in failed["message"]
+    assert failed["message"].startswith("2 of 2 machine(s) will not come")
+    assert failed["machines"] == []
+
+
+def test_kill_9_after_run_instances_launches_nothing_twice(
+        hostfactory: HostFactory, worker: Proc, stack_env: dict[str, str],
+        ec2_endpoint: str, ec2: Any, cluster: str, tmp_path: Path) -> None:
+    """The provider launches, cannot report (its broker is away), and is killed before it
+    acknowledged the event; restarted, it finds its instances by their tags."""
+    dead_broker = f"redis://127.0.0.1:{free_port()}/0"
+    first = start_provider(stack_env, ec2_endpoint, cluster, tmp_path / "aws-1.log",
+                           BROKER_URL=dead_broker)
+    rid = hostfactory.ok("requestMachines", {"template": {
+        "templateId": "aws-ondemand", "machineCount": 4}})["requestId"]
+    wait_for(lambda: len(instances(ec2, cluster, **{"hf:request-id": rid})) == 4, 30,
+             what="RunInstances")
+    time.sleep(1.0)  # it is now trying to report
+    first.kill()
+    assert hostfactory.status(rid)[0]["status"] == "running"
+    again = start_provider(stack_env, ec2_endpoint, cluster, tmp_path / "aws-2.log")
+    try:
+        done = hostfactory.until(rid, "complete", 60)
+    finally:
+        again.stop()
+    assert len(instances(ec2, cluster)) == 4  # no duplicates
+    assert len(done["machines"]) == 4
+    assert "already launched" in again.output()
+
+
+class CappedEc2:
+    """EC2 with room for ``cap`` more instances: a RunInstances whose MinCount is beyond it is
+    refused with InsufficientInstanceCapacity, as EC2 refuses it."""
+
+    def __init__(self, ec2: Any, cap: int) -> None:
+        self.ec2, self.cap = ec2, cap
+
+    def run_instances(self, **call: Any) -> Any:
+        from botocore.exceptions import ClientError
+
+        if call["MinCount"] > self.cap:
+            raise ClientError({"Error": {"Code": "InsufficientInstanceCapacity", "Message":
+                                         "We currently do not have sufficient m5.large "
+                                         "capacity in the Availability Zone you requested"}},
+                              "RunInstances")
+        answer = self.ec2.run_instances(**call)
+        self.cap -= len(answer["Instances"])
+        return answer
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.ec2, name)
+
+
+def test_a_partly_refused_launch_keeps_the_machines_it_got(
+        hostfactory: HostFactory, worker: Proc, stack_env: dict[str, str],
+        ec2: Any, cluster: str) -> None:
+    from hfctl.aws.provider import AwsProvider
+    from shared.client import CommandClient
+    from shared.redis_urls import sync_client
+
+    provider = AwsProvider(CappedEc2(ec2, 2), CommandClient(stack_env["REDIS_URL"]),
+                           sync_client(stack_env["REDIS_URL"]), "capped", cluster=cluster,
+                           follow_s=0.3)
+    stop = threading.Event()
+
+    def run() -> None:
+        provider.join()
+        while not stop.is_set():
+            provider.step()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        rid = hostfactory.ok("requestMachines", {"template": {
+            "templateId": "aws-ondemand", "machineCount": 5}})["requestId"]
+        ended = hostfactory.until(rid, "complete_with_error", 30)
+    finally:
+        stop.set()
+        thread.join(10)
+    assert [m["result"] for m in ended["machines"]] == ["succeed", "succeed"]
+    assert ended["message"].startswith("3 of 5 machine(s) will not come: EC2 launched 2 of 5")
+    assert "InsufficientInstanceCapacity" in ended["message"]
+    assert len(instances(ec2, cluster, **{"hf:request-id": rid})) == 2
