@@ -4,6 +4,7 @@ process. HostFactory's five scripts, a real worker and query service over real R
 
 from __future__ import annotations
 
+import base64
 import json
 import sys
 import threading
@@ -250,3 +251,43 @@ def test_a_partly_refused_launch_keeps_the_machines_it_got(
     assert ended["message"].startswith("3 of 5 machine(s) will not come: EC2 launched 2 of 5")
     assert "InsufficientInstanceCapacity" in ended["message"]
     assert len(instances(ec2, cluster, **{"hf:request-id": rid})) == 2
+
+
+def test_every_template_field_reaches_ec2(ec2_endpoint: str, ec2: Any, subnets: list[str],
+                                          tmp_path: Path, cluster: str) -> None:
+    """What an administrator wrote, as the endpoint holds it: run directly, no worker."""
+    from hfctl.aws import ec2 as aws
+    from shared import awsprov
+
+    iam = boto3.client("iam", endpoint_url=ec2_endpoint, region_name="us-east-1",
+                       aws_access_key_id="testing", aws_secret_access_key="testing")
+    profile = iam.create_instance_profile(InstanceProfileName=f"hf-{cluster}")
+    group = ec2.describe_security_groups()["SecurityGroups"][0]["GroupId"]
+    script = tmp_path / "boot.sh"
+    script.write_text("#!/bin/sh\necho joining the grid\n")
+    image = ec2.describe_images()["Images"][0]
+    template = {"templateId": "full", "maxNumber": 5, "attributes": ATTRIBUTES,
+                "imageId": image["ImageId"], "vmType": "c5.large", "subnetId": subnets[1],
+                "securityGroupIds": [group], "keyName": "ops", "userDataScript": str(script),
+                "rootDeviceVolumeSize": 40, "volumeType": "gp3", "iops": 3000,
+                "instanceProfile": profile["InstanceProfile"]["Arn"],
+                "instanceTags": "team=hpc"}
+    order = aws.Order(cluster, "req-full", "full", "acquire:req-full", 2)
+    launched = aws.run_instances(ec2, awsprov.launch_spec(template), order, 2)
+    assert launched.errors == [] and len(launched.instances) == 2
+    instance = launched.instances[0]
+    assert (instance["InstanceType"], instance["SubnetId"], instance["KeyName"]) == (
+        "c5.large", subnets[1], "ops")
+    assert [g["GroupId"] for g in instance["SecurityGroups"]] == [group]
+    data = ec2.describe_instance_attribute(InstanceId=instance["InstanceId"],
+                                           Attribute="userData")["UserData"]["Value"]
+    assert base64.b64decode(data) == script.read_bytes()
+    [volume] = ec2.describe_volumes(Filters=[{"Name": "attachment.instance-id",
+                                              "Values": [instance["InstanceId"]]}])["Volumes"]
+    assert (volume["Size"], volume["VolumeType"], volume["Iops"]) == (40, "gp3", 3000)
+    # The same event again launches nothing: the provider finds its instances by tag.
+    assert len(aws.owned(ec2, cluster, **{"hf:event-id": "acquire:req-full"})) == 2
+    # A script that is not there is the template's problem, said before any call.
+    missing = awsprov.launch_spec({**template, "userDataScript": str(tmp_path / "gone.sh")})
+    with pytest.raises(aws.LaunchRefused, match=r"gone\.sh"):
+        aws.run_instances(ec2, missing, order, 1)
