@@ -278,8 +278,9 @@ def report_of(instance: dict[str, Any], reclaim_at: float | None = None,
         "instance_type": instance.get("InstanceType"),
         "price_type": "spot" if instance.get("InstanceLifecycle") == "spot" else "ondemand",
         "launch_time": int(launched.timestamp()) if isinstance(launched, datetime) else None,
+        # The template's tags: not EC2's own (aws:) nor the provider's (hf:).
         "instance_tags": ";".join(f"{k}={v}" for k, v in tags.items()
-                                  if not k.startswith("aws:"))[:1024],
+                                  if not k.startswith(("aws:", "hf:")))[:1024],
         "cloud_host_id": instance["InstanceId"],
         "reclaim_at": reclaim_at,
     }

@@ -26,7 +26,7 @@ def test_a_running_instance_reports_its_host_name_and_addresses() -> None:
     assert report.metadata == {
         "name": "ip-10-0-0-7.ec2.internal", "private_ip": "10.0.0.7", "public_ip": "54.1.2.3",
         "instance_type": "m5.large", "price_type": "ondemand",
-        "launch_time": int(LAUNCHED.timestamp()), "instance_tags": "team=hpc;hf:request-id=r1",
+        "launch_time": int(LAUNCHED.timestamp()), "instance_tags": "team=hpc",
         "cloud_host_id": "i-0abc"}
     assert instance_report(instance(InstanceLifecycle="spot")).metadata["price_type"] == "spot"
 
