@@ -7,7 +7,7 @@ COPY shared ./shared
 COPY commands_worker ./commands_worker
 COPY queries_service ./queries_service
 COPY hfctl ./hfctl
-RUN pip install --no-cache-dir ".[postgres]" && useradd --system --uid 10001 hostfactory
+RUN pip install --no-cache-dir ".[postgres,aws]" && useradd --system --uid 10001 hostfactory
 USER hostfactory
 EXPOSE 8080
 CMD ["python", "-m", "queries_service"]
