@@ -398,6 +398,38 @@ def bench_queries(redis_url: str, connections: int, duration_s: int,
     return results
 
 
+def bench_listings(redis_url: str, connections: int, duration_s: int, workdir: Path,
+                   stored: int) -> dict[str, Any]:
+    """``GET /requests?limit=50`` and ``?status=complete&limit=50`` with ``stored`` requests
+    (two running machines each) in the cache, against bare Starlette answering a body of the
+    same size, in the same run."""
+    import httpx
+
+    from bench.hostfactory import populate
+
+    redis.Redis.from_url(redis_url).flushdb()
+    env = stack_env(redis_url, fresh_store("sqlite", workdir))
+    populate(env, stored, 2)
+    port = free_port()
+    ours = Group([sys.executable, "-m", "queries_service"],
+                 {**env, "QUERY_PORT": str(port), "QUERY_WORKERS": "1"},
+                 workdir / f"listings-{stored}.log")
+    base = f"http://127.0.0.1:{port}"
+    wait_until(lambda: _http_ok(f"{base}/healthz"), 30, "the query service")
+    results: dict[str, Any] = {"stored_requests": stored}
+    for name, path in (("list_50", "/requests?limit=50"),
+                       ("list_50_complete", "/requests?status=complete&limit=50")):
+        size = len(httpx.get(base + path).content)
+        run = wrk(base + path, connections, duration_s)
+        baseline = bare_hello(env, size, connections, duration_s, workdir)
+        run.update(body_bytes=size, baseline_req_per_s=baseline["req_per_s"],
+                   ratio_to_baseline=round(run["req_per_s"] / baseline["req_per_s"], 3))
+        results[name] = run
+    results["query_service_peak_rss_mb"] = ours.peak_rss_mb()
+    ours.stop()
+    return results
+
+
 def machine() -> dict[str, Any]:
     cpu = "unknown"
     with open("/proc/cpuinfo") as info:
@@ -441,6 +473,8 @@ def main() -> None:
         half = results["commands"]["sqlite-c2"]["per_s"] / 2
         results["lag"] = bench_lag(url, half, 10, workdir, free_port())
         results["queries"] = bench_queries(url, args.connections, args.duration, workdir)
+        results["listings"] = [bench_listings(url, args.connections, args.duration, workdir,
+                                              stored) for stored in (100, 9000)]
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     print_table(results)
 
@@ -471,6 +505,13 @@ def print_table(r: dict[str, Any]) -> None:
         print(f"{name:<28}{s['req_per_s']:>10}{s['ratio_to_baseline']:>8}{s['p50_ms']:>9}"
               f"{s['p99_ms']:>9}")
     print(f"query service peak RSS {q['query_service_peak_rss_mb']} MB")
+    print(f"\n{'listings':<34}{'req/s':>9}{'hello/s':>9}{'ratio':>8}{'p50 ms':>9}{'p99 ms':>9}")
+    for listing in r.get("listings", []):
+        for name in ("list_50", "list_50_complete"):
+            s = listing[name]
+            label = f"{name}, {listing['stored_requests']} stored"
+            print(f"{label:<34}{s['req_per_s']:>9}{s['baseline_req_per_s']:>9}"
+                  f"{s['ratio_to_baseline']:>8}{s['p50_ms']:>9}{s['p99_ms']:>9}")
 
 
 if __name__ == "__main__":

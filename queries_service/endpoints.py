@@ -15,7 +15,7 @@ from starlette.responses import Response
 from queries_service import cursors, openapi
 from queries_service.cache import CacheUnavailable, ReadCache, doc_version
 from queries_service.hostfactory import HostFactoryAnswers
-from queries_service.hot_views import LocalViews
+from queries_service.hot_views import PAGE_PREFIX, LocalViews
 from queries_service.metrics import CONTENT_TYPE, Metrics
 from queries_service.notifications import ViewNotifier
 from queries_service.parameters import QUERY_PARAMS, Parameters
@@ -148,7 +148,11 @@ class QueryApp:
         return document(request, key, doc, what, ident)
 
     async def list_requests(self, request: Request) -> Response:
+        """A page of requests, newest changes last; kept in the process until any request's
+        view changes (the projector's announcement), so a repeated listing costs no Redis
+        round trip."""
         p = self.params.parse(request, "list_requests")
+        stamp = self.local.stamp(PAGE_PREFIX)
         index = (keys.requests_by_status_key(p["status"]) if p["status"]
                  else keys.REQUESTS_INDEX_KEY)
         rows = await self.cache.zrange_after(index, cursors.decode_score(p["cursor"]),
@@ -159,6 +163,8 @@ class QueryApp:
         cursor = cursors.encode_score(int(rows[-1][1])) if len(rows) == p["limit"] else None
         body = (b'{"requests":[' + b",".join(docs) + b'],"next_cursor":'
                 + orjson.dumps(cursor) + b"}")
+        query = request.scope["query_string"].decode("latin-1")
+        self.local.keep(PAGE_PREFIX + query, body, stamp, stamp_key=PAGE_PREFIX)
         return Response(body, 200, media_type=JSON)
 
     async def list_templates(self, request: Request) -> Response:

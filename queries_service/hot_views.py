@@ -21,6 +21,11 @@ from queries_service.responses import etag, not_modified
 from shared import keys
 
 _JSON: Final = (b"content-type", b"application/json")
+# Listing pages (``GET /requests?…``) are kept under this prefix and the raw query string.
+# Any request's view changing may change any page, so one announcement drops them all.
+PAGE_PREFIX: Final = "requests?"
+_REQUEST_VIEWS: Final = (keys.request_key(""), keys.request_summary_key(""))
+MAX_PAGES: Final = 2_000
 _NO_CACHE: Final = (b"cache-control", b"no-cache")
 
 
@@ -34,9 +39,13 @@ class LocalViews:
         self.size = 0
         self.docs: OrderedDict[str, bytes] = OrderedDict()
         self.generation: dict[str, int] = {}
+        self.epoch = 0
         self.live_sources = 0
         self.sources = 0
         self.hits = 0
+        # Listing pages: their own small store, dropped whole when any request changes.
+        self.pages: dict[str, bytes] = {}
+        self.pages_size = 0
 
     @property
     def enabled(self) -> bool:
@@ -45,24 +54,41 @@ class LocalViews:
     def get(self, key: str) -> bytes | None:
         if not self.enabled:
             return None
-        doc = self.docs.get(key)
+        doc = (self.pages if key.startswith(PAGE_PREFIX) else self.docs).get(key)
         if doc is not None:
             self.hits += 1
         return doc
 
-    def stamp(self, key: str) -> int:
-        return self.generation.get(key, 0)
+    def stamp(self, key: str) -> tuple[int, int]:
+        """The key's generation, and the epoch of the generation table (it is emptied when
+        it grows too large: a stamp taken before that never matches one after)."""
+        return self.epoch, self.generation.get(key, 0)
 
-    def keep(self, key: str, doc: bytes, stamp: int, stamp_key: str | None = None) -> None:
+    def keep(self, key: str, doc: bytes, stamp: tuple[int, int],
+             stamp_key: str | None = None) -> None:
         """Keep ``doc`` unless an announcement for ``stamp_key`` (default ``key``) arrived
         since ``stamp`` was taken."""
-        if not self.enabled or self.generation.get(stamp_key or key, 0) != stamp:
+        if not self.enabled or self.stamp(stamp_key or key) != stamp:
+            return
+        if key.startswith(PAGE_PREFIX):
+            self._keep_page(key, doc)
             return
         self._drop(key)
         self.docs[key] = doc
         self.size += len(key) + len(doc)
         while self.docs and (len(self.docs) > self.max_entries or self.size > self.max_bytes):
             self._drop(next(iter(self.docs)))
+
+    def _keep_page(self, key: str, doc: bytes) -> None:
+        if len(self.pages) >= MAX_PAGES or self.pages_size + len(doc) > self.max_bytes // 4:
+            self._drop_pages()
+        self.pages[key] = doc
+        self.pages_size += len(key) + len(doc)
+
+    def _drop_pages(self) -> None:
+        if self.pages:
+            self.pages = {}
+            self.pages_size = 0
 
     def _drop(self, key: str) -> None:
         doc = self.docs.pop(key, None)
@@ -72,15 +98,20 @@ class LocalViews:
     def _clear(self) -> None:
         self.docs.clear()
         self.size = 0
+        self._drop_pages()
 
     def invalidate(self, key: str) -> None:
         self.generation[key] = self.generation.get(key, 0) + 1
         self._drop(key)
+        if key.startswith(_REQUEST_VIEWS):
+            self.generation[PAGE_PREFIX] = self.generation.get(PAGE_PREFIX, 0) + 1
+            self._drop_pages()
         if key == keys.TEMPLATES_KEY:
             for cached in [k for k in self.docs if k.startswith("templates?")]:
                 self._drop(cached)
         if len(self.generation) > 4 * self.max_entries:
             self.generation.clear()
+            self.epoch += 1
             self._clear()
 
     def source_up(self) -> None:
@@ -102,6 +133,8 @@ def fast_key(path: str, query: bytes) -> tuple[str, str] | None:
     """The local key a GET can be answered from without the framework, if any."""
     if path == "/templates":
         return "list_templates", "templates?" + query.decode("latin-1")
+    if path == "/requests":
+        return "list_requests", PAGE_PREFIX + query.decode("latin-1")
     if query not in (b"", b"include_machines=true", b"include_machines=false"):
         return None
     for prefix, route, key_of in _ROUTES:
@@ -143,7 +176,7 @@ class FastPath:
         route, key = found
         headers = [_JSON, _NO_CACHE]
         status = 200
-        if route != "list_templates":
+        if route not in ("list_templates", "list_requests"):
             tag = etag(key, doc)
             headers.append((b"etag", tag.encode()))
             asked = dict(scope["headers"]).get(b"if-none-match", b"").decode("latin-1")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -270,3 +271,32 @@ def _sample_text(text: str, name: str, route: str | None = None) -> float:
 
     return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
                if s.name == name and route in (None, s.labels.get("route")))
+
+
+def _zranges(r: redis.Redis) -> int:
+    stats: dict[str, Any] = r.info("commandstats")
+    return int(stats.get("cmdstat_zrange", {}).get("calls", 0))
+
+
+def test_a_listing_is_kept_in_the_process_until_a_request_changes(
+        client: TestClient, rclient: redis.Redis) -> None:
+    """A repeated listing costs no Redis round trip; any request's change is in the next."""
+    from tests.conftest import wait_for
+
+    wait_for(lambda: client.get("/readyz").json().get("notifications_live"), 10,
+             what="the notification subscription")
+    for n in range(1, 4):
+        put_request(rclient, n)
+    first = client.get("/requests", params={"limit": 50})
+    before = _zranges(rclient)
+    for _ in range(5):
+        again = client.get("/requests", params={"limit": 50})
+        assert again.content == first.content
+    assert _zranges(rclient) == before  # served from the process
+    put_request(rclient, 2, status="complete", version=2)
+    wait_for(lambda: {r["request_id"]: r["status"] for r in client.get(
+        "/requests", params={"limit": 50}).json()["requests"]}["r2"] == "complete", 5,
+        what="the changed request in the listing")
+    put_request(rclient, 4)
+    wait_for(lambda: len(client.get("/requests", params={"limit": 50}).json()["requests"]) == 4,
+             5, what="the new request in the listing")
