@@ -12,11 +12,9 @@ import re
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -219,81 +217,30 @@ def bench_commands(redis_url: str, store: str, n: int, k: int, concurrency: int,
             "peak_rss_mb": rss, "visible_complete_requests": complete}
 
 
-def bench_lag(redis_url: str, rate: float, duration_s: float, workdir: Path,
-              query_port: int) -> dict[str, Any]:
-    """Steady load at ``rate`` commands/s: send to visible through the query service."""
-    import httpx
+def bench_lag(redis_url: str, rates: list[float], duration_s: float,
+              workdir: Path) -> list[dict[str, Any]]:
+    """Projection lag from outside (``bench.lag``): SQLite, ``-c 2``, one query service,
+    at each steady rate."""
+    from bench.lag import measure
 
-    client = redis.Redis.from_url(redis_url)
-    client.flushdb()
-    env = stack_env(redis_url, fresh_store("sqlite", workdir))
-    group = start_worker(env, 2, workdir / "lag-worker.log", client)
-    queries = Group([sys.executable, "-m", "queries_service"],
-                    {**env, "QUERY_PORT": str(query_port)}, workdir / "lag-queries.log")
-    base = f"http://127.0.0.1:{query_port}"
-    wait_until(lambda: _http_ok(f"{base}/healthz"), 30, "the query service")
-    sent: dict[str, float] = {}
-    seen: dict[str, float] = {}
-    stop = threading.Event()
-
-    def watch() -> None:
-        # The projector announces a view right after writing it to the cache the query
-        # service reads; the time of that announcement is when the command became visible.
-        # (Every command is then fetched through the query service below, to check.)
-        pubsub = client.pubsub(ignore_subscribe_messages=True)
-        pubsub.subscribe("hf:v1:views")
-        while not stop.is_set():
-            message = pubsub.get_message(timeout=0.1)
-            if message is None:
-                continue
-            key = message["data"].decode().split(" ")[0]
-            if key.startswith("hf:v1:command:"):
-                seen[key.removeprefix("hf:v1:command:")] = time.perf_counter()
-
-    watcher = threading.Thread(target=watch)
-    watcher.start()
-    time.sleep(0.5)
-    producer = Celery("lag-producer", broker=redis_url, set_as_current=False)
-    steady_load(producer, rate, duration_s, sent)
-    wait_until(lambda: len(seen) >= len(sent), 60, "every command to be visible", 0.05)
-    stop.set()
-    watcher.join()
-    with httpx.Client(base_url=base) as http:
-        invisible = [c for c in sent if http.get(f"/commands/{c}").status_code != 200]
-    if invisible:
-        raise SystemExit(f"bench: {len(invisible)} commands not visible through the service")
-    producer.close()
-    queries.stop()
-    group.stop()
-    lags = sorted((seen[c] - sent[c]) * 1000 for c in sent)
-    # A single Python producer may fall short of the rate asked for: report what it sent.
-    return {"target_rate_per_s": round(rate, 1),
-            "rate_per_s": round(len(sent) / duration_s, 1), "commands": len(sent),
-            "p50_ms": round(statistics.median(lags), 2),
-            "p99_ms": round(lags[int(len(lags) * 0.99) - 1], 2), "max_ms": round(lags[-1], 2)}
-
-
-def steady_load(producer: Celery, rate: float, duration_s: float,
-                sent: dict[str, float]) -> None:
-    """A create, then two machine reports for it, and so on, at ``rate`` commands/s."""
-    interval = 1.0 / rate
-    started = time.perf_counter()
-    n = 0
-    request_id = ""
-    while time.perf_counter() - started < duration_s:
-        time.sleep(max(0.0, started + n * interval - time.perf_counter()))
-        command_id = str(uuid.uuid4())
-        if n % 3 == 0:
-            task, queue = "commands.create_request", "commands.requests"
-            kwargs: dict[str, Any] = {"template_id": "x86-large", "max_number": 2}
-            request_id = f"req-{command_id}"
-        else:
-            task, queue = "commands.update_machine_status", "commands.machines"
-            kwargs = {"machine_id": f"{request_id}-{n % 3}", "status": "running",
-                      "request_id": request_id}
-        sent[command_id] = time.perf_counter()
-        producer.send_task(task, kwargs=kwargs, task_id=command_id, queue=queue)
-        n += 1
+    runs = []
+    for rate in rates:
+        client = redis.Redis.from_url(redis_url)
+        client.flushdb()
+        env = stack_env(redis_url, fresh_store("sqlite", workdir))
+        group = start_worker(env, 2, workdir / "lag-worker.log", client)
+        port = free_port()
+        queries = Group([sys.executable, "-m", "queries_service"],
+                        {**env, "QUERY_PORT": str(port)}, workdir / "lag-queries.log")
+        url = f"http://127.0.0.1:{port}/readyz"
+        wait_until(lambda: _http_ok(url), 30, "queries")  # noqa: B023
+        try:
+            runs.append(measure("127.0.0.1", port, redis_url, rate, duration_s))
+        finally:
+            queries.stop()
+            group.stop()
+        print(f"lag at {rate:.0f}/s: {runs[-1]}", flush=True)
+    return runs
 
 
 def _http_ok(url: str) -> bool:
@@ -471,7 +418,7 @@ def main() -> None:
                 results["commands"][f"{store}-c{c}"] = run
                 print(f"{store} -c {c}: {run}", flush=True)
         half = results["commands"]["sqlite-c2"]["per_s"] / 2
-        results["lag"] = bench_lag(url, half, 10, workdir, free_port())
+        results["lag"] = bench_lag(url, [150.0, half], 10, workdir)
         results["queries"] = bench_queries(url, args.connections, args.duration, workdir)
         results["listings"] = [bench_listings(url, args.connections, args.duration, workdir,
                                               stored) for stored in (100, 9000)]
@@ -489,9 +436,10 @@ def print_table(r: dict[str, Any]) -> None:
         c = int(name[-1])
         print(f"{name:<28}{run['per_s']:>10}{r['celery_noop'][c]['per_s']:>10}"
               f"{run['ratio_to_noop']:>8}{run['peak_rss_mb']:>13}")
-    lag = r["lag"]
-    print(f"\nprojection lag at {lag['rate_per_s']}/s ({lag['commands']} commands): "
-          f"p50 {lag['p50_ms']} ms, p99 {lag['p99_ms']} ms, max {lag['max_ms']} ms")
+    for lag in r["lag"]:
+        print(f"\nlag from outside at {lag['rate_per_s']}/s (asked {lag['target_rate_per_s']}, "
+              f"{lag['commands']} commands, sends p99 {lag['send_behind_schedule_p99_ms']} ms "
+              f"behind): p50 {lag['p50_ms']} ms, p99 {lag['p99_ms']} ms, max {lag['max_ms']} ms")
     q = r["queries"]
     print(f"\n{'queries (' + str(q['connections']) + ' conns)':<28}{'req/s':>10}{'ratio':>8}"
           f"{'p50 ms':>9}{'p99 ms':>9}")
