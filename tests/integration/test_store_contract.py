@@ -11,7 +11,7 @@ import pytest
 
 from commands_worker.adapters.sql.store import Store as SqlStore
 from commands_worker.adapters.templates_file import EXAMPLE_TEMPLATES, load_templates_file
-from commands_worker.service_layer.executor import Envelope, Executor
+from commands_worker.service_layer.executor import Batch, Envelope, Executor
 from commands_worker.service_layer.ports import REPLAYING, Store
 from tests.fakes import FakeStore
 
@@ -243,3 +243,84 @@ def test_the_deadline_task_is_refused_off_the_wire(store: Store, executor: Execu
     assert run(executor, "deadline", "deadline-x", request_id="req-c1") == "rejected"
     [(request, _)] = list(store.iter_requests())
     assert request.status == "pending"
+
+
+def _batch(executor: Executor, *commands: tuple[str, str, dict[str, object]]) -> list[str]:
+    return [o.record.outcome for o in _run_batch(executor, *commands).outcomes]
+
+
+def _run_batch(executor: Executor, *commands: tuple[str, str, dict[str, object]]) -> Batch:
+    return executor.execute_batch([Envelope(task, task_id, kwargs)
+                                   for task, task_id, kwargs in commands])
+
+
+def test_one_batch_sees_its_own_writes_and_a_refusal_leaves_none(
+        store: Store, executor: Executor) -> None:
+    """Writes of a batch reach the store together at its commit: later commands of the same
+    batch still see earlier ones (a machine found by its new host name, a request id taken),
+    and a refused command leaves nothing behind."""
+    name = {"metadata": {"name": "host-a.example", "private_ip": "10.0.0.1"}}
+    batch = _run_batch(
+        executor,
+        (CREATE, "c1", {"template_id": "x86-small", "max_number": 2}),
+        (UPDATE, "u1", {"machine_id": "m1", "status": "running", "request_id": "req-c1",
+                        **name}),
+        (UPDATE, "u2", {"machine_id": "m2", "status": "pending", "request_id": "req-c1"}),
+        (UPDATE, "u3", {"machine_id": "m3", "status": "pending", "request_id": "req-c1"}),
+        (CREATE, "c2", {"template_id": "x86-small", "max_number": 1, "request_id": "req-c1"}),
+        ("commands.return_machines", "r1", {"machines": [{"name": "host-a.example"}]}),
+        (CREATE, "c3", {"template_id": "x86-small", "max_number": 1}),
+    )
+    assert [o.record.outcome for o in batch.outcomes] == [
+        "applied", "applied", "applied", "rejected", "rejected", "applied", "applied"]
+    requests = {r.request_id: (r, ms) for r, ms in store.iter_requests()}
+    assert set(requests) == {"req-c1", "ret-r1", "req-c3"}
+    first, machines = requests["req-c1"]
+    # created, two machines, then m1 linked to the return request: version 4
+    assert (first.version, sorted(m.machine_id for m in machines)) == (4, ["m1", "m2"])
+    assert [m.machine_id for m in requests["ret-r1"][1]] == ["m1"]  # found by its new name
+    # Creates apply first in a batch; the store's sequence follows the order applied.
+    assert first.seq < requests["req-c3"][0].seq < requests["ret-r1"][0].seq
+    # Every request view of the batch carries its request's sequence (the listing's score).
+    scored = {(d.key, d.seq) for d in batch.docs if d.key.startswith("hf:v1:request:")}
+    assert scored == {(f"hf:v1:request:{rid}", r.seq) for rid, (r, _) in requests.items()}
+
+
+def test_racing_batches_on_one_request_lose_no_version(store: Store,
+                                                       executor: Executor) -> None:
+    run(executor, CREATE, "c1", template_id="x86-large", max_number=40)
+    errors: list[BaseException] = []
+
+    def report(worker: int) -> None:
+        try:
+            for first in range(0, 10, 5):
+                _batch(executor, *((UPDATE, f"u{worker}-{n}", {
+                    "machine_id": f"m{worker}-{n}", "status": "pending",
+                    "request_id": "req-c1"}) for n in range(first, first + 5)))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=report, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    [(request, machines)] = list(store.iter_requests())
+    assert (len(machines), request.version) == (40, 41)
+
+
+def test_a_return_completes_when_its_machines_end_in_one_batch(store: Store,
+                                                               executor: Executor) -> None:
+    """The last reports of a return request's machines in one batch: each sees the others'
+    new states (held, not yet in the store), so the request completes."""
+    run(executor, CREATE, "c1", template_id="x86-small", max_number=3)
+    _batch(executor, *((UPDATE, f"u{n}", {"machine_id": f"m{n}", "status": "running",
+                                          "request_id": "req-c1"}) for n in range(3)))
+    run(executor, "commands.return_machines", "r1",
+        machines=[{"name": f"h{n}", "machine_id": f"m{n}"} for n in range(3)])
+    for status in ("shutting-down", "terminated"):
+        assert _batch(executor, *((UPDATE, f"{status}{n}", {
+            "machine_id": f"m{n}", "status": status}) for n in range(3))) == ["applied"] * 3
+    requests = {r.request_id: r for r, _ in store.iter_requests()}
+    assert (requests["ret-r1"].status, requests["ret-r1"].version) == ("complete", 7)

@@ -8,7 +8,6 @@ from dataclasses import replace
 from typing import Any
 
 import orjson
-import sqlalchemy as sa
 
 from commands_worker.domain.model import Machine, Request, Template
 from commands_worker.service_layer.ports import CommandRecord, DeadLetter
@@ -106,12 +105,6 @@ def dead_letter_of(row: Any) -> DeadLetter:
     )
 
 
-def inserted_id(result: sa.CursorResult[Any]) -> int:
-    key = result.inserted_primary_key
-    assert key is not None
-    return int(key[0])
-
-
 def machine_values(machine: Machine) -> dict[str, Any]:
     """The columns a machine's report changes."""
     name = machine.details.get("name")
@@ -121,13 +114,14 @@ def machine_values(machine: Machine) -> dict[str, Any]:
             "return_request_id": machine.return_request_id, "late": machine.late}
 
 
-def newest_named(name: str, rows: Sequence[Any],
-                 known: dict[str, Machine | None]) -> Machine | None:
-    """Of the machines named so (rows newest first, read through what the transaction
-    knows), one still up before one that is gone: host names are used again."""
+def newest_named(name: str, rows: Sequence[Any], known: dict[str, Machine | None],
+                 written: set[str]) -> Machine | None:
+    """Of the machines named so (the store's rows read through what the transaction knows,
+    and the machines it added or renamed and has not written yet), one still up before one
+    that is gone, the newest first: host names are used again."""
     for row in rows:
         known.setdefault(row.machine_id, machine_of(row))
-    named = [m for r in rows if (m := known[r.machine_id]) is not None
-             and m.details.get("name") == name]
-    named.sort(key=lambda m: m.status in ("terminated", "failed"))
+    ids = {row.machine_id for row in rows} | written
+    named = [m for i in ids if (m := known.get(i)) is not None and m.details.get("name") == name]
+    named.sort(key=lambda m: (m.status in ("terminated", "failed"), -m.created_at))
     return named[0] if named else None

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any, Final
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 
 from commands_worker.adapters.sql.tables import (
     commands,
@@ -41,7 +42,8 @@ STMT: Final = {
     "commands": commands.select().where(
         commands.c.command_id.in_(sa.bindparam("keys", expanding=True))),
     "dead_letter": _by(dead_letters, "command_id"),
-    "insert_request": requests.insert(),
+    "insert_request": requests.insert().returning(requests.c.request_id, requests.c.seq,
+                                                  sort_by_parameter_order=True),
     "insert_machine": machines.insert(),
     "insert_command": commands.insert(),
     "insert_outbox": outbox.insert().returning(outbox.c.id, sort_by_parameter_order=True),
@@ -60,4 +62,21 @@ STMT: Final = {
     .order_by(machines.c.created_at.desc()).limit(20),
     "delete_outbox": outbox.delete().where(
         outbox.c.id.in_(sa.bindparam("keys", expanding=True))),
+}
+
+
+def _any(column: sa.Column[Any], element: Any = sa.String) -> sa.ColumnElement[bool]:
+    return column == sa.any_(sa.bindparam("keys", type_=postgresql.ARRAY(element)))
+
+
+# PostgreSQL: one statement text whatever the number of keys (``= ANY(array)``), so psycopg
+# parses and prepares each once, not once per list length as with ``IN (…)``.
+POSTGRES_STMT: Final = {
+    **STMT,
+    "commands": commands.select().where(_any(commands.c.command_id)),
+    "requests_in": requests.select().where(_any(requests.c.request_id)),
+    "machines_in": machines.select().where(_any(machines.c.machine_id)),
+    "machines_of_in": machines.select().where(sa.or_(
+        _any(machines.c.request_id), _any(machines.c.return_request_id))),
+    "delete_outbox": outbox.delete().where(_any(outbox.c.id, sa.BigInteger)),
 }

@@ -1,5 +1,9 @@
-"""The SQL unit of work: one store transaction, a handful of prepared Core statements per
-command, the outbox rows of the whole transaction in one multi-row insert at commit."""
+"""The SQL unit of work: one store transaction. Reads go to the store as they are asked for
+(once per row and batch); writes are held until the commit and sent there statement by
+statement, each as one executemany (one round trip with psycopg's pipeline), the outbox rows
+of the whole transaction in one multi-row insert. Versioned updates are checked by the rows
+they changed, all of a statement at once: one that matched no row is a lost race, and the
+executor reruns the batch."""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Final, Self
 
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
@@ -19,7 +23,6 @@ from commands_worker.adapters.sql.rows import (
     copy_machine,
     dumps,
     dumps_anything,
-    inserted_id,
     machine_of,
     machine_values,
     newest_named,
@@ -27,7 +30,7 @@ from commands_worker.adapters.sql.rows import (
     request_values,
     template_of,
 )
-from commands_worker.adapters.sql.statements import COMMAND_COLUMNS, STMT
+from commands_worker.adapters.sql.statements import COMMAND_COLUMNS, POSTGRES_STMT, STMT
 from commands_worker.adapters.sql.tables import dead_letters
 from commands_worker.domain.errors import ConcurrentUpdate
 from commands_worker.domain.model import Machine, Request, Template
@@ -39,6 +42,7 @@ from commands_worker.service_layer.ports import (
     ProjectedBacklog,
     ViewDoc,
 )
+from shared import keys
 
 
 class _Transaction:
@@ -46,8 +50,11 @@ class _Transaction:
     history entries and the view documents for the outbox."""
 
     _conn: Connection | None
+    stmt: dict[str, Any]
     _docs: list[ViewDoc]
     _history: list[HistoryEntry]
+    # Writes held for the commit: (statement, parameters).
+    _held: list[tuple[str, dict[str, Any]]]
 
     @property
     def conn(self) -> Connection:
@@ -55,21 +62,37 @@ class _Transaction:
         return self._conn
 
     def _one(self, query: str, key: str) -> Any:
-        return self.conn.execute(STMT[query], {"key": key}).first()
+        return self.conn.execute(self.stmt[query], {"key": key}).first()
 
     def _update(self, query: str, key: str, expected: int, values: dict[str, Any]) -> None:
-        result = self.conn.execute(STMT[query], {"b_key": key, "b_expected": expected, **values})
-        if result.rowcount != 1:
-            raise ConcurrentUpdate(f"{key} moved past version {expected}")
+        self._held.append((query, {"b_key": key, "b_expected": expected, **values}))
+
+    def _flush(self) -> dict[str, int]:
+        """The held writes, one executemany per statement, in an order the foreign keys
+        allow (requests first: machines refer to them). Returns the sequence the store gave
+        each new request."""
+        held, self._held = self._held, []
+        sequences: dict[str, int] = {}
+        for query in FLUSH_ORDER:
+            rows = [params for q, params in held if q == query]
+            if not rows:
+                continue
+            result = self.conn.execute(self.stmt[query], rows)
+            if query == "insert_request":
+                sequences = {r.request_id: int(r.seq) for r in result}
+            elif query.startswith("update_") and result.rowcount != len(rows):
+                raise ConcurrentUpdate(f"{query}: {len(rows) - result.rowcount} of {len(rows)} "
+                                       "rows moved past the version read")
+        return sequences
 
     def get_commands(self, command_ids: list[str]) -> dict[str, CommandRecord]:
-        rows = self.conn.execute(STMT["commands"], {"keys": command_ids})
+        rows = self.conn.execute(self.stmt["commands"], {"keys": command_ids})
         return {row.command_id: command_of(row) for row in rows}
 
     def record_command(self, record: CommandRecord) -> None:
         values = {c: getattr(record, c) for c in COMMAND_COLUMNS}
         if record.version == 1:
-            self.conn.execute(STMT["insert_command"], {"command_id": record.command_id, **values})
+            self._held.append(("insert_command", {"command_id": record.command_id, **values}))
         else:
             self._update("update_command", record.command_id, record.version - 1, values)
 
@@ -91,10 +114,13 @@ class SqlUnitOfWork(_Transaction):
     def __init__(self, engine: Engine, projected: ProjectedBacklog,
                  writer_lock: WriterLock | None = None) -> None:
         self.engine = engine
+        self.stmt = POSTGRES_STMT if engine.dialect.name == "postgresql" else STMT
         self.projected = projected
         self.writer_lock = writer_lock or WriterLock(None)
         self._conn: Connection | None = None
         self._docs: list[ViewDoc] = []
+        self._held: list[tuple[str, dict[str, Any]]] = []
+        self._written: set[str] = set()  # machines added or changed, not yet in the store
         self._templates: dict[str, Template | None] = {}
 
 
@@ -108,6 +134,8 @@ class SqlUnitOfWork(_Transaction):
             raise translate_errors(exc) from exc
         self._docs = []
         self._history = []
+        self._held = []
+        self._written = set()
         self._templates = {}
         # What this transaction has read or written, so a batch reads each row once.
         self._requests: dict[str, Request | None] = {}
@@ -137,10 +165,13 @@ class SqlUnitOfWork(_Transaction):
     def commit(self) -> list[ViewDoc]:
         done = self.projected.take()
         try:
+            sequences = self._flush()
+            if sequences:  # the new requests' views learn their sequence (their index score)
+                self._docs = [_sequenced(d, sequences) for d in self._docs]
             if done:
                 # Rows projected after earlier commands go in this transaction: no commit of
                 # their own. Lost on a crash, they are projected again (a no-op) by the sweep.
-                self.conn.execute(STMT["delete_outbox"], {"keys": done})
+                self.conn.execute(self.stmt["delete_outbox"], {"keys": done})
             history = insert_history(self.conn, self._history)
             docs = insert_outbox(self.conn, self._docs + history)
             self.conn.commit()
@@ -152,21 +183,20 @@ class SqlUnitOfWork(_Transaction):
 
     @contextlib.contextmanager
     def savepoint(self) -> Iterator[None]:
-        # Savepoints here never nest, so one fixed name serves (and needs no compiling).
-        emitted, told = len(self._docs), len(self._history)
+        """One command: what it held, emitted and learnt is undone if it raises. No store
+        savepoint is needed (nor a round trip spent): its writes are still held, and are
+        dropped."""
+        emitted, told, held = len(self._docs), len(self._history), len(self._held)
         known = (dict(self._requests), dict(self._machines),
-                 {k: list(v) for k, v in self._owned.items()})
-        self.conn.exec_driver_sql("SAVEPOINT hf_command")
+                 {k: list(v) for k, v in self._owned.items()}, set(self._written))
         try:
             yield
         except BaseException:
-            self.conn.exec_driver_sql("ROLLBACK TO SAVEPOINT hf_command")
-            self.conn.exec_driver_sql("RELEASE SAVEPOINT hf_command")
             del self._docs[emitted:]
             del self._history[told:]
-            self._requests, self._machines, self._owned = known
+            del self._held[held:]
+            self._requests, self._machines, self._owned, self._written = known
             raise
-        self.conn.exec_driver_sql("RELEASE SAVEPOINT hf_command")
 
     # --- templates, requests, machines ---------------------------------------------------
     def get_template(self, template_id: str) -> Template | None:
@@ -182,7 +212,7 @@ class SqlUnitOfWork(_Transaction):
         wanted_machines = set(machine_ids) - self._machines.keys()
         wanted_requests = set(request_ids)
         if wanted_machines:
-            for row in self.conn.execute(STMT["machines_in"], {"keys": list(wanted_machines)}):
+            for row in self.conn.execute(self.stmt["machines_in"], {"keys": list(wanted_machines)}):
                 self._machines[row.machine_id] = machine_of(row)
                 wanted_requests.add(row.request_id)
             for machine_id in wanted_machines - self._machines.keys():
@@ -190,7 +220,7 @@ class SqlUnitOfWork(_Transaction):
         wanted_requests -= self._requests.keys()
         if not wanted_requests:
             return
-        for row in self.conn.execute(STMT["requests_in"], {"keys": list(wanted_requests)}):
+        for row in self.conn.execute(self.stmt["requests_in"], {"keys": list(wanted_requests)}):
             self._requests[row.request_id] = request_of(row)
         for request_id in wanted_requests:
             self._requests.setdefault(request_id, None)
@@ -200,8 +230,10 @@ class SqlUnitOfWork(_Transaction):
         """Every machine of these requests, read in one query and remembered."""
         for request_id in request_ids:
             self._owned.setdefault(request_id, [])
-        for row in self.conn.execute(STMT["machines_of_in"], {"keys": list(request_ids)}):
-            self._machines[row.machine_id] = machine_of(row)
+        for row in self.conn.execute(self.stmt["machines_of_in"], {"keys": list(request_ids)}):
+            # What this transaction knows is newer than the store (its writes are held).
+            if self._machines.get(row.machine_id) is None:
+                self._machines[row.machine_id] = machine_of(row)
             self._own(row.machine_id, row.request_id, row.return_request_id)
 
     def _own(self, machine_id: str, *request_ids: str | None) -> None:
@@ -219,12 +251,13 @@ class SqlUnitOfWork(_Transaction):
         return replace(known) if known else None
 
     def add_request(self, request: Request) -> None:
-        result = self.conn.execute(STMT["insert_request"], {
+        # Held like the other writes; the store gives its sequence (the listings' order,
+        # which its view document carries) at the commit, and the documents get it then.
+        self._held.append(("insert_request", {
             **request_values(request), "request_id": request.request_id,
             "template_id": request.template_id, "max_number": request.max_number,
             "attributes": dumps(request.attributes), "kind": request.kind,
-            "created_at": request.created_at})
-        request.seq = inserted_id(result)
+            "created_at": request.created_at}))
         self._requests[request.request_id] = replace(request)
         # A new return request's machines were linked to it just before.
         self._owned[request.request_id] = [m.machine_id for m in self._machines.values() if m
@@ -248,21 +281,37 @@ class SqlUnitOfWork(_Transaction):
         return [m for m in map(copy_machine, owned) if m is not None]
 
     def add_machine(self, machine: Machine) -> None:
-        self.conn.execute(STMT["insert_machine"], {
+        self._held.append(("insert_machine", {
             **machine_values(machine), "machine_id": machine.machine_id,
-            "request_id": machine.request_id, "created_at": machine.created_at})
+            "request_id": machine.request_id, "created_at": machine.created_at}))
         self._machines[machine.machine_id] = copy_machine(machine)
+        self._written.add(machine.machine_id)
         self._own(machine.machine_id, machine.request_id)
 
     def save_machine(self, machine: Machine, expected_version: int) -> None:
         self._update("update_machine", machine.machine_id, expected_version,
                      machine_values(machine))
         self._machines[machine.machine_id] = copy_machine(machine)
+        self._written.add(machine.machine_id)
         self._own(machine.machine_id, machine.return_request_id)
 
     def machine_named(self, name: str) -> Machine | None:
-        rows = self.conn.execute(STMT["machines_named"], {"key": name}).all()
-        return copy_machine(newest_named(name, rows, self._machines))
+        rows = self.conn.execute(self.stmt["machines_named"], {"key": name}).all()
+        # Machines this transaction added or renamed are not in the store yet.
+        return copy_machine(newest_named(name, rows, self._machines, self._written))
+
+def _sequenced(doc: ViewDoc, sequences: dict[str, int]) -> ViewDoc:
+    if doc.seq or not doc.key.startswith(REQUEST_KEY_PREFIX):
+        return doc
+    seq = sequences.get(doc.key.removeprefix(REQUEST_KEY_PREFIX))
+    return replace(doc, seq=seq) if seq is not None else doc
+
+
+REQUEST_KEY_PREFIX: Final = keys.request_key("")
+# Held statements in the order the commit sends them.
+FLUSH_ORDER: Final = ("insert_request", "update_request", "insert_machine", "update_machine",
+                      "insert_command", "update_command")
+
 
 def insert_outbox(conn: Connection, docs: list[ViewDoc]) -> list[ViewDoc]:
     """The transaction's view documents in one multi-row insert; returns them with row ids."""
