@@ -44,6 +44,10 @@ class Settings(BaseSettings):
     query_host: str = Field("127.0.0.1", validation_alias="QUERY_HOST", min_length=1)
     query_port: Port = Field(8080, validation_alias="QUERY_PORT")
     query_workers: int = Field(1, validation_alias="QUERY_WORKERS", ge=1, le=64)
+    # The query service's HTTP server: granian (the faster, measured in bench/README.md) or
+    # uvicorn (its own bounded protocol: JSON even for requests it cannot parse).
+    query_server: Literal["granian", "uvicorn"] = Field("granian",
+                                                        validation_alias="QUERY_SERVER")
     # Where clients (hfctl, the simulator) reach a query service; defaults to QUERY_HOST:PORT.
     query_url: str = Field("http://127.0.0.1:8080", validation_alias="QUERY_URL")
     # Bearer tokens the query service accepts (comma-separated); empty: no authentication.
