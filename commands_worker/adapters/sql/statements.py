@@ -11,7 +11,6 @@ from sqlalchemy.dialects import postgresql
 from commands_worker.adapters.sql.tables import (
     commands,
     dead_letters,
-    history,
     machines,
     outbox,
     requests,
@@ -42,12 +41,9 @@ STMT: Final = {
     "commands": commands.select().where(
         commands.c.command_id.in_(sa.bindparam("keys", expanding=True))),
     "dead_letter": _by(dead_letters, "command_id"),
-    "insert_request": requests.insert().returning(requests.c.request_id, requests.c.seq,
-                                                  sort_by_parameter_order=True),
+
     "insert_machine": machines.insert(),
     "insert_command": commands.insert(),
-    "insert_outbox": outbox.insert().returning(outbox.c.id, sort_by_parameter_order=True),
-    "insert_history": history.insert().returning(history.c.id, sort_by_parameter_order=True),
     "update_request": _versioned_update(requests, "request_id", REQUEST_COLUMNS),
     "update_machine": _versioned_update(machines, "machine_id", MACHINE_COLUMNS),
     "update_command": _versioned_update(commands, "command_id", COMMAND_COLUMNS),

@@ -17,6 +17,7 @@ from typing import Any, Final, Self
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
+from commands_worker.adapters.sql.bulk import insert_returning
 from commands_worker.adapters.sql.engine import WriterLock, translate_errors
 from commands_worker.adapters.sql.rows import (
     command_of,
@@ -31,7 +32,7 @@ from commands_worker.adapters.sql.rows import (
     template_of,
 )
 from commands_worker.adapters.sql.statements import COMMAND_COLUMNS, POSTGRES_STMT, STMT
-from commands_worker.adapters.sql.tables import dead_letters
+from commands_worker.adapters.sql.tables import dead_letters, history, outbox, requests
 from commands_worker.domain.errors import ConcurrentUpdate
 from commands_worker.domain.model import Machine, Request, Template
 from commands_worker.service_layer.documents import history_doc
@@ -77,10 +78,12 @@ class _Transaction:
             rows = [params for q, params in held if q == query]
             if not rows:
                 continue
-            result = self.conn.execute(self.stmt[query], rows)
             if query == "insert_request":
-                sequences = {r.request_id: int(r.seq) for r in result}
-            elif query.startswith("update_") and result.rowcount != len(rows):
+                given = insert_returning(self.conn, requests, rows, ("request_id", "seq"))
+                sequences = {request_id: int(seq) for request_id, seq in given}
+                continue
+            result = self.conn.execute(self.stmt[query], rows)
+            if query.startswith("update_") and result.rowcount != len(rows):
                 raise ConcurrentUpdate(f"{query}: {len(rows) - result.rowcount} of {len(rows)} "
                                        "rows moved past the version read")
         return sequences
@@ -318,11 +321,10 @@ def insert_outbox(conn: Connection, docs: list[ViewDoc]) -> list[ViewDoc]:
     if not docs:
         return []
     now = time.time()
-    ids = conn.execute(STMT["insert_outbox"], [
+    ids = insert_returning(conn, outbox, [
         {"key": d.key, "version": d.version, "body": d.body, "ttl_s": d.ttl_s,
-         "seq": d.seq, "status": d.status, "created_at": now} for d in docs
-    ]).scalars().all()
-    return [replace(doc, outbox_id=int(i)) for doc, i in zip(docs, ids, strict=True)]
+         "seq": d.seq, "status": d.status, "created_at": now} for d in docs], ("id",))
+    return [replace(doc, outbox_id=int(i)) for doc, (i,) in zip(docs, ids, strict=True)]
 
 
 def insert_history(conn: Connection, entries: list[HistoryEntry]) -> list[ViewDoc]:
@@ -330,11 +332,11 @@ def insert_history(conn: Connection, entries: list[HistoryEntry]) -> list[ViewDo
     carries them all, with the sequence the store gave each."""
     if not entries:
         return []
-    ids = conn.execute(STMT["insert_history"], [
+    ids = insert_returning(conn, history, [
         {"request_id": e.request_id, "command_id": e.command_id, "task": e.task[:100],
          "outcome": e.outcome, "reason": e.reason, "machine_id": e.machine_id,
-         "version_after": e.version_after, "at": e.at} for e in entries]).scalars().all()
-    return [history_doc([replace(e, id=int(i)) for e, i in zip(entries, ids, strict=True)])]
+         "version_after": e.version_after, "at": e.at} for e in entries], ("id",))
+    return [history_doc([replace(e, id=int(i)) for e, (i,) in zip(entries, ids, strict=True)])]
 
 
 def write_dead_letter(conn: Connection, letter: DeadLetter) -> None:
