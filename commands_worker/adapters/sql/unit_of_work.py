@@ -17,7 +17,7 @@ from typing import Any, Final, Self
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
-from commands_worker.adapters.sql.bulk import insert_returning
+from commands_worker.adapters.sql.bulk import insert_ids
 from commands_worker.adapters.sql.engine import WriterLock, translate_errors
 from commands_worker.adapters.sql.rows import (
     command_of,
@@ -79,8 +79,8 @@ class _Transaction:
             if not rows:
                 continue
             if query == "insert_request":
-                given = insert_returning(self.conn, requests, rows, ("request_id", "seq"))
-                sequences = {request_id: int(seq) for request_id, seq in given}
+                given = insert_ids(self.conn, requests, rows, "seq")
+                sequences = {row["request_id"]: seq for row, seq in zip(rows, given, strict=True)}
                 continue
             result = self.conn.execute(self.stmt[query], rows)
             if query.startswith("update_") and result.rowcount != len(rows):
@@ -321,10 +321,10 @@ def insert_outbox(conn: Connection, docs: list[ViewDoc]) -> list[ViewDoc]:
     if not docs:
         return []
     now = time.time()
-    ids = insert_returning(conn, outbox, [
+    ids = insert_ids(conn, outbox, [
         {"key": d.key, "version": d.version, "body": d.body, "ttl_s": d.ttl_s,
-         "seq": d.seq, "status": d.status, "created_at": now} for d in docs], ("id",))
-    return [replace(doc, outbox_id=int(i)) for doc, (i,) in zip(docs, ids, strict=True)]
+         "seq": d.seq, "status": d.status, "created_at": now} for d in docs], "id")
+    return [replace(doc, outbox_id=i) for doc, i in zip(docs, ids, strict=True)]
 
 
 def insert_history(conn: Connection, entries: list[HistoryEntry]) -> list[ViewDoc]:
@@ -332,11 +332,11 @@ def insert_history(conn: Connection, entries: list[HistoryEntry]) -> list[ViewDo
     carries them all, with the sequence the store gave each."""
     if not entries:
         return []
-    ids = insert_returning(conn, history, [
+    ids = insert_ids(conn, history, [
         {"request_id": e.request_id, "command_id": e.command_id, "task": e.task[:100],
          "outcome": e.outcome, "reason": e.reason, "machine_id": e.machine_id,
-         "version_after": e.version_after, "at": e.at} for e in entries], ("id",))
-    return [history_doc([replace(e, id=int(i)) for e, (i,) in zip(entries, ids, strict=True)])]
+         "version_after": e.version_after, "at": e.at} for e in entries], "id")
+    return [history_doc([replace(e, id=i) for e, i in zip(entries, ids, strict=True)])]
 
 
 def write_dead_letter(conn: Connection, letter: DeadLetter) -> None:
