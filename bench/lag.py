@@ -108,7 +108,7 @@ async def _poll(host: str, port: int, item: Planned, r: aioredis.Redis) -> None:
 
 async def _run(host: str, port: int, redis_url: str, rate: float,
                duration_s: float) -> list[Planned]:
-    r = aioredis.from_url(redis_url)
+    r = aioredis.from_url(redis_url, max_connections=4096)
     loop = asyncio.get_running_loop()
     items = plan(rate, duration_s, loop.time() + 0.5)
     await asyncio.gather(*(_poll(host, port, item, r) for item in items))
