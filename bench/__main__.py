@@ -418,7 +418,7 @@ def main() -> None:
                 results["commands"][f"{store}-c{c}"] = run
                 print(f"{store} -c {c}: {run}", flush=True)
         half = results["commands"]["sqlite-c2"]["per_s"] / 2
-        results["lag"] = bench_lag(url, [150.0, half], 10, workdir)
+        results["lag"] = bench_lag(url, [150.0, 380.0, half], 10, workdir)
         results["queries"] = bench_queries(url, args.connections, args.duration, workdir)
         results["listings"] = [bench_listings(url, args.connections, args.duration, workdir,
                                               stored) for stored in (100, 9000)]
