@@ -40,8 +40,8 @@ def _serve_granian(settings: Settings) -> None:
     ``MAX_HEAD_BYTES`` (431), and answers an unparseable request 400, both without a body."""
     from granian import Granian
     from granian.constants import Interfaces, Loops
-    from granian.log import LogLevels
     from granian.http import HTTP1Settings
+    from granian.log import LogLevels
 
     from queries_service.http import MAX_HEAD_BYTES
 

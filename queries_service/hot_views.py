@@ -160,6 +160,9 @@ class FastPath:
         self.app = app
         self.local = local
         self.count = count
+        # A kept document's answer head (its headers, its ETag), made once per document:
+        # valid while the document kept is this very object.
+        self._heads: dict[str, tuple[bytes, list[tuple[bytes, bytes]], str | None]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "GET" and self.local.enabled:
@@ -171,18 +174,32 @@ class FastPath:
                 return
         await self.app(scope, receive, send)
 
-    async def _answer(self, found: tuple[str, str], doc: bytes, scope: Scope,
-                      send: Send, started: float) -> None:
-        route, key = found
+    def _head(self, route: str, key: str, doc: bytes) -> tuple[list[tuple[bytes, bytes]],
+                                                                str | None]:
+        made = self._heads.get(key)
+        if made is not None and made[0] is doc:
+            return made[1], made[2]
         headers = [_JSON, _NO_CACHE]
-        status = 200
+        tag = None
         if route not in ("list_templates", "list_requests"):
             tag = etag(key, doc)
             headers.append((b"etag", tag.encode()))
-            asked = dict(scope["headers"]).get(b"if-none-match", b"").decode("latin-1")
-            if not_modified(asked, tag):
-                status, doc = 304, b""
         headers.append((b"content-length", str(len(doc)).encode()))
+        if len(self._heads) >= 2 * self.local.max_entries:
+            self._heads.clear()
+        self._heads[key] = (doc, headers, tag)
+        return headers, tag
+
+    async def _answer(self, found: tuple[str, str], doc: bytes, scope: Scope,
+                      send: Send, started: float) -> None:
+        route, key = found
+        headers, tag = self._head(route, key, doc)
+        status = 200
+        if tag is not None:
+            asked = next((v for k, v in scope["headers"] if k == b"if-none-match"), None)
+            if asked is not None and not_modified(asked.decode("latin-1"), tag):
+                status, doc = 304, b""
+                headers = [*headers[:-1], (b"content-length", b"0")]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": doc})
         self.count(route, status, time.perf_counter() - started)

@@ -52,10 +52,14 @@ class Metrics:
                       for name, doc in KEPT.items()}
         self._synced: dict[str, int] = dict.fromkeys(KEPT, 0)
         self._timers: dict[str, Any] = {}
+        self._counters: dict[tuple[str, int], Any] = {}
         self._read: Reading | None = None
 
     def served(self, route: str, status: int, seconds: float | None = None) -> None:
-        self._requests.labels(route, str(status)).inc()
+        counter = self._counters.get((route, status))
+        if counter is None:
+            counter = self._counters[(route, status)] = self._requests.labels(route, str(status))
+        counter.inc()
         if seconds is not None:
             timer = self._timers.get(route)
             if timer is None:
