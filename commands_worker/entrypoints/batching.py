@@ -4,11 +4,12 @@ Celery hands each message to a pool process on its own: about a millisecond of o
 message before any work, and one store transaction per command. Here the consumer (the
 worker's main process) gathers the messages of both command tasks for a few milliseconds (or
 until ``FLUSH_EVERY``) and sends them to a pool process together (``batch_runner``): one store
-transaction with a savepoint per command, one Redis pipeline for every view, one pipeline for
-every acknowledgement. No guarantee is weakened: a message is acknowledged only after its
-command is committed and projected; a pool process that dies hands its whole batch back
-(counted, so a batch that keeps killing workers ends in dead letters); messages held here are
-recorded as unacknowledged by the transport and come back if the worker dies.
+transaction in which each command is undone alone if refused, one Redis pipeline for every
+view, one pipeline for every acknowledgement. No guarantee is weakened: a message is
+acknowledged only after its command is committed and projected; a pool process that dies
+hands its whole batch back (counted, so a batch that keeps killing workers ends in dead
+letters); messages held here are recorded as unacknowledged by the transport and come back
+if the worker dies.
 """
 
 from __future__ import annotations

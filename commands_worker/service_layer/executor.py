@@ -135,8 +135,9 @@ class Executor:
         return Execution(outcome.record, batch.docs, outcome.duplicate)
 
     def execute_batch(self, envs: list[Envelope]) -> Batch:
-        """Many commands in one transaction, each in a savepoint of its own, so a refusal
-        undoes only its command. A lost race reruns the batch; a batch that keeps losing
+        """Many commands in one transaction, each in a savepoint of its own (the unit of
+        work's: it may hold writes rather than ask the store), so a refusal undoes only its
+        command. A lost race reruns the batch; a batch that keeps losing
         goes one command at a time."""
         for attempt in range(MAX_RACE_ATTEMPTS if len(envs) == 1 else 2):
             try:
