@@ -25,6 +25,7 @@ from typing import Any, Final
 
 import redis
 
+from hfctl import feedloop
 from shared import keys
 from shared.client import CommandClient
 
@@ -58,12 +59,7 @@ class Simulator:
         self.unsent: dict[str, int] = {}  # feed entry id -> reports not sent yet
 
     def join(self) -> None:
-        """The consumer group, created at the feed's end the first time (new work only)."""
-        try:
-            self.feed.xgroup_create(keys.FEED_STREAM_KEY, GROUP, id="$", mkstream=True)
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        feedloop.join_group(self.feed, GROUP)
 
     def take(self, block_ms: int = 100) -> int:
         """Claim what a dead consumer left, then read new events; plan their reports."""
@@ -134,16 +130,9 @@ class Simulator:
                 self.feed.xack(keys.FEED_STREAM_KEY, GROUP, report.entry_id)
         return sent
 
+    def step(self) -> None:
+        self.take(block_ms=50 if self.queue else 200)
+        self.send_due()
+
     def run(self, stop_after_s: float | None = None) -> None:
-        deadline = None if stop_after_s is None else time.monotonic() + stop_after_s
-        joined = False
-        while deadline is None or time.monotonic() < deadline:
-            try:
-                if not joined:
-                    self.join()
-                    joined = True
-                self.take(block_ms=50 if self.queue else 200)
-                self.send_due()
-            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-                log.warning("feed or broker unreachable; retrying", extra={"error": str(exc)})
-                time.sleep(1.0)
+        feedloop.run(self.join, self.step, stop_after_s)

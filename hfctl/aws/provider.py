@@ -31,6 +31,7 @@ from typing import Any, Final
 
 import redis
 
+from hfctl import feedloop
 from hfctl.aws import ec2 as aws
 from shared import awsprov, keys
 from shared.client import CommandClient
@@ -146,11 +147,7 @@ class AwsProvider:
         self.own_pending_read = False
 
     def join(self) -> None:
-        try:
-            self.feed.xgroup_create(keys.FEED_STREAM_KEY, GROUP, id="$", mkstream=True)
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        feedloop.join_group(self.feed, GROUP)
 
     def take(self, block_ms: int) -> int:
         """Our own pending events first (a restart), what dead instances left, then new."""
@@ -237,14 +234,4 @@ class AwsProvider:
             log.warning("follow pass failed", extra={"error": str(exc)[:500]})
 
     def run(self, stop_after_s: float | None = None) -> None:
-        until = None if stop_after_s is None else time.monotonic() + stop_after_s
-        joined = False
-        while until is None or time.monotonic() < until:
-            try:
-                if not joined:
-                    self.join()
-                    joined = True
-                self.step()
-            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-                log.warning("feed or broker unreachable; retrying", extra={"error": str(exc)})
-                time.sleep(1.0)
+        feedloop.run(self.join, self.step, stop_after_s)

@@ -4,7 +4,7 @@ maintenance need from the store. A fake that drifts from the real stores fails h
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -102,25 +102,34 @@ def test_projected_rows_are_deleted_by_the_next_transaction(store: Store,
 def test_concurrent_reports_never_lose_a_version(store: Store, executor: Executor) -> None:
     """Racing writers on one request: each machine report is applied once, in order."""
     run(executor, CREATE, "c1", template_id="x86-large", max_number=40)
-    errors: list[BaseException] = []
 
     def report(worker: int) -> None:
+        for n in range(10):
+            run(executor, UPDATE, f"u{worker}-{n}", machine_id=f"m{worker}-{n}",
+                status="pending", request_id="req-c1")
+
+    assert _race(report, 4) == []
+    [(request, machines)] = list(store.iter_requests())
+    assert len(machines) == 40
+    assert request.version == 41  # created (1) + one per machine, none lost to a race
+
+
+def _race(work: Callable[[int], None], workers: int) -> list[BaseException]:
+    """``work(n)`` on ``workers`` threads at once; what they raised."""
+    errors: list[BaseException] = []
+
+    def guarded(worker: int) -> None:
         try:
-            for n in range(10):
-                run(executor, UPDATE, f"u{worker}-{n}", machine_id=f"m{worker}-{n}",
-                    status="pending", request_id="req-c1")
+            work(worker)
         except BaseException as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=report, args=(w,)) for w in range(4)]
+    threads = [threading.Thread(target=guarded, args=(w,)) for w in range(workers)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert errors == []
-    [(request, machines)] = list(store.iter_requests())
-    assert len(machines) == 40
-    assert request.version == 41  # created (1) + one per machine, none lost to a race
+    return errors
 
 
 def test_templates_version_grows_only_when_the_list_changes(store: Store) -> None:
@@ -298,23 +307,14 @@ def test_one_batch_sees_its_own_writes_and_a_refusal_leaves_none(
 def test_racing_batches_on_one_request_lose_no_version(store: Store,
                                                        executor: Executor) -> None:
     run(executor, CREATE, "c1", template_id="x86-large", max_number=40)
-    errors: list[BaseException] = []
 
     def report(worker: int) -> None:
-        try:
-            for first in range(0, 10, 5):
-                _batch(executor, *((UPDATE, f"u{worker}-{n}", {
-                    "machine_id": f"m{worker}-{n}", "status": "pending",
-                    "request_id": "req-c1"}) for n in range(first, first + 5)))
-        except BaseException as exc:
-            errors.append(exc)
+        for first in range(0, 10, 5):
+            _batch(executor, *((UPDATE, f"u{worker}-{n}", {
+                "machine_id": f"m{worker}-{n}", "status": "pending",
+                "request_id": "req-c1"}) for n in range(first, first + 5)))
 
-    threads = [threading.Thread(target=report, args=(w,)) for w in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    assert _race(report, 4) == []
     [(request, machines)] = list(store.iter_requests())
     assert (len(machines), request.version) == (40, 41)
 
