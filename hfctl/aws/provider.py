@@ -83,6 +83,10 @@ class Ec2Work:
     def acquire(self, event: dict[str, Any]) -> Outcome:
         order = aws.Order(self.cluster, event["request_id"], event["template_id"],
                           event["event_id"], int(event["machine_count"]))
+        if not awsprov.is_aws_template(event.get("template") or {}):
+            # Another provider's template (no imageId): not ours to launch or to fail.
+            log.info("not an AWS template", extra={"event_id": order.event_id})
+            return Outcome()
         try:
             spec = awsprov.launch_spec(event.get("template") or {})
             launched = self._launch_once(spec, order)
@@ -120,12 +124,11 @@ class Ec2Work:
                                                    "instances": unknown[:20]})
         return Outcome([instance_report(i) for i in instances])
 
-    def follow(self) -> list[dict[str, Any]]:
+    def follow(self) -> list[Report]:
+        """Every instance of the cluster as it stands, with its spot notice if it has one."""
         instances = aws.owned(self.ec2, self.cluster)
         notices = aws.spot_notices(self.ec2, instances)
-        for instance in instances:
-            instance["_reclaim_at"] = notices.get(instance["InstanceId"])
-        return instances
+        return [instance_report(i, notices.get(i["InstanceId"])) for i in instances]
 
 
 class AwsProvider:
@@ -142,7 +145,7 @@ class AwsProvider:
         self.threads = threads
         self.running: dict[str, Future[Outcome]] = {}  # feed entry id -> its EC2 work
         self.seen: dict[str, str] = {}  # instance id -> the last report's command id
-        self.following: Future[list[dict[str, Any]]] | None = None
+        self.following: Future[list[Report]] | None = None
         self.next_follow = 0.0
         self.own_pending_read = False
 
@@ -216,10 +219,10 @@ class AwsProvider:
         """Start a follow pass when one is due; report the last one when it is done."""
         if self.following is not None and self.following.done():
             following, self.following = self.following, None
-            instances = following.result()
-            for instance in instances:
-                self._report(instance_report(instance, instance.pop("_reclaim_at", None)))
-            listed = {i["InstanceId"] for i in instances}
+            reports = following.result()
+            for report in reports:
+                self._report(report)
+            listed = {r.machine_id for r in reports}
             self.seen = {k: v for k, v in self.seen.items() if k in listed}
         if self.following is None and time.monotonic() >= self.next_follow:
             self.next_follow = time.monotonic() + self.follow_s

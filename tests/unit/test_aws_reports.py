@@ -61,3 +61,17 @@ def test_a_spot_interruption_notice_becomes_reclaim_at() -> None:
     ec2 = SpotRequests("marked-for-termination")
     assert aws.spot_notices(ec2, spot) == {"i-0abc": LAUNCHED.timestamp() + 120}
     assert aws.spot_notices(SpotRequests("fulfilled"), spot) == {}
+
+
+def test_another_providers_template_is_left_alone() -> None:
+    """Every provider reads every acquire event: a template without imageId is not an AWS
+    one, and the AWS provider neither launches for it nor says its machines will not come."""
+    from hfctl.aws.provider import Ec2Work
+
+    work = Ec2Work(ec2=object(), cluster="c")  # any EC2 call would fail on this object
+    event = {"request_id": "r1", "template_id": "onprem", "event_id": "acquire:r1",
+             "machine_count": 2, "template": {"templateId": "onprem", "rack": "b7"}}
+    outcome = work.acquire(event)
+    assert (outcome.reports, outcome.failure) == ([], None)
+    broken = work.acquire({**event, "template": {"templateId": "t", "imageId": "ami-1"}})
+    assert broken.failure is not None and "vmType or vmTypes" in broken.failure["message"]
