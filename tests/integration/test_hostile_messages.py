@@ -23,6 +23,7 @@ from tests.messages import CREATE, UPDATE, body_of, encoded, envelope, marker_of
 
 GOOD = {"template_id": "x86-small", "max_number": 1}
 RETURN = "commands.return_machines"
+FAIL_LAUNCH = "commands.report_launch_failure"
 
 
 @dataclass
@@ -92,6 +93,14 @@ def _cases() -> list[Case]:
         Case("machine name with NUL", envelope(UPDATE, body_of({
             "machine_id": "m-nul", "status": "running", "request_id": "req-x",
             "metadata": {"name": "h\x00st"}})), True),
+        Case("launch failure count as text", envelope(FAIL_LAUNCH, body_of({
+            "request_id": "req-x", "count": "3", "message": "refused"})), True),
+        Case("launch failure of 10,001 machines", envelope(FAIL_LAUNCH, body_of({
+            "request_id": "req-x", "count": 10_001, "message": "refused"})), True),
+        Case("launch failure message of 1 MB", envelope(FAIL_LAUNCH, body_of({
+            "request_id": "req-x", "count": 1, "message": "x" * 1_000_000})), True),
+        Case("launch failure for no request", envelope(FAIL_LAUNCH, body_of({
+            "request_id": "req-nobody", "count": 1, "message": "refused"})), True),
         Case("not JSON at all", b"\x00\xffnot json at all", False),
         Case("JSON, not an envelope", json.dumps({"hello": "world"}).encode(), False),
         Case("no delivery tag", {**envelope(CREATE, good_body), "properties": {}}, False),
