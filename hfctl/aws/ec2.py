@@ -68,7 +68,8 @@ class Launched:
 
 def client_error(exc: Exception) -> str | None:
     """``Code: message`` of an EC2 refusal (botocore's ClientError), None for anything else."""
-    error = getattr(exc, "response", {}).get("Error") if hasattr(exc, "response") else None
+    response = getattr(exc, "response", None)
+    error = response.get("Error") if isinstance(response, dict) else None
     if not isinstance(error, dict):
         return None
     return f"{error.get('Code', 'Error')}: {error.get('Message', '')}".strip()
