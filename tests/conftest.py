@@ -29,6 +29,8 @@ TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
 TEST_POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL",
                                    "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 ROOT = Path(__file__).resolve().parent.parent
+# The worker signs provider-feed events with it; the providers of the tests check them.
+TEST_FEED_KEY = "test-feed-signing-key-0123456789abcdef0123456789"
 
 
 def unavailable(what: str) -> None:
@@ -59,11 +61,19 @@ def http_ok(url: str) -> bool:
         return False
 
 
+_GIVEN_PORTS: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    """A port nothing listens on now, never one handed out before in this run: the kernel
+    may give a just-closed port again, and two services of one test would then collide."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port: int = s.getsockname()[1]
+        if port not in _GIVEN_PORTS:
+            _GIVEN_PORTS.add(port)
+            return port
 
 
 @pytest.fixture(scope="session")
@@ -123,7 +133,7 @@ def templates_file(tmp_path: Path) -> Path:
 @pytest.fixture
 def stack_env(tmp_path: Path, redis_url: str, templates_file: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("REDIS_", "BROKER_", "CACHE_", "STORE_", "QUERY_"))}
+           if not k.startswith(("REDIS_", "BROKER_", "CACHE_", "STORE_", "QUERY_", "FEED_"))}
     env.update({
         "REDIS_URL": redis_url,
         "STORE_URL": f"sqlite:///{tmp_path / 'store.sqlite3'}",
@@ -131,6 +141,7 @@ def stack_env(tmp_path: Path, redis_url: str, templates_file: Path) -> dict[str,
         "BROKER_VISIBILITY_TIMEOUT_S": "4",
         "COMMAND_MAX_RETRIES": "3",
         "WORKER_METRICS_PORT": "0",  # a test that reads them gives its worker a free port
+        "FEED_SIGNING_KEY": TEST_FEED_KEY,
         "PYTHONPATH": str(ROOT),
     })
     return env
@@ -139,14 +150,15 @@ def stack_env(tmp_path: Path, redis_url: str, templates_file: Path) -> dict[str,
 class Proc:
     """A child process group we can stop gently or kill hard."""
 
-    def __init__(self, argv: list[str], env: dict[str, str], log: Path) -> None:
-        self.argv, self.env, self.log = argv, env, log
+    def __init__(self, argv: list[str], env: dict[str, str], log: Path,
+                 cwd: Path = ROOT) -> None:
+        self.argv, self.env, self.log, self.cwd = argv, env, log, cwd
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Proc:
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(self.argv, env=self.env, stdout=out,
-                                         stderr=subprocess.STDOUT, cwd=ROOT,
+                                         stderr=subprocess.STDOUT, cwd=self.cwd,
                                          start_new_session=True)
         return self
 
