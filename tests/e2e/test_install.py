@@ -98,8 +98,9 @@ def _pair(venv: Path, tmp: Path, env: dict[str, str]) -> Iterator[str]:
 
 
 def _smoke(venv: Path, tmp: Path, redis_url: str, **extra: str) -> None:
-    env = _clean_env(venv, REDIS_URL=redis_url, STORE_URL=f"sqlite:///{tmp / 's.sqlite3'}",
-                     WORKER_METRICS_PORT="0", **extra)
+    env = _clean_env(venv, **{"REDIS_URL": redis_url,
+                              "STORE_URL": f"sqlite:///{tmp / 's.sqlite3'}",
+                              "WORKER_METRICS_PORT": "0", **extra})
     with _pair(venv, tmp, env) as url:
         plugin = {**env, "QUERY_URL": url, "HFCQRS_HFCTL": str(venv / "bin" / "hfctl"),
                   "HF_PROVIDER_LOGDIR": str(tmp / "logs")}
