@@ -6,18 +6,27 @@ its own on first use.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass
 
+import orjson
 import redis
 
 from commands_worker.adapters.projector import Projector
 from commands_worker.adapters.sql.store import Store
-from commands_worker.adapters.templates_file import EXAMPLE_TEMPLATES, load_templates_file
+from commands_worker.adapters.templates_file import (
+    EXAMPLE_TEMPLATES,
+    Loaded,
+    TemplatesFileError,
+    load_templates_file,
+)
 from commands_worker.service_layer import documents as views
 from commands_worker.service_layer.executor import Executor
+from shared import keys
 from shared.redis_urls import sync_client
 from shared.settings import Settings
 
@@ -46,7 +55,8 @@ def build(settings: Settings | None = None) -> Deps:
     broker: redis.Redis = (cache if settings.broker_url == settings.cache_url else
                            sync_client(settings.broker_url, socket_timeout=5,
                                        socket_connect_timeout=5))
-    return Deps(settings, store, cache, broker, Projector(cache, settings.feed_maxlen),
+    return Deps(settings, store, cache, broker,
+                Projector(cache, settings.feed_maxlen, settings.feed_key()),
                 Executor(store.unit_of_work, settings.command_retention_s,
                          deadlines=(settings.request_timeout_s, settings.return_timeout_s)))
 
@@ -89,10 +99,37 @@ def project_stored_templates(d: Deps) -> int:
 
 
 def load_and_project_templates(d: Deps) -> int:
-    """Load the templates file into the store and project the list; returns its size."""
-    loaded = load_templates_file(d.settings.templates_file)
-    templates, version = d.store.load_templates(loaded)
+    """Load the templates file into the store and project the list; returns its size. A
+    template with a problem is left out alone, named in the log and in the status document
+    (readiness, metrics); ``TemplatesFileError`` when none is usable."""
+    path = d.settings.templates_file or EXAMPLE_TEMPLATES
+    try:
+        loaded = load_templates_file(path)
+    except TemplatesFileError as exc:
+        write_templates_status(d, str(path), loaded=None, file_problems=exc.problems)
+        raise
+    for refused in loaded.refused:
+        log.error("template refused; the others are served", extra={
+            "event": "template_refused", "template_id": refused.template_id,
+            "where": refused.where, "problems": list(refused.problems)})
+    templates, version = d.store.load_templates(loaded.templates)
     d.projector.project([views.templates_doc(templates, version)])
+    write_templates_status(d, str(path), loaded)
     log.info("templates loaded", extra={"event": "templates_loaded", "count": len(templates),
+                                        "refused": len(loaded.refused),
                                         "templates_version": version})
     return len(templates)
+
+
+def write_templates_status(d: Deps, source: str, loaded: Loaded | None,
+                           file_problems: list[str] | None = None) -> None:
+    """What the last load made of the file, for readiness and the refused-templates metric
+    (best effort: the cache being down must not stop a load)."""
+    status = {"at": time.time(), "source": source,
+              "loaded": len(loaded.templates) if loaded else None,
+              "refused": [{"where": r.where, "template_id": r.template_id,
+                           "problems": list(r.problems)} for r in (loaded.refused if loaded
+                                                                     else [])],
+              "file_problems": file_problems or []}
+    with contextlib.suppress(redis.RedisError):
+        d.cache.set(keys.TEMPLATES_STATUS_KEY, orjson.dumps(status))

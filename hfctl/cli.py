@@ -108,6 +108,10 @@ def cmd_templates_validate(args: argparse.Namespace) -> int:
     for problem in problems:
         print(problem, file=sys.stderr)
     if problems:
+        # Exit 1 when any template is left out: the served ones still load, each refused
+        # one is named above.
+        print(f"{args.file}: {count} template(s) usable; the ones named above are left out"
+              if count else f"{args.file}: no usable template: the worker cannot load it")
         return 1
     print(f"{args.file}: {count} template(s), usable")
     return 0
@@ -122,7 +126,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     logs.configure(settings.log_level)
     simulator = Simulator(CommandClient(settings.broker_url), sync_client(settings.cache_url),
                           failure_rate=args.failure_rate, delay_s=args.delay,
-                          reclaim_rate=args.reclaim_rate)
+                          reclaim_rate=args.reclaim_rate, key=settings.feed_key())
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     with contextlib.suppress(KeyboardInterrupt):
         simulator.run()
@@ -139,10 +143,16 @@ def cmd_provider_aws(args: argparse.Namespace) -> int:
 
     settings = Settings.from_env()
     logs.configure(settings.log_level)
+    key = settings.feed_key()
+    if key is None:
+        print("hfctl provider aws: FEED_SIGNING_KEY (or FEED_SIGNING_KEY_FILE) is required, "
+              "the same as the worker's: the provider acts only on feed events the pair "
+              "signed", file=sys.stderr)
+        return 2
     provider = AwsProvider(
         ec2_client(args.threads), CommandClient(settings.broker_url, connect_timeout_s=5.0),
         sync_client(settings.cache_url), consumer=args.consumer or socket.gethostname(),
-        cluster=args.cluster, follow_s=args.follow, claim_idle_s=args.claim_idle,
+        key=key, cluster=args.cluster, follow_s=args.follow, claim_idle_s=args.claim_idle,
         threads=args.threads)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     with contextlib.suppress(KeyboardInterrupt):

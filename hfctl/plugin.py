@@ -13,14 +13,15 @@ The three reading operations import neither Celery nor pydantic, so they start f
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import logging
 import os
+import socket
 import sys
+import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,36 +86,75 @@ def _config_file(env: Mapping[str, str]) -> dict[str, str]:
 
 # --- HTTP to the query service ------------------------------------------------------------
 def _http(config: PluginConfig, path: str, body: object | None = None) -> Any:
-    """One request to the query service; its JSON answer, or a PluginError that says why."""
+    """One request to the query service; its JSON answer, or a PluginError that says why.
+    ``timeout_s`` is a deadline for the whole call (connect, send, every byte of the
+    answer), not per read: a server trickling bytes cannot hold HostFactory past it."""
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(config.query_url + path, data=data,
-                                     method="GET" if data is None else "POST")
-    request.add_header("Accept", "application/json")
+    headers = {"Accept": "application/json"}
     if data is not None:
-        request.add_header("Content-Type", "application/json")
+        headers["Content-Type"] = "application/json"
     if config.token:
-        request.add_header("Authorization", f"Bearer {config.token}")
+        headers["Authorization"] = f"Bearer {config.token}"
     started = time.monotonic()
     try:
-        with urllib.request.urlopen(request, timeout=config.timeout_s) as response:
-            answer = json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        raise PluginError(f"the query service answered {exc.code} to {path}: "
-                          f"{_detail(exc)}") from None
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
+        status, reason, raw = _exchange(config.query_url + path, data, headers,
+                                        started + config.timeout_s)
+        answer = json.loads(raw) if status < 400 else None
+    except (OSError, http.client.HTTPException, ValueError) as exc:
         raise PluginError(f"the query service at {config.query_url} is unreachable "
-                          f"({reason})") from None
+                          f"({exc or type(exc).__name__})") from None
+    if status >= 400:
+        raise PluginError(f"the query service answered {status} to {path}: "
+                          f"{_detail(raw, reason)}")
     log.debug("query service answered", extra={"event": "http", "path": path,
                                                "ms": round((time.monotonic() - started) * 1e3)})
     return answer
 
 
-def _detail(exc: urllib.error.HTTPError) -> str:
+def _exchange(url: str, data: bytes | None, headers: dict[str, str],
+              deadline: float) -> tuple[int, str, bytes]:
+    """Status, reason and body of one HTTP exchange that ends by ``deadline`` (monotonic),
+    or TimeoutError: a watchdog shuts the socket at the deadline, whatever read it is in."""
+    parts = urllib.parse.urlsplit(url)
+    kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    conn = kind(parts.hostname or "", parts.port, timeout=_left(deadline))
+    expired = threading.Event()
+
+    def cut() -> None:
+        expired.set()
+        if conn.sock is not None:
+            with contextlib.suppress(OSError):
+                conn.sock.shutdown(socket.SHUT_RDWR)
+
+    watchdog = threading.Timer(_left(deadline), cut)
+    watchdog.daemon = True
+    watchdog.start()
     try:
-        body = json.loads(exc.read())
-    except (ValueError, OSError):
-        return exc.reason
+        target = parts.path + (f"?{parts.query}" if parts.query else "")
+        conn.request("GET" if data is None else "POST", target, body=data, headers=headers)
+        response = conn.getresponse()
+        return response.status, response.reason, response.read()
+    except (OSError, http.client.HTTPException):
+        if expired.is_set():
+            raise TimeoutError("no complete answer within HF_CQRS_HTTP_TIMEOUT_S") from None
+        raise
+    finally:
+        watchdog.cancel()
+        conn.close()
+
+
+def _left(deadline: float) -> float:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("no complete answer within HF_CQRS_HTTP_TIMEOUT_S")
+    return left
+
+
+def _detail(raw: bytes, reason: str) -> str:
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return reason
     return str(body.get("detail") or body.get("error") or body) if isinstance(body, dict) \
         else str(body)
 

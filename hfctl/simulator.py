@@ -26,6 +26,7 @@ from typing import Any, Final
 import redis
 
 from hfctl import feedloop
+from shared import feed as feeds
 from shared import keys
 from shared.client import CommandClient
 
@@ -47,9 +48,11 @@ class _Report:
 class Simulator:
     def __init__(self, client: CommandClient, feed: redis.Redis, failure_rate: float = 0.0,
                  delay_s: float = 1.0, seed: int | None = None, reclaim_rate: float = 0.0,
-                 consumer: str | None = None) -> None:
+                 consumer: str | None = None, key: bytes | None = None) -> None:
         self.client = client
         self.feed = feed
+        # With the pair's feed signing key, only entries it signed are acted on.
+        self.key = key
         self.failure_rate = failure_rate
         self.reclaim_rate = reclaim_rate
         self.delay_s = delay_s
@@ -70,7 +73,15 @@ class Simulator:
                                     count=100, block=block_ms)
         entries = list(claimed) + [e for _, batch in read or [] for e in batch]
         for entry_id, fields in entries:
-            self.plan(entry_id.decode(), json.loads(fields[b"event"]))
+            try:
+                event = (feeds.verified(self.key, fields) if self.key
+                         else json.loads(fields[b"event"]))
+            except (feeds.UnprovenEvent, KeyError, ValueError) as exc:
+                log.error("feed entry not acted on: acknowledged",
+                          extra={"entry": entry_id.decode(), "reason": str(exc)})
+                self.feed.xack(keys.FEED_STREAM_KEY, GROUP, entry_id)
+                continue
+            self.plan(entry_id.decode(), event)
         return len(entries)
 
     def plan(self, entry_id: str, event: dict[str, Any]) -> None:

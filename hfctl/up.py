@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -65,7 +67,21 @@ def _children(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
     return children
 
 
+def feed_key_file(var: Path) -> Path:
+    """The embedded pair's feed signing key (made once, readable by this user only): the
+    worker signs provider-feed events with it and the simulator checks them."""
+    path = var / "feed-signing.key"
+    if not path.exists():
+        var.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_hex(32) + "\n")
+    return path
+
+
 def cmd_up(args: argparse.Namespace) -> int:
+    if not (os.environ.get("FEED_SIGNING_KEY") or os.environ.get("FEED_SIGNING_KEY_FILE")):
+        os.environ["FEED_SIGNING_KEY_FILE"] = str(feed_key_file(Path("var")).resolve())
     settings = Settings.from_env()
     started: Started = []
     if not redis_answers(settings.redis_url):

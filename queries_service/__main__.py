@@ -43,12 +43,13 @@ def _serve_granian(settings: Settings) -> None:
     from granian.http import HTTP1Settings
     from granian.log import LogLevels
 
-    from queries_service.http import MAX_HEAD_BYTES
+    from shared.asgi import HEAD_READ_TIMEOUT_S, MAX_HEAD_BYTES
 
     Granian("queries_service.asgi:app", address=settings.query_host, port=settings.query_port,
             interface=Interfaces.ASGI, workers=settings.query_workers, loop=Loops.uvloop,
             runtime_threads=1, blocking_threads=1, websockets=False, backlog=4096,
-            http1_settings=HTTP1Settings(max_buffer_size=MAX_HEAD_BYTES),
+            http1_settings=HTTP1Settings(max_buffer_size=MAX_HEAD_BYTES,
+                                         header_read_timeout=int(HEAD_READ_TIMEOUT_S * 1000)),
             log_level=LogLevels.warning, log_access=False).serve()
 
 

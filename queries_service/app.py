@@ -130,4 +130,6 @@ def create_app(settings: Settings | None = None, cache: ReadCache | None = None)
     app = Starlette(routes=[_route(holder, *route) for route in ROUTES],
                     lifespan=lifespan,
                     exception_handlers={HTTPException: _http_error, Exception: _server_error})
+    # /requests/x/ is a 404 (JSON), not a bodyless redirect to /requests/x.
+    app.router.redirect_slashes = False
     return BearerTokens(FastPath(app, local, metrics.served), settings.query_api_tokens)

@@ -196,19 +196,42 @@ class QueryApp:
             source = await self.cache.ping()
         except CacheUnavailable:
             return error(503, "cache_unavailable", UNREACHABLE)
-        body = {"ready": True, "reading_from": source,
+        templates, status = await self.cache.mget([keys.TEMPLATES_KEY,
+                                                   keys.TEMPLATES_STATUS_KEY])
+        loaded = _templates_status(status)
+        body = {"ready": templates is not None, "reading_from": source,
                 "replica_configured": self.cache.replica is not None,
                 "replica_follows": source == "replica",
-                # Subscribed to every projector announcement source: long-polls wake at
-                # once and repeated polls are answered from this process.
-                "notifications_live": self.local.enabled}
-        return Response(orjson.dumps(body), 200, media_type=JSON)
+                # Subscribed to a projector announcement source: long-polls wake at once.
+                "notifications_live": self.local.live_sources > 0,
+                # Subscribed to every source: repeated polls are answered from this process.
+                "local_views_live": self.local.enabled, "templates": loaded}
+        if templates is None:
+            # HostFactory drops a provider that offers no template: not ready, and why.
+            body["reason"] = "no templates loaded: " + (
+                "; ".join(loaded.get("file_problems") or []) or "the worker has not loaded "
+                "the templates file yet")
+        return Response(orjson.dumps(body), 200 if templates is not None else 503,
+                        media_type=JSON)
 
     async def metrics_text(self, request: Request) -> Response:
         return Response(self.metrics.render(), 200, media_type=CONTENT_TYPE)
 
     async def openapi_json(self, request: Request) -> Response:
         return Response(openapi.document(self.params.max_wait_s), 200, media_type=JSON)
+
+
+def _templates_status(raw: bytes | None) -> dict[str, Any]:
+    """The worker's last word on the templates file: how many loaded, which were refused."""
+    try:
+        status = orjson.loads(raw) if raw else {}
+    except orjson.JSONDecodeError:
+        status = {}
+    if not isinstance(status, dict):
+        status = {}
+    refused = status.get("refused") if isinstance(status.get("refused"), list) else []
+    return {"loaded": status.get("loaded"), "refused": refused,
+            "file_problems": status.get("file_problems") or []}
 
 
 def _template_matches(template: dict[str, Any], filters: dict[str, str]) -> bool:

@@ -13,7 +13,8 @@ from typing import Any, Final
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-MAX_HEAD_BYTES: Final = 32 * 1024
+from shared.asgi import MAX_HEAD_BYTES
+
 _REASONS: Final = {400: b"Bad Request", 431: b"Request Header Fields Too Large"}
 
 

@@ -4,17 +4,24 @@ bound. Plain ASGI and Starlette; no project code."""
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Final
 
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 ASGIApp = Callable[[Scope, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]],
                    Awaitable[None]]
+# A request's head (request line and headers) may take this much, no more: 431 past it.
+MAX_HEAD_BYTES: Final = 32 * 1024
+# A head not complete this long after the connection opened is closed (slow clients).
+HEAD_READ_TIMEOUT_S: Final = 10.0
+# A body not complete this long after its head is answered 408 (slow or stalled clients).
+BODY_READ_TIMEOUT_S: Final = 10.0
 _UNAUTHORIZED: Final = orjson.dumps({"error": "unauthorized",
                                      "detail": "send Authorization: Bearer <token>"})
 
@@ -58,21 +65,33 @@ class BadBody(Exception):
         self.problem = problem
 
 
-async def read_json_object(request: Request, limit: int) -> dict[str, Any]:
+async def read_json_object(request: Request, limit: int,
+                           timeout_s: float = BODY_READ_TIMEOUT_S) -> dict[str, Any]:
     """The request body as a JSON object, read no further than ``limit`` bytes: 413 past it,
-    400 for anything that is not one JSON object."""
+    408 when it does not arrive within ``timeout_s``, 400 for a body the client broke off or
+    framed wrongly (a bad chunk) and for anything that is not one JSON object."""
     declared = request.headers.get("content-length")
     if declared is not None and (not declared.isdigit() or int(declared) > limit):
         raise BadBody(413, f"the body may hold at most {limit} bytes")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise BadBody(413, f"the body may hold at most {limit} bytes")
     try:
-        value = orjson.loads(bytes(body) or b"{}")
+        body = await asyncio.wait_for(_read(request, limit), timeout_s)
+    except TimeoutError:
+        raise BadBody(408, f"the body did not arrive within {timeout_s:g} s") from None
+    except ClientDisconnect:
+        raise BadBody(400, "the body was cut short or badly framed") from None
+    try:
+        value = orjson.loads(body or b"{}")
     except orjson.JSONDecodeError as exc:
         raise BadBody(400, f"the body is not JSON: {exc}") from None
     if not isinstance(value, dict):
         raise BadBody(400, "the body must be a JSON object")
     return value
+
+
+async def _read(request: Request, limit: int) -> bytes:
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise BadBody(413, f"the body may hold at most {limit} bytes")
+    return bytes(body)

@@ -122,6 +122,9 @@ class MachineMetadata(BaseModel):
     cloud_host_id: ShortText | None = None
     rc_account: ShortText | None = None
     reclaim_at: StrictFloat | StrictInt | StrictStr | None = None
+    # The capacity units this machine gives its request (a weighted instance type, as a
+    # template's vmTypes weights say); one when absent.
+    units: Annotated[StrictInt, Field(ge=1, le=MAX_MACHINES_PER_REQUEST)] | None = None
 
     @field_validator("instance_tags")
     @classmethod

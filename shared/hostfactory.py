@@ -128,15 +128,24 @@ def hf_request(view: Mapping[str, Any], now: float) -> dict[str, Any]:
         machines.append(_unknown_machine(entry))
     asked = int(view.get("max_number") or 0)
     unfulfilled = int(view.get("unfulfilled") or 0)
-    status = request_status(asked, [m["result"] for m in machines] + ["fail"] * unfulfilled,
-                            expired)
-    message = _request_message(kind, status, machines, asked, expired)
+    # An acquire request counts units (a weighted machine gives several); the answer lists
+    # the machines there are.
+    weights = [_units(m) if kind == ACQUIRE else 1 for m in view.get("machines") or []]
+    weights += [1] * (len(machines) - len(weights))
+    results = [r for m, w in zip(machines, weights, strict=True) for r in [m["result"]] * w]
+    status = request_status(asked, results + ["fail"] * unfulfilled, expired)
+    message = _request_message(kind, status, results, asked, expired)
     if unfulfilled:
         message = (f"{unfulfilled} of {asked} machine(s) will not come: "
                    f"{view.get('message') or 'the provider could not launch them'}"
                    + (f"; {message}" if message else ""))
     return {"requestId": view["request_id"], "status": status, "message": message,
             "machines": machines}
+
+
+def _units(machine: Mapping[str, Any]) -> int:
+    value = machine.get("units")
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 1
 
 
 def _unknown_machine(entry: Mapping[str, Any]) -> dict[str, Any]:
@@ -148,11 +157,11 @@ def _unknown_machine(entry: Mapping[str, Any]) -> dict[str, Any]:
             "cloudHostId": None}
 
 
-def _request_message(kind: str, status: str, machines: list[dict[str, Any]], asked: int,
+def _request_message(kind: str, status: str, results: list[str], asked: int,
                      expired: bool) -> str:
     if status != "complete_with_error":
         return ""
-    ok = sum(1 for m in machines if m["result"] == "succeed")
+    ok = results.count("succeed")
     if kind == RETURN:
         return f"{asked - ok} of {asked} machine(s) not returned in time"
     if expired:

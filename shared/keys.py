@@ -42,6 +42,9 @@ def command_key(command_id: str) -> str:
 
 
 TEMPLATES_KEY: Final = f"{PREFIX}templates"
+# What the worker made of the templates file: {"at", "source", "loaded", "refused":
+# [{"where", "template_id", "problems"}], "file_problems": [...]} (readiness, metrics).
+TEMPLATES_STATUS_KEY: Final = f"{PREFIX}templates-status"
 
 # Sorted sets of request ids, scored by the store's creation sequence (stable cursors).
 REQUESTS_INDEX_KEY: Final = f"{PREFIX}idx:requests"
@@ -65,6 +68,11 @@ def feed_published_key(event_id: str) -> str:
 VIEWS_CHANNEL: Final = f"{PREFIX}views"
 
 # --- broker-side bookkeeping of the command worker ---------------------------------------
+def gateway_key_of(command_id: str) -> str:
+    """What the command gateway first sent under this Idempotency-Key: "<task> <digest>"."""
+    return f"{PREFIX}gateway:idempotency:{command_id}"
+
+
 # Messages the worker could not even decode wait here (raw) until moved into the store.
 DEAD_LETTER_INBOX_KEY: Final = f"{PREFIX}broker:dead-letter-inbox"
 # Held by the one worker moving the inbox into the store.

@@ -81,6 +81,12 @@ class Settings(BaseSettings):
                                      min_length=1)
     # The provider feed's approximate length bound (Redis Stream MAXLEN ~).
     feed_maxlen: int = Field(100_000, validation_alias="FEED_MAXLEN", ge=1000, le=10_000_000)
+    # The key the worker signs provider-feed events with and providers check them against
+    # (shared.feed): the value itself, or a file holding it (the file wins). Unset: events
+    # go unsigned, and providers that check (the AWS provider) act on none.
+    feed_signing_key: str | None = Field(None, validation_alias="FEED_SIGNING_KEY",
+                                         repr=False)
+    feed_signing_key_file: Path | None = Field(None, validation_alias="FEED_SIGNING_KEY_FILE")
     # HostFactory deadlines: an acquire / a return request not done this long after it was
     # accepted ends complete_with_error (applied once by a worker).
     request_timeout_s: float = Field(600.0, validation_alias="REQUEST_TIMEOUT_S",
@@ -114,6 +120,16 @@ class Settings(BaseSettings):
     @classmethod
     def _upper(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
+
+    def feed_key(self) -> bytes | None:
+        """The feed signing key, read (and checked) now; raises SettingsError."""
+        from shared import feed
+
+        try:
+            return feed.load_key(self.feed_signing_key, self.feed_signing_key_file)
+        except (OSError, ValueError) as exc:
+            name = "FEED_SIGNING_KEY_FILE" if self.feed_signing_key_file else "FEED_SIGNING_KEY"
+            raise SettingsError(f"{name}: {exc}") from None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

@@ -40,6 +40,8 @@ class MachineView(_View):
     cloud_host_id: str | None = None
     rc_account: str | None = None
     reclaim_at: float | None = None
+    # The capacity units it gives its acquire request (a weighted instance type; else 1).
+    units: int = 1
     # The return request giving it back; whether it was not up by its request's deadline.
     return_request_id: str | None = None
     late: bool = False

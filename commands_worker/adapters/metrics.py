@@ -21,7 +21,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-from shared import names
+from commands_worker.adapters import feed_trim
+from shared import keys, names
 
 log = logging.getLogger("hostfactory.worker")
 
@@ -76,6 +77,38 @@ class LiveCollector(Collector):
         _, version = d.store.templates()
         yield GaugeMetricFamily("hf_worker_templates_version", "Version of the loaded "
                                 "templates list", value=version)
+        yield from _feed_groups(d.cache)
+        yield GaugeMetricFamily("hf_worker_templates_refused", "Templates of the templates "
+                                "file left out at its last load (each named in the log and "
+                                "by hfctl templates validate)", value=_refused(d.cache))
+
+
+def _feed_groups(cache: Any) -> Iterator[Metric]:
+    """Each provider group's standing on the feed: what it has not read, not acknowledged,
+    and whether it lost an entry (deleted before it acknowledged it)."""
+    lag = GaugeMetricFamily("hf_worker_feed_group_lag", "Feed entries a provider group has "
+                            "not read yet (-1: Redis cannot tell)", labels=["group"])
+    pending = GaugeMetricFamily("hf_worker_feed_group_pending", "Feed entries a provider "
+                                "group read and has not acknowledged", labels=["group"])
+    missed = GaugeMetricFamily("hf_worker_feed_group_missed", "1 when a feed entry a provider "
+                               "group had not acknowledged was deleted", labels=["group"])
+    for group in feed_trim.groups(cache):
+        lag.add_metric([group.name], -1 if group.lag is None else group.lag)
+        pending.add_metric([group.name], group.pending)
+        missed.add_metric([group.name], int(group.missed))
+    yield from (lag, pending, missed)
+    yield GaugeMetricFamily("hf_worker_feed_length", "Entries in the provider feed",
+                            value=int(cache.xlen(keys.FEED_STREAM_KEY)))
+
+
+def _refused(cache: Any) -> int:
+    """How many templates the last load left out (the whole file, when none was usable)."""
+    raw = cache.get(keys.TEMPLATES_STATUS_KEY)
+    try:
+        status = json.loads(raw) if raw else {}
+        return len(status["refused"]) + (1 if status.get("file_problems") else 0)
+    except (ValueError, KeyError, TypeError):
+        return 0
 
 
 def _inflight(broker: Any) -> dict[str, int]:

@@ -13,10 +13,10 @@ from typing import Final
 import orjson
 import redis
 
-from commands_worker.adapters import lua
+from commands_worker.adapters import feed_trim, lua
 from commands_worker.domain.errors import CacheUnavailable
-from commands_worker.service_layer.ports import ViewDoc
-from shared import keys
+from commands_worker.service_layer.ports import REPUBLISH, ViewDoc
+from shared import feed, keys
 from shared.views import REQUEST_STATUSES
 
 _CAS_SCRIPT: Final = lua.source("project.lua")
@@ -41,9 +41,13 @@ def _keys_and_args(doc: ViewDoc) -> tuple[list[str], list[str | bytes | int]]:
 
 
 class Projector:
-    def __init__(self, client: redis.Redis, feed_maxlen: int = FEED_MAXLEN) -> None:
+    def __init__(self, client: redis.Redis, feed_maxlen: int = FEED_MAXLEN,
+                 signing_key: bytes | None = None) -> None:
         self.client = client
         self.feed_maxlen = feed_maxlen
+        # Feed events carry an HMAC under this key (shared.feed): providers act on no entry
+        # they cannot prove the pair wrote.
+        self.signing_key = signing_key
         self._cas = client.register_script(_CAS_SCRIPT)
         self._publish = client.register_script(_PUBLISH_SCRIPT)
         self._history = client.register_script(_HISTORY_SCRIPT)
@@ -56,18 +60,26 @@ class Projector:
             return 0
         try:
             pipe = self.client.pipeline(transaction=False)
+            # Views first: a provider that reads an event finds its request's view.
+            for first in range(0, len(views), _DOCS_PER_CALL):
+                self._write_views(pipe, views[first:first + _DOCS_PER_CALL])
+            view_calls = len(pipe.command_stack)
             for first in range(0, len(events), _DOCS_PER_CALL):
                 self._publish_events(pipe, events[first:first + _DOCS_PER_CALL])
             for batch in told:
                 self._add_history(pipe, batch)
-            first_view = len(pipe.command_stack)
-            for first in range(0, len(views), _DOCS_PER_CALL):
-                self._write_views(pipe, views[first:first + _DOCS_PER_CALL])
-            return sum(int(r) for r in pipe.execute()[first_view:])
+            return sum(int(r) for r in pipe.execute()[:view_calls])
         except redis.RedisError as exc:
             # Unreachable, a failover that demoted the primary under us (ReadOnlyError), or
             # full (OutOfMemoryError): the outbox keeps the documents, and the next attempt
             # finds the new primary or the room.
+            raise CacheUnavailable(str(exc)) from exc
+
+    def trim_feed(self) -> int:
+        """Trim the feed toward its bound, never past what a provider has not acknowledged."""
+        try:
+            return feed_trim.trim(self.client, self.feed_maxlen)
+        except redis.RedisError as exc:
             raise CacheUnavailable(str(exc)) from exc
 
     def _add_history(self, pipe: redis.client.Pipeline, batch: ViewDoc) -> None:
@@ -92,7 +104,10 @@ class Projector:
         args: list[str | bytes | int] = [self.feed_maxlen, max(events[0].ttl_s, 60) * 1000]
         for event in events:
             event_id = event.key.removeprefix(_FEED_PREFIX)
-            args += [event_id, event.status, event.body]
+            sig = (feed.signature(self.signing_key, event_id, event.status, event.body)
+                   if self.signing_key else "")
+            republish = "1" if event.version == REPUBLISH else "0"
+            args += [event_id, event.status, event.body, sig, republish]
         self._publish(keys=[keys.FEED_STREAM_KEY, *(e.key for e in events)], args=args,
                       client=pipe)
 

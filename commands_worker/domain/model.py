@@ -27,7 +27,7 @@ UNLIMITED: Final = -1
 _RESTARTS: Final = frozenset({("stopped", "pending"), ("stopped", "running")})
 MACHINE_FIELDS: Final = (
     "name", "private_ip", "public_ip", "instance_type", "price_type", "launch_time", "message",
-    "instance_tags", "cloud_host_id", "rc_account", "reclaim_at",
+    "instance_tags", "cloud_host_id", "rc_account", "reclaim_at", "units",
 )
 
 
@@ -37,6 +37,9 @@ class Template:
     max_number: int  # -1: unlimited; 0: none may be requested
     attributes: dict[str, Any]
     document: dict[str, Any]
+    # The bytes of its userDataScript (base64), read when the templates file was loaded:
+    # the acquire event carries them, so no provider reads a file an event names.
+    user_data: str | None = None
 
     def exceeded_by(self, wanted: int) -> bool:
         """Whether asking for ``wanted`` machines goes beyond what this template allows."""
@@ -70,6 +73,14 @@ class Machine:
         if self.late or self.status in _TERMINAL:
             return "fail"
         return "succeed" if self.status == "running" else "executing"
+
+    @property
+    def units(self) -> int:
+        """The capacity units this machine gives its request (a weighted instance type's
+        weight; 1 when its provider said none)."""
+        value = self.details.get("units")
+        return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 \
+            else 1
 
     def result_in(self, kind: str) -> str:
         return self.result if kind == hf.ACQUIRE else hf.machine_result(kind, self.status)[0]
@@ -133,14 +144,15 @@ class Request:
         return self.status in FINAL_REQUEST_STATUSES
 
     def is_late(self, observed_at: float, reported: int = 0) -> bool:
-        """A machine first reported now, after ``reported`` others, is late: past the
-        deadline, the request ended by it already, or every machine it still waited for
-        was said not to come (HostFactory may have been told it failed)."""
+        """A machine first reported now, after others giving ``reported`` units, is late:
+        past the deadline, the request ended by it already, or every unit it still waited
+        for was said not to come (HostFactory may have been told it failed)."""
         return self.expired or (self.deadline_at is not None and observed_at > self.deadline_at
                                 ) or reported + self.unfulfilled >= self.max_number
 
     def room_for_failures(self, reported: int) -> int:
-        """How many more machines the provider may say will not come."""
+        """How many more units the provider may say will not come, ``reported`` units of
+        machines being known."""
         return self.max_number - reported - self.unfulfilled
 
     def fail_launch(self, count: int, message: str, machines: list[Machine], now: float) -> None:
@@ -165,10 +177,12 @@ class Request:
         self.version += 1
         return changed
 
-    def admit_machine(self, machine_count: int) -> None:
-        if machine_count >= self.max_number:
+    def admit_machine(self, reported: int) -> None:
+        """Refuse a machine beyond what was asked: ``reported`` units are already known."""
+        if reported >= self.max_number:
             raise MachineLimitReached(
                 f"request {self.request_id} already has its {self.max_number} machine(s)"
+                + (f" ({reported} units)" if reported != self.max_number else "")
             )
 
     def on_machines_changed(self, machines: list[Machine], now: float) -> None:
@@ -179,6 +193,16 @@ class Request:
         self.version += 1
 
 
+def units_in(machine: Machine, kind: str) -> int:
+    """What a machine counts for in a request of ``kind``: its units toward an acquire
+    request (HostFactory asked for units), one toward a return request (it lists machines)."""
+    return machine.units if kind == hf.ACQUIRE else 1
+
+
+def reported_units(machines: list[Machine]) -> int:
+    return sum(m.units for m in machines)
+
+
 def request_status(current: str, max_number: int, machines: list[Machine],
                    kind: str = hf.ACQUIRE, unknown: int = 0, unfulfilled: int = 0) -> str:
     """Final statuses stick; otherwise the status follows from the machines' results by
@@ -187,8 +211,8 @@ def request_status(current: str, max_number: int, machines: list[Machine],
     returned; machines said not to come, as failed."""
     if current in FINAL_REQUEST_STATUSES:
         return current
-    results = ([m.result_in(kind) for m in machines] + ["succeed"] * unknown
-               + ["fail"] * unfulfilled)
+    results = ([r for m in machines for r in [m.result_in(kind)] * units_in(m, kind)]
+               + ["succeed"] * unknown + ["fail"] * unfulfilled)
     status = hf.request_status(max_number, results, past_deadline=False)
     if status == "running":
         return "in_progress" if machines or unfulfilled else "pending"

@@ -31,11 +31,13 @@ def dead_letters(include_replayed: bool = False) -> list[DeadLetter]:
 
 
 def template_problems(path: Path) -> tuple[int, list[str]]:
-    """How many templates ``path`` holds, and every problem with them (none: usable)."""
+    """How many templates of ``path`` are usable, and every problem with the others (or with
+    the file as a whole, when none is usable)."""
     try:
-        return len(load_templates_file(path)), []
+        loaded = load_templates_file(path)
     except TemplatesFileError as exc:
         return 0, exc.problems
+    return len(loaded.templates), loaded.problems()
 
 
 def replay_dead_letter(letter_id: int) -> str:

@@ -1,7 +1,8 @@
 """The worker's housekeeping, a step of its main process: at start the schema and templates,
 then every second the outbox repair, the requests past their deadline and the dead-letter
-inbox, and hourly the retention
-purge. A failure is logged and tried again a second later; it never stops the worker."""
+inbox, every five seconds the provider feed's trim (never past what a provider has not
+acknowledged), and hourly the retention purge. A failure is logged and tried again a second
+later; it never stops the worker."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from commands_worker.service_layer import maintenance
 from shared import names
 
 PURGE_EVERY_S = 3600.0
+TRIM_FEED_EVERY_S = 5.0
 _served: list[int] = []
 
 
@@ -48,6 +50,7 @@ class Housekeeping(bootsteps.StartStopStep):  # type: ignore[misc]
         self.tref: Any = None
         self.ready = False
         self.last_purge = 0.0
+        self.last_trim = 0.0
         self.templates_stamp: tuple[int, int, int] | None = None
 
     def start(self, parent: Any) -> None:
@@ -68,6 +71,9 @@ class Housekeeping(bootsteps.StartStopStep):  # type: ignore[misc]
             self.pass_deadlines(d)
             dead_letter_inbox.drain(d.broker, partial(maintenance.file_dead_letter,
                                                       d.executor, d.projector))
+            if time.monotonic() - self.last_trim > TRIM_FEED_EVERY_S:
+                d.projector.trim_feed()
+                self.last_trim = time.monotonic()
             if time.monotonic() - self.last_purge > PURGE_EVERY_S:
                 maintenance.purge_expired_commands(d.store, d.settings.command_retention_s)
                 self.last_purge = time.monotonic()
@@ -88,9 +94,10 @@ class Housekeeping(bootsteps.StartStopStep):  # type: ignore[misc]
                                    "command_id": record.command_id})
 
     def follow_templates(self, d: bootstrap.Deps) -> None:
-        """Load the templates at start, and again whenever the file changes. A file that
-        cannot be used leaves the templates loaded before in place (also across a restart:
-        the store has them), and says why; with none loaded before, the worker has none."""
+        """Load the templates at start, and again whenever the file changes. A template with
+        a problem is left out alone; a file with no usable template leaves the templates
+        loaded before in place (also across a restart: the store has them), and says why in
+        the log and the status document (the query service's readiness)."""
         stamp = bootstrap.templates_stamp(d)
         if self.ready and stamp == self.templates_stamp:
             return
@@ -98,9 +105,8 @@ class Housekeeping(bootsteps.StartStopStep):  # type: ignore[misc]
         try:
             bootstrap.load_and_project_templates(d)
         except TemplatesFileError as exc:
+            kept = bootstrap.project_stored_templates(d)
             bootstrap.log.error("templates file cannot be used; the templates loaded before "
                                 "stay", extra={"event": "templates_refused",
-                                               "problems": exc.problems})
-            if not self.ready and not bootstrap.project_stored_templates(d):
-                raise
+                                               "problems": exc.problems, "kept": kept})
         self.ready = True

@@ -5,11 +5,13 @@ update-machine-status}`` (bodies are the task kwargs) and the seed's ``POST /req
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from functools import cache
 from typing import Any, Final
 
 import orjson
+import redis
 from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -23,7 +25,9 @@ from shared.asgi import BadBody, BearerTokens, read_json_object
 from shared.client import CommandClient
 from shared.commands import COMMAND_MODELS
 from shared.hostfactory import time_ordered_id
-from shared.ids import default_request_id, default_return_id, is_valid_id
+from shared.ids import MAX_ID_LEN, default_request_id, default_return_id, is_valid_id
+from shared.keys import gateway_key_of
+from shared.redis_urls import sync_client
 from shared.settings import Settings
 
 COMMANDS: Final = {
@@ -38,8 +42,42 @@ JSON: Final = "application/json"
 log = logging.getLogger("hostfactory.gateway")
 
 
-def error(status: int, code: str, detail: Any) -> Response:
-    return Response(orjson.dumps({"error": code, "detail": detail}), status, media_type=JSON)
+def error(status: int, code: str, detail: Any, **more: Any) -> Response:
+    return Response(orjson.dumps({"error": code, "detail": detail, **more}), status,
+                    media_type=JSON)
+
+
+class KeyReused(Exception):
+    """An Idempotency-Key (command id) sent before with another command or body."""
+
+
+class IdempotencyKeys:
+    """What each command id was first sent as (task and body digest), kept as long as the
+    worker keeps outcomes: the same key with the same command is a retry (sent again, taking
+    effect once); with another command or body it is refused (409), never silently dropped.
+    Kept in the broker's Redis, the one store the gateway already writes to."""
+
+    def __init__(self, client: redis.Redis, retention_s: int) -> None:
+        self.client = client
+        self.retention_s = retention_s
+
+    def claim(self, command_id: str, task: str, kwargs: dict[str, Any]) -> None:
+        body = {k: v for k, v in kwargs.items() if k != "command_id" and v is not None}
+        digest = hashlib.sha256(task.encode() + b"\0" + orjson.dumps(
+            body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+        mark = f"{task} {digest}"
+        key = gateway_key_of(command_id)
+        if self.client.set(key, mark, nx=True, ex=self.retention_s):
+            return
+        first = self.client.get(key)
+        first_text = first.decode() if isinstance(first, bytes) else str(first)
+        if first_text == mark:
+            return  # a retry of the same command: sent again, applied once
+        first_task = first_text.split(" ", 1)[0]
+        raise KeyReused(
+            f"Idempotency-Key {command_id!r} was first used for {first_task}"
+            + (" with another body" if first_task == task else "")
+            + ": a key names one command; use a new key for a new command")
 
 
 def _problems(exc: ValidationError) -> list[dict[str, str]]:
@@ -48,9 +86,11 @@ def _problems(exc: ValidationError) -> list[dict[str, str]]:
 
 
 class Gateway:
-    def __init__(self, settings: Settings, client: CommandClient) -> None:
+    def __init__(self, settings: Settings, client: CommandClient,
+                 keys_seen: IdempotencyKeys | None) -> None:
         self.client = client
         self.query_url = settings.query_url.rstrip("/")
+        self.keys_seen = keys_seen
 
     async def command(self, request: Request) -> Response:
         name = request.path_params.get("command", "create-request")
@@ -61,20 +101,29 @@ class Gateway:
             body = await read_json_object(request, MAX_BODY_BYTES)
         except BadBody as exc:
             return error(exc.status, "invalid_body", exc.problem)
-        command_id, refusal = _command_id(request, body)
+        command_id, refusal = _command_id(request, body, task)
         if refusal is not None:
             return refusal
         kwargs = {**body, "command_id": command_id}
         try:
-            await run_in_threadpool(self.client.send, task, kwargs)
+            await run_in_threadpool(self._send, task, kwargs)
         except ValidationError as exc:
             return error(422, "invalid_command", _problems(exc))
-        except Exception as exc:  # kombu raises many kinds; all mean "not published"
+        except KeyReused as exc:
+            return error(409, "idempotency_key_reused", str(exc))
+        except Exception as exc:  # kombu and redis raise many kinds; all mean "not sure"
             log.warning("broker refused a command", extra={
                 "event": "broker_unavailable", "task": task, "error": str(exc)})
-            return error(503, "broker_unavailable", "the broker did not take the command; "
-                                                    "send it again (same Idempotency-Key)")
+            return error(503, "broker_unavailable", "the broker did not confirm the command: "
+                         "it may or may not have it; send it again with the same "
+                         "command_id (it takes effect once)", command_id=command_id)
         return self._accepted(task, command_id, body)
+
+    def _send(self, task: str, kwargs: dict[str, Any]) -> None:
+        COMMAND_MODELS[task].model_validate(kwargs)  # a bad body never claims its key
+        if self.keys_seen is not None:
+            self.keys_seen.claim(kwargs["command_id"], task, kwargs)
+        self.client.send(task, kwargs)
 
     def _accepted(self, task: str, command_id: str, body: dict[str, Any]) -> Response:
         request_id = body.get("request_id")
@@ -97,21 +146,36 @@ class Gateway:
         return Response(openapi_document(), 200, media_type=JSON)
 
 
-def _command_id(request: Request, body: dict[str, Any]) -> tuple[str, Response | None]:
+def _command_id(request: Request, body: dict[str, Any],
+                task: str) -> tuple[str, Response | None]:
     """``Idempotency-Key`` or the body's ``command_id`` (the same, when both are sent), else
     a new time-ordered id: a retried POST with the same key is the same command."""
     key = request.headers.get("idempotency-key")
     given = body.get("command_id")
     if key is not None and not is_valid_id(key):
-        return "", error(422, "invalid_command", [{
-            "field": "Idempotency-Key", "problem": "must follow the id rule (1-200 characters "
-                                                  "of A-Z a-z 0-9 . _ : @ + = -)"}])
+        return "", _invalid("Idempotency-Key", "must follow the id rule (1-200 characters of "
+                                               "A-Z a-z 0-9 . _ : @ + = -)")
+    if given is not None and not isinstance(given, str):
+        return "", _invalid("command_id", "must be a string: an id")
     if key is not None and given is not None and given != key:
-        return "", error(422, "invalid_command", [{
-            "field": "command_id", "problem": "differs from the Idempotency-Key header"}])
-    if given is not None:
-        return given if isinstance(given, str) else "", None
-    return key or time_ordered_id(), None
+        return "", _invalid("command_id", "differs from the Idempotency-Key header")
+    command_id = given or key or time_ordered_id()
+    default = DEFAULT_IDS.get(task)
+    if default is not None and body.get("request_id") is None and not is_valid_id(
+            default(command_id)):
+        field = "Idempotency-Key" if key else "command_id"
+        return "", _invalid(field, f"at most {MAX_ID_LEN - 4} characters without a "
+                                   f"request_id: the request id {default('')}<id> must fit "
+                                   f"{MAX_ID_LEN}")
+    return command_id, None
+
+
+def _invalid(field: str, problem: str) -> Response:
+    return error(422, "invalid_command", [{"field": field, "problem": problem}])
+
+
+DEFAULT_IDS: Final = {names.CREATE_REQUEST_TASK: default_request_id,
+                      names.RETURN_MACHINES_TASK: default_return_id}
 
 
 @cache
@@ -152,15 +216,27 @@ async def _server_error(request: Request, exc: Exception) -> Response:
     return error(500, "internal_error", "the gateway failed; see its log")
 
 
+def _keys_register(settings: Settings) -> IdempotencyKeys | None:
+    if not settings.broker_url.startswith(("redis://", "rediss://", "unix://")):
+        log.warning("idempotency keys are not checked for reuse: the broker is not Redis",
+                    extra={"event": "idempotency_unchecked"})
+        return None
+    return IdempotencyKeys(sync_client(settings.broker_url, socket_timeout=5,
+                                       socket_connect_timeout=5),
+                           settings.command_retention_s)
+
+
 def create_app(settings: Settings | None = None,
                client: CommandClient | None = None) -> BearerTokens:
     settings = settings or Settings.from_env()
     gateway = Gateway(settings, client or CommandClient(settings.broker_url,
-                                                        connect_timeout_s=5.0))
+                                                        connect_timeout_s=5.0),
+                      _keys_register(settings))
     app = Starlette(routes=[
         Route("/commands/{command}", gateway.command, methods=["POST"]),
         Route("/requests", gateway.command, methods=["POST"]),
         Route("/healthz", gateway.healthz, methods=["GET"]),
         Route("/openapi.json", gateway.openapi, methods=["GET"]),
     ], exception_handlers={HTTPException: _http_error, Exception: _server_error})
+    app.router.redirect_slashes = False  # a trailing slash is a JSON 404, not a redirect
     return BearerTokens(app, settings.gateway_api_tokens, open_paths=frozenset({"/healthz"}))

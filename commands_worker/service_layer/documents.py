@@ -12,7 +12,13 @@ from typing import Any
 import orjson
 
 from commands_worker.domain.model import MACHINE_FIELDS, Machine, Request, Template
-from commands_worker.service_layer.ports import CommandRecord, FeedEvent, HistoryEntry, ViewDoc
+from commands_worker.service_layer.ports import (
+    REPUBLISH,
+    CommandRecord,
+    FeedEvent,
+    HistoryEntry,
+    ViewDoc,
+)
 from shared import keys
 
 
@@ -30,6 +36,7 @@ def machine_dict(machine: Machine) -> dict[str, Any]:
     }
     for name in MACHINE_FIELDS:
         doc[name] = machine.details.get(name)
+    doc["units"] = machine.units
     doc["return_request_id"] = machine.return_request_id
     doc["late"] = machine.late
     extra = {k: v for k, v in machine.details.items() if k not in MACHINE_FIELDS}
@@ -120,20 +127,25 @@ def templates_doc(templates: list[Template], version: int) -> ViewDoc:
 
 
 # --- the provider feed ----------------------------------------------------------------------
-def event_doc(event: FeedEvent, retention_s: int) -> ViewDoc:
+def event_doc(event: FeedEvent, retention_s: int, republish: bool = False) -> ViewDoc:
     """A feed event as an outbox row: the projector adds it to the stream once (its marker
-    key is kept ``retention_s``); ``status`` carries its type."""
+    key is kept ``retention_s``), or again with ``republish`` (a rebuild: the open work goes
+    out again; providers dedupe on event ids); ``status`` carries its type."""
     body = _dumps({"event_id": event.event_id, "type": event.type, **event.payload})
-    return ViewDoc(keys.feed_published_key(event.event_id), 1, body, ttl_s=retention_s,
-                   status=event.type)
+    return ViewDoc(keys.feed_published_key(event.event_id), REPUBLISH if republish else 1,
+                   body, ttl_s=retention_s, status=event.type)
 
 
 def acquire_event(request: Request, template: Template | None) -> FeedEvent:
-    return FeedEvent("acquire", f"acquire:{request.request_id}", {
+    payload = {
         "request_id": request.request_id, "template_id": request.template_id,
         "template": template.document if template else None,
         "machine_count": request.max_number, "attributes": request.attributes,
-        "deadline_at": request.deadline_at, "created_at": request.created_at})
+        "deadline_at": request.deadline_at, "created_at": request.created_at}
+    if template is not None and template.user_data is not None:
+        # The template's userDataScript, read when the templates file was loaded (base64).
+        payload["user_data"] = template.user_data
+    return FeedEvent("acquire", f"acquire:{request.request_id}", payload)
 
 
 def _machine_ref(machine: Machine) -> dict[str, Any]:

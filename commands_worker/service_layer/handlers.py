@@ -18,7 +18,7 @@ from commands_worker.domain.errors import (
     RequestNotFound,
     TemplateNotFound,
 )
-from commands_worker.domain.model import Machine, Request, request_status
+from commands_worker.domain.model import Machine, Request, reported_units, request_status
 from commands_worker.service_layer import documents as feed
 from commands_worker.service_layer.ports import Effect, FeedEvent, UnitOfWork
 from shared import hostfactory as hf
@@ -136,7 +136,7 @@ def _first_report(
         raise InvalidCommand(f"{cmd.request_id!r} is a return request: a machine is first "
                              f"reported for the request that acquired it")
     machines = uow.machines_of(request.request_id)
-    request.admit_machine(len(machines))
+    request.admit_machine(reported_units(machines))
     machine = Machine(
         machine_id=cmd.machine_id,
         request_id=request.request_id,
@@ -145,7 +145,7 @@ def _first_report(
         created_at=ctx.now,
         updated_at=ctx.now,
     )
-    machine.late = request.is_late(observed_at, len(machines))
+    machine.late = request.is_late(observed_at, reported_units(machines))
     machine.apply_report(cmd.status, _details(cmd), observed_at, ctx.now)
     uow.add_machine(machine)
     machines.append(machine)
@@ -221,11 +221,12 @@ def report_launch_failure(cmd: ReportLaunchFailure, ctx: Context, uow: UnitOfWor
         raise InvalidCommand(f"{cmd.request_id!r} is a return request: only an acquire "
                              f"request's machines can fail to launch")
     machines = uow.machines_of(request.request_id)
-    room = request.room_for_failures(len(machines))
+    reported = reported_units(machines)
+    room = request.room_for_failures(reported)
     if cmd.count > room:
         raise InvalidCommand(
             f"request {request.request_id} asked for {request.max_number} machine(s), "
-            f"{len(machines)} reported and {request.unfulfilled} said not to come: "
+            f"{reported} reported and {request.unfulfilled} said not to come: "
             f"{cmd.count} more cannot fail to launch (at most {max(room, 0)})")
     loaded = request.version
     request.fail_launch(cmd.count, cmd.message, machines, ctx.now)

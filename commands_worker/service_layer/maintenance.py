@@ -87,7 +87,7 @@ def _rebuild_docs(store: Store, retention_s: int) -> Iterator[ViewDoc]:
     for request, machines in store.iter_requests():
         yield from documents.request_docs(request, machines)
         for event in _open_work(request, machines, by_id):
-            yield documents.event_doc(event, retention_s)
+            yield documents.event_doc(event, retention_s, republish=True)
         # A machine is listed by its acquire request and by its return request: once here.
         for machine in (m for m in machines if m.request_id == request.request_id):
             yield documents.machine_doc(machine)

@@ -76,7 +76,9 @@ def _short(text: str | None) -> str | None:
 
 @dataclass(frozen=True)
 class ViewDoc:
-    """One read-cache document at one version, as the projector will write it."""
+    """One read-cache document at one version, as the projector will write it. A feed event
+    is carried as a ViewDoc too (its key the published marker): version 1 is added once,
+    ``REPUBLISH`` is added again whatever its marker says (a rebuild's open work)."""
 
     key: str
     version: int
@@ -87,6 +89,9 @@ class ViewDoc:
     status: str = ""
     # The outbox row that carries this document (0 until it is written there).
     outbox_id: int = 0
+
+
+REPUBLISH: Final = 2
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any, Final
 
 from shared.awsprov import LaunchSpec
@@ -26,6 +25,9 @@ CLUSTER_TAG: Final = "hf:cluster"
 REQUEST_TAG: Final = "hf:request-id"
 TEMPLATE_TAG: Final = "hf:template-id"
 EVENT_TAG: Final = "hf:event-id"
+# The template's weights ("m5.large=1,m5.2xlarge=4"), when any is not 1: what an instance
+# counts for, read back from EC2 itself after a restart.
+UNITS_TAG: Final = "hf:units"
 # EC2 takes up to 1,000 ids a call for these; smaller calls spread throttling.
 BATCH: Final = 200
 MAX_USER_DATA: Final = 16 * 1024
@@ -56,6 +58,9 @@ class Order:
         ours = {CLUSTER_TAG: self.cluster, REQUEST_TAG: self.request_id,
                 TEMPLATE_TAG: self.template_id, EVENT_TAG: self.event_id}
         pairs = [*spec.tags, *ours.items()]
+        weights = dict(spec.weights + spec.on_demand_weights)
+        if any(w != 1 for w in weights.values()):
+            pairs.append((UNITS_TAG, ",".join(f"{t}={w}" for t, w in weights.items())[:256]))
         return [{"ResourceType": "instance",
                  "Tags": [{"Key": k, "Value": v} for k, v in pairs]}]
 
@@ -76,20 +81,20 @@ def client_error(exc: Exception) -> str | None:
 
 
 def _user_data(spec: LaunchSpec) -> bytes | None:
+    """The script's bytes as the feed event carried them (read and bounded where the
+    templates file was loaded: the provider never opens a file an event names)."""
     if spec.user_data_script is None:
         return None
-    path = Path(spec.user_data_script)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise LaunchRefused(f"userDataScript {path}: {exc.strerror or exc}") from exc
-    if len(data) > MAX_USER_DATA:
-        raise LaunchRefused(f"userDataScript {path} is {len(data)} bytes; EC2 takes 16 KiB")
-    return data
+    if spec.user_data is None:
+        raise LaunchRefused("userDataScript: the event carries no script (a worker older than "
+                            "this provider, or the file could not be read when loaded)")
+    if len(spec.user_data) > MAX_USER_DATA:
+        raise LaunchRefused(f"userDataScript is {len(spec.user_data)} bytes; EC2 takes 16 KiB")
+    return spec.user_data
 
 
 def _root_device(ec2: Any, spec: LaunchSpec) -> list[dict[str, Any]]:
-    if not spec.root_volume:
+    if not spec.root_volume or spec.image_id is None:
         return []
     try:
         image = ec2.describe_images(ImageIds=[spec.image_id])["Images"][0]
@@ -106,16 +111,26 @@ def _root_device(ec2: Any, spec: LaunchSpec) -> list[dict[str, Any]]:
 
 def instance_data(ec2: Any, spec: LaunchSpec) -> dict[str, Any]:
     """What RunInstances and a launch template share, in RunInstances' names."""
-    data: dict[str, Any] = {"ImageId": spec.image_id}
+    data: dict[str, Any] = {}
+    if spec.image_id:
+        data["ImageId"] = spec.image_id
     if spec.key_name:
         data["KeyName"] = spec.key_name
-    if spec.security_group_ids:
+    if spec.interface_type:
+        # An EFA (or a plain interface): the security groups go on the interface.
+        data["NetworkInterfaces"] = [{"DeviceIndex": 0, "InterfaceType": spec.interface_type,
+                                      **({"Groups": list(spec.security_group_ids)}
+                                         if spec.security_group_ids else {})}]
+    elif spec.security_group_ids:
         data["SecurityGroupIds"] = list(spec.security_group_ids)
     if spec.instance_profile:
         key = "Arn" if spec.instance_profile.startswith("arn:") else "Name"
         data["IamInstanceProfile"] = {key: spec.instance_profile}
-    if spec.placement_group:
-        data["Placement"] = {"GroupName": spec.placement_group}
+    placement = {"GroupName": spec.placement_group, "Tenancy": spec.tenancy}
+    if any(placement.values()):
+        data["Placement"] = {k: v for k, v in placement.items() if v}
+    if spec.ebs_optimized is not None:
+        data["EbsOptimized"] = spec.ebs_optimized
     if (devices := _root_device(ec2, spec)):
         data["BlockDeviceMappings"] = devices
     if (user_data := _user_data(spec)) is not None:
@@ -124,30 +139,41 @@ def instance_data(ec2: Any, spec: LaunchSpec) -> dict[str, Any]:
 
 
 def run_instances(ec2: Any, spec: LaunchSpec, order: Order, wanted: int) -> Launched:
-    """On demand, one instance type: RunInstances, subnet after subnet. Each call asks for an
-    exact number (MinCount = MaxCount); when EC2 has no capacity (or vCPU limit) for that
-    many it asks for half as many, down to one, so a short pool still gives what it has."""
+    """On demand, one instance type: RunInstances, subnet after subnet, for ``wanted`` units
+    (instances of the type's weight). Each call asks for an exact number (MinCount =
+    MaxCount); when EC2 has no capacity (or vCPU limit) for that many it asks for half as
+    many, down to one, so a short pool still gives what it has."""
     base = {**instance_data(ec2, spec), "InstanceType": spec.instance_types[0],
             "TagSpecifications": order.tags(spec)}
+    if spec.launch_template_id:  # the administrator's template; the fields above override it
+        base["LaunchTemplate"] = {"LaunchTemplateId": spec.launch_template_id,
+                                  "Version": spec.launch_template_version or "$Default"}
     if "UserData" in base:  # RunInstances takes it raw (boto3 encodes it)
         base["UserData"] = base64.b64decode(base["UserData"])
+    count = spec.instances_for(wanted)
     launched, step = Launched(), 0
     for subnet in spec.subnet_ids or (None,):
-        ask = wanted - len(launched.instances)
-        while ask > 0 and len(launched.instances) < wanted:
+        ask = count - len(launched.instances)
+        while ask > 0 and len(launched.instances) < count:
             call = {**base, "MinCount": ask, "MaxCount": ask, "ClientToken": order.token(step)}
             step += 1
-            if subnet:
-                call["SubnetId"] = subnet
+            _place(call, subnet)
             said = _run(ec2, call, launched)
             if said is None:
-                ask = min(ask, wanted - len(launched.instances))
+                ask = min(ask, count - len(launched.instances))
                 continue
             launched.errors.append(f"{subnet or 'default subnet'}: {said}")
             if not said.startswith(SHORT_OF_CAPACITY):
                 break
             ask //= 2
     return launched
+
+
+def _place(call: dict[str, Any], subnet: str | None) -> None:
+    if subnet and "NetworkInterfaces" in call:
+        call["NetworkInterfaces"] = [{**call["NetworkInterfaces"][0], "SubnetId": subnet}]
+    elif subnet:
+        call["SubnetId"] = subnet
 
 
 # EC2's refusals that fewer instances may get past.
@@ -168,9 +194,16 @@ def _run(ec2: Any, call: dict[str, Any], launched: Launched) -> str | None:
 
 def launch_template(ec2: Any, spec: LaunchSpec, order: Order) -> str:
     """The launch template a fleet of this template uses, made once: its name carries a
-    digest of what it holds, so an edited template gets a new one."""
+    digest of what it holds, so an edited template gets a new one. With the administrator's
+    own ``launchTemplateId``, its data is the base and the template's fields override it."""
     data = instance_data(ec2, spec)
-    digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
+    if spec.launch_template_id:
+        version = spec.launch_template_version or "$Default"
+        found = ec2.describe_launch_template_versions(
+            LaunchTemplateId=spec.launch_template_id, Versions=[version])
+        data = {**found["LaunchTemplateVersions"][0]["LaunchTemplateData"], **data}
+    digest = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()
+                            ).hexdigest()[:12]
     name = f"hf-{order.cluster}-{order.template_id}"[:110] + f"-{digest}"
     try:
         ec2.create_launch_template(LaunchTemplateName=name, LaunchTemplateData=data,
@@ -181,25 +214,63 @@ def launch_template(ec2: Any, spec: LaunchSpec, order: Order) -> str:
     return name
 
 
+def units_of(spec: LaunchSpec, instances: list[dict[str, Any]]) -> int:
+    return sum(spec.weight(i.get("InstanceType")) for i in instances)
+
+
 def create_fleet(ec2: Any, spec: LaunchSpec, order: Order, wanted: int) -> Launched:
-    """Spot, a mix, or several instance types: one instant EC2 Fleet over every type and
-    subnet; what it could not launch comes back in its Errors."""
+    """Spot, a mix, several types or attribute-based selection: instant EC2 Fleets over every
+    type (with its weight) and subnet, for ``wanted`` units. Spot: one fleet, its on-demand
+    share per ``onDemandCapacity`` and ``percentOnDemand``. Heterogeneous (IBM's meaning):
+    spot first, then on demand (over ``vmTypesOnDemand`` when given) for what spot did not
+    fill. What a fleet could not launch comes back in its Errors."""
     name = launch_template(ec2, spec, order)
-    overrides = [{"InstanceType": t, **({"SubnetId": s} if s else {}),
-                  **({"MaxPrice": spec.max_spot_price} if spec.max_spot_price else {})}
-                 for t in spec.instance_types for s in (spec.subnet_ids or (None,))]
     on_demand = spec.on_demand_count(wanted)
+    if spec.price_type != "heterogeneous":
+        return _fleet(ec2, spec, order, name, (wanted - on_demand, on_demand), 0)
+    launched = (_fleet(ec2, spec, order, name, (wanted - on_demand, 0), 0)
+                if wanted > on_demand else Launched())
+    rest = wanted - units_of(spec, launched.instances)
+    if rest > 0:
+        more = _fleet(ec2, spec, order, name, (0, rest), 1)
+        launched.instances += more.instances
+        launched.errors += more.errors
+    return launched
+
+
+def _overrides(spec: LaunchSpec, on_demand_only: bool) -> list[dict[str, Any]]:
+    weights = (spec.on_demand_weights or spec.weights) if on_demand_only else spec.weights
+    priorities = dict(spec.priorities)
+    price = {"MaxPrice": spec.max_spot_price} if spec.max_spot_price else {}
+    subnets = spec.subnet_ids or (None,)
+    if spec.instance_requirements is not None and not weights:
+        return [{"InstanceRequirements": spec.instance_requirements,
+                 **({"SubnetId": s} if s else {}), **price} for s in subnets]
+    return [{"InstanceType": t, "WeightedCapacity": float(w),
+             **({"Priority": float(priorities[t])} if t in priorities else {}),
+             **({"SubnetId": s} if s else {}), **price}
+            for t, w in weights for s in subnets]
+
+
+def _fleet(ec2: Any, spec: LaunchSpec, order: Order, template_name: str,
+           capacity: tuple[int, int], step: int) -> Launched:
+    spot, on_demand = capacity
     call: dict[str, Any] = {
-        "Type": "instant", "ClientToken": order.token(0),
+        "Type": "instant", "ClientToken": order.token(step),
         "TargetCapacitySpecification": {
-            "TotalTargetCapacity": wanted, "OnDemandTargetCapacity": on_demand,
-            "SpotTargetCapacity": wanted - on_demand,
-            "DefaultTargetCapacityType": "on-demand" if on_demand == wanted else "spot"},
+            "TotalTargetCapacity": spot + on_demand, "OnDemandTargetCapacity": on_demand,
+            "SpotTargetCapacity": spot,
+            "DefaultTargetCapacityType": "spot" if spot else "on-demand"},
         "LaunchTemplateConfigs": [{"LaunchTemplateSpecification": {
-            "LaunchTemplateName": name, "Version": "$Latest"}, "Overrides": overrides}],
+            "LaunchTemplateName": template_name, "Version": "$Latest"},
+            "Overrides": _overrides(spec, on_demand_only=spot == 0)}],
         "TagSpecifications": order.tags(spec)}
-    if spec.allocation_strategy:
-        call["SpotOptions"] = {"AllocationStrategy": spec.allocation_strategy}
+    spot_options = {"AllocationStrategy": spec.allocation_strategy,
+                    "InstancePoolsToUseCount": spec.pools_count}
+    if spot and any(spot_options.values()):
+        call["SpotOptions"] = {k: v for k, v in spot_options.items() if v}
+    if on_demand and spec.on_demand_strategy:
+        call["OnDemandOptions"] = {"AllocationStrategy": spec.on_demand_strategy}
     launched = Launched()
     try:
         answer = ec2.create_fleet(**call)
@@ -267,6 +338,15 @@ def spot_notices(ec2: Any, instances: list[dict[str, Any]]) -> dict[str, float]:
     return notices
 
 
+def units(tags: dict[str, str], instance_type: str | None) -> int | None:
+    """The units an instance counts for, from its ``hf:units`` tag; None: one (the default)."""
+    for pair in tags.get(UNITS_TAG, "").split(","):
+        name, _, weight = pair.partition("=")
+        if name == instance_type and weight.isdigit() and int(weight) > 1:
+            return int(weight)
+    return None
+
+
 def report_of(instance: dict[str, Any], reclaim_at: float | None = None,
               ) -> tuple[str, dict[str, Any]]:
     """The status and metadata an instance reports over the contract."""
@@ -284,6 +364,7 @@ def report_of(instance: dict[str, Any], reclaim_at: float | None = None,
                                   if not k.startswith(("aws:", "hf:")))[:1024],
         "cloud_host_id": instance["InstanceId"],
         "reclaim_at": reclaim_at,
+        "units": units(tags, instance.get("InstanceType")),
     }
     reason = (instance.get("StateReason") or {}).get("Message")
     if instance["State"]["Name"] in ("shutting-down", "terminated", "stopped") and reason:

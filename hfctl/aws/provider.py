@@ -21,8 +21,8 @@ again (from the tags) by the same consumer on restart or by another after ``clai
 
 from __future__ import annotations
 
+import base64
 import hashlib
-import json
 import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -31,9 +31,10 @@ from typing import Any, Final
 
 import redis
 
-from hfctl import feedloop
+from hfctl import feedloop, known
 from hfctl.aws import ec2 as aws
 from shared import awsprov, keys
+from shared import feed as feeds
 from shared.client import CommandClient
 
 log = logging.getLogger("hostfactory.aws")
@@ -59,6 +60,18 @@ class Outcome:
 
 def _digest(text: str) -> str:
     return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
+
+
+def _user_data(event: dict[str, Any]) -> bytes | None:
+    """The template's user-data script as the worker read it when it loaded the templates
+    file (base64 in the event): the provider never opens a path an event names."""
+    encoded = event.get("user_data")
+    if not isinstance(encoded, str):
+        return None
+    try:
+        return base64.b64decode(encoded, validate=True)
+    except ValueError:
+        raise aws.LaunchRefused("user_data: not base64") from None
 
 
 def instance_report(instance: dict[str, Any], reclaim_at: float | None = None) -> Report:
@@ -87,20 +100,21 @@ class Ec2Work:
             # Another provider's template (no imageId): not ours to launch or to fail.
             log.info("not an AWS template", extra={"event_id": order.event_id})
             return Outcome()
+        spec: awsprov.LaunchSpec | None = None
         try:
-            spec = awsprov.launch_spec(event.get("template") or {})
+            spec = awsprov.launch_spec(event.get("template") or {}, _user_data(event))
             launched = self._launch_once(spec, order)
         except (awsprov.TemplateProblems, aws.LaunchRefused) as exc:
             launched = aws.Launched(errors=[f"template {order.template_id}: {exc}"])
         outcome = Outcome([instance_report(i) for i in launched.instances])
-        missing = order.count - len(launched.instances)
+        got = aws.units_of(spec, launched.instances) if spec else 0
+        missing = order.count - got
         if missing > 0:
             reason = ("; ".join(dict.fromkeys(launched.errors))
                       or "an earlier attempt of this event launched fewer")
             outcome.failure = {
                 "request_id": order.request_id, "count": missing,
-                "message": f"EC2 launched {len(launched.instances)} of {order.count}: "
-                           f"{reason}"[:2000],
+                "message": f"EC2 launched {got} of {order.count}: {reason}"[:2000],
                 "command_id": f"aws-launch-failure-{_digest(order.event_id)}"}
         log.info("acquired", extra={"event_id": order.event_id, "launched":
                                     len(launched.instances), "missing": max(missing, 0)})
@@ -133,9 +147,10 @@ class Ec2Work:
 
 class AwsProvider:
     def __init__(self, ec2: Any, client: CommandClient, feed: redis.Redis, consumer: str,
-                 cluster: str = "hostfactory-cqrs", follow_s: float = 2.0,
+                 key: bytes, cluster: str = "hostfactory-cqrs", follow_s: float = 2.0,
                  claim_idle_s: float = 30.0, threads: int = 8) -> None:
         self.work = Ec2Work(ec2, cluster)
+        self.key = key
         self.client = client
         self.feed = feed
         self.consumer = consumer
@@ -177,13 +192,22 @@ class AwsProvider:
         if entry_id in self.running:
             return
         try:
-            event = json.loads(fields[b"event"])
-            kind = event["type"]
-        except (KeyError, ValueError, TypeError):
-            log.error("unreadable feed entry: acknowledged", extra={"entry": entry_id})
+            event = feeds.verified(self.key, fields)
+        except feeds.UnprovenEvent as exc:
+            log.error("feed entry not proven the pair's: acknowledged, nothing done",
+                      extra={"entry": entry_id, "reason": str(exc)})
             self.feed.xack(keys.FEED_STREAM_KEY, GROUP, entry_id)
             return
-        handle = self.work.acquire if kind == "acquire" else self.work.give_back
+        verdict = known.check(self.feed, event)
+        if verdict == known.WAIT:
+            return  # its request's view is not there yet: claimed again after claim_idle_s
+        if verdict is not None:
+            log.error("feed event refused: acknowledged, nothing done",
+                      extra={"entry": entry_id, "event_id": event.get("event_id"),
+                             "reason": verdict})
+            self.feed.xack(keys.FEED_STREAM_KEY, GROUP, entry_id)
+            return
+        handle = self.work.acquire if event["type"] == "acquire" else self.work.give_back
         self.running[entry_id] = self.pool.submit(handle, event)
 
     def finish(self) -> int:

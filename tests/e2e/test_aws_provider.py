@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import redis
 
-from tests.conftest import Proc, free_port, http_ok, wait_for
+from tests.conftest import TEST_FEED_KEY, Proc, free_port, http_ok, wait_for
 from tests.e2e.conftest import HostFactory
 
 boto3 = pytest.importorskip("boto3")
@@ -229,7 +229,8 @@ def test_a_partly_refused_launch_keeps_the_machines_it_got(
     from shared.redis_urls import sync_client
 
     provider = AwsProvider(CappedEc2(ec2, 2), CommandClient(stack_env["REDIS_URL"]),
-                           sync_client(stack_env["REDIS_URL"]), "capped", cluster=cluster,
+                           sync_client(stack_env["REDIS_URL"]), "capped",
+                           key=TEST_FEED_KEY.encode(), cluster=cluster,
                            follow_s=0.3)
     stop = threading.Event()
 
@@ -273,7 +274,8 @@ def test_every_template_field_reaches_ec2(ec2_endpoint: str, ec2: Any, subnets: 
                 "instanceProfile": profile["InstanceProfile"]["Arn"],
                 "instanceTags": "team=hpc"}
     order = aws.Order(cluster, "req-full", "full", "acquire:req-full", 2)
-    launched = aws.run_instances(ec2, awsprov.launch_spec(template), order, 2)
+    spec = awsprov.launch_spec(template, user_data=script.read_bytes())
+    launched = aws.run_instances(ec2, spec, order, 2)
     assert launched.errors == [] and len(launched.instances) == 2
     instance = launched.instances[0]
     assert (instance["InstanceType"], instance["SubnetId"], instance["KeyName"]) == (
@@ -287,7 +289,73 @@ def test_every_template_field_reaches_ec2(ec2_endpoint: str, ec2: Any, subnets: 
     assert (volume["Size"], volume["VolumeType"], volume["Iops"]) == (40, "gp3", 3000)
     # The same event again launches nothing: the provider finds its instances by tag.
     assert len(aws.owned(ec2, cluster, **{"hf:event-id": "acquire:req-full"})) == 2
-    # A script that is not there is the template's problem, said before any call.
-    missing = awsprov.launch_spec({**template, "userDataScript": str(tmp_path / "gone.sh")})
-    with pytest.raises(aws.LaunchRefused, match=r"gone\.sh"):
+    # The provider reads no file an event names: a script the event does not carry (the
+    # worker resolves it when it loads the templates file) refuses the launch.
+    missing = awsprov.launch_spec({**template, "userDataScript": "/etc/shadow"})
+    with pytest.raises(aws.LaunchRefused, match="the event carries no script"):
         aws.run_instances(ec2, missing, order, 1)
+
+
+@pytest.fixture
+def weighted_templates(templates_file: Path, subnets: list[str], ec2: Any) -> dict[str, Any]:
+    """Add a weighted spot template and one launching from a launch template made in the
+    endpoint (image, key and instance type from it; the template's tags and subnet over it)."""
+    image = ec2.describe_images()["Images"][1]["ImageId"]
+    made = ec2.create_launch_template(LaunchTemplateName=f"admin-{time.time_ns()}",
+                                      LaunchTemplateData={"ImageId": image, "KeyName": "lt-key",
+                                                          "InstanceType": "t3.large"})
+    lt_id = made["LaunchTemplate"]["LaunchTemplateId"]
+    document = json.loads(templates_file.read_text())
+    document["templates"] += [
+        {"templateId": "aws-weighted", "maxNumber": 40, "attributes": ATTRIBUTES,
+         "imageId": IMAGE, "priceType": "spot", "subnetId": ",".join(subnets),
+         "vmTypes": {"t3.small": 1, "t3.medium": 2}, "fleetRole": "arn:aws:iam::1:role/f",
+         "pgrpName": None, "onDemandCapacity": 0, "instanceTags": "team=weights"},
+        {"templateId": "aws-from-lt", "maxNumber": 10, "attributes": ATTRIBUTES,
+         "launchTemplateId": lt_id, "launchTemplateVersion": 1, "vmType": "m5.large",
+         "subnetId": subnets[0], "instanceTags": "team=lt"}]
+    templates_file.write_text(json.dumps(document))
+    return {"image": image, "launch_template": lt_id}
+
+
+def test_weighted_types_count_units_until_the_request_is_complete(
+        weighted_templates: dict[str, Any], hostfactory: HostFactory, worker: Proc,
+        provider: Proc, ec2: Any, cluster: str) -> None:
+    rid = hostfactory.ok("requestMachines", {"template": {
+        "templateId": "aws-weighted", "machineCount": 4}})["requestId"]
+    done = hostfactory.until(rid, "complete", 60)
+    mine = instances(ec2, cluster, **{"hf:request-id": rid})
+    weight = {"t3.small": 1, "t3.medium": 2}
+    assert sum(weight[i["InstanceType"]] for i in mine) >= 4
+    assert sorted(m["machineId"] for m in done["machines"]) == sorted(
+        i["InstanceId"] for i in mine)
+    fleets = [f for f in ec2.describe_fleets()["Fleets"]
+              if any(o.get("InstanceType") == "t3.medium"
+                     for c in f["LaunchTemplateConfigs"] for o in c["Overrides"])]
+    [fleet] = fleets
+    overrides = fleet["LaunchTemplateConfigs"][0]["Overrides"]
+    assert {(o["InstanceType"], o["WeightedCapacity"]) for o in overrides} == {
+        ("t3.small", 1.0), ("t3.medium", 2.0)}
+    assert fleet["TargetCapacitySpecification"]["TotalTargetCapacity"] == 4
+    returned = hostfactory.ok("requestReturnMachines", {"machines": [
+        {"name": m["name"], "machineId": m["machineId"]} for m in done["machines"]]})
+    finished = hostfactory.until(returned["requestId"], "complete", 60)
+    assert {(m["result"], m["status"]) for m in finished["machines"]} == {
+        ("succeed", "terminated")}
+
+
+def test_a_template_naming_a_launch_template_launches_from_it(
+        weighted_templates: dict[str, Any], hostfactory: HostFactory, worker: Proc,
+        provider: Proc, ec2: Any, cluster: str, subnets: list[str]) -> None:
+    rid = hostfactory.ok("requestMachines", {"template": {
+        "templateId": "aws-from-lt", "machineCount": 2}})["requestId"]
+    done = hostfactory.until(rid, "complete", 60)
+    mine = instances(ec2, cluster, **{"hf:request-id": rid})
+    assert len(mine) == 2 == len(done["machines"])
+    for instance in mine:
+        tags = {t["Key"]: t["Value"] for t in instance["Tags"]}
+        # From the launch template: the image and the key; the template's fields over it.
+        assert (instance["ImageId"], instance["KeyName"]) == (weighted_templates["image"],
+                                                              "lt-key")
+        assert instance["InstanceType"] == "m5.large" and instance["SubnetId"] == subnets[0]
+        assert tags["team"] == "lt"

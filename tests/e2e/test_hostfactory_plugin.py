@@ -6,8 +6,10 @@ real Redis and real worker, query service and simulator processes."""
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -122,3 +124,43 @@ def test_refusals_are_one_object_and_exit_1(hostfactory: HostFactory, worker: Pr
     done = subprocess.run([str(SCRIPTS / "getReturnRequests.sh"), "-f", str(path)],
                           env=hostfactory.env, capture_output=True, timeout=30, check=False)
     assert done.returncode == 1 and "not JSON" in json.loads(done.stdout)["message"]
+
+
+def test_the_http_timeout_is_a_deadline_for_the_whole_call(hostfactory: HostFactory) -> None:
+    """A server that answers one byte a second: the script gives up by HF_CQRS_HTTP_TIMEOUT_S
+    (3 s here), with one JSON object and exit 1, not after every byte arrived."""
+    server = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def trickle() -> None:
+        server.settimeout(0.5)
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.recv(65536)
+                for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 40\r\n\r\n" + b" " * 40:
+                    if stop.wait(1.0):
+                        break
+                    try:
+                        conn.sendall(bytes([byte]))
+                    except OSError:
+                        break
+
+    thread = threading.Thread(target=trickle, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.getsockname()[1]}"
+    try:
+        started = time.monotonic()
+        code, answer = hostfactory.call("getRequestStatus", {"requests": [{"requestId": "r"}]},
+                                        QUERY_URL=url, HF_CQRS_HTTP_TIMEOUT_S="3")
+        took = time.monotonic() - started
+    finally:
+        stop.set()
+        thread.join(5)
+        server.close()
+    assert code == 1 and "unreachable" in answer["message"], answer
+    assert "HF_CQRS_HTTP_TIMEOUT_S" in answer["message"]
+    assert took < 5.0, took

@@ -47,7 +47,8 @@ def test_two_provider_instances_one_killed(worker: Proc, query_url: str, gateway
     script = tmp_path / "provider.py"
     script.write_text(readme_provider())
     env = {"PATH": "/usr/bin:/bin", "CACHE_URL": stack_env["REDIS_URL"],
-           "GATEWAY_URL": gateway_url, "PROVIDER_GROUP": "readme", "CLAIM_IDLE_MS": "2000"}
+           "GATEWAY_URL": gateway_url, "PROVIDER_GROUP": "readme", "CLAIM_IDLE_MS": "2000",
+           "FEED_SIGNING_KEY": stack_env["FEED_SIGNING_KEY"]}
     # The first instance's gateway never answers: it takes events and hangs on them, so it
     # surely dies holding some.
     hole = socket.create_server(("127.0.0.1", 0))

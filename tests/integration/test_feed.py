@@ -93,7 +93,7 @@ def test_a_crash_between_commit_and_publish_loses_no_event(rclient: redis.Redis,
     from commands_worker.service_layer.maintenance import repair_outbox
 
     store = SqlStore.from_url(f"sqlite:///{tmp_path / 'crash.sqlite3'}")
-    store.load_templates(load_templates_file(EXAMPLE_TEMPLATES))
+    store.load_templates(load_templates_file(EXAMPLE_TEMPLATES).templates)
     executor = Executor(store.unit_of_work, retention_s=600)
     executor.execute(Envelope("commands.create_request", "c1",
                               {"template_id": "x86-small", "max_number": 1}))

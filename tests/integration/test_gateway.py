@@ -102,6 +102,51 @@ def test_an_unreachable_broker_is_503(redis_url: str) -> None:
         answer = client.post("/commands/create-request",
                              json={"template_id": "x86-small", "max_number": 1})
         assert answer.status_code == 503 and answer.json()["error"] == "broker_unavailable"
+        # The id to resend under: the broker may have the command after all.
+        assert answer.json()["command_id"]
+        keyed = client.post("/commands/create-request", headers={"Idempotency-Key": "k-1"},
+                            json={"template_id": "x86-small", "max_number": 1})
+        assert keyed.status_code == 503 and keyed.json()["command_id"] == "k-1"
+
+
+def test_a_key_reused_for_another_command_is_refused(gateway: TestClient,
+                                                     rclient: redis.Redis) -> None:
+    body = {"template_id": "x86-small", "max_number": 1}
+    first = gateway.post("/commands/create-request", json=body,
+                         headers={"Idempotency-Key": "order-9"})
+    assert first.status_code == 202
+    other_body = gateway.post("/commands/create-request", json={**body, "max_number": 2},
+                              headers={"Idempotency-Key": "order-9"})
+    assert other_body.status_code == 409
+    assert "first used for commands.create_request with another body" in \
+        other_body.json()["detail"]
+    other_type = gateway.post("/commands/return-machines", json={"machines": [{"name": "h"}]},
+                              headers={"Idempotency-Key": "order-9"})
+    assert other_type.status_code == 409
+    assert "first used for commands.create_request" in other_type.json()["detail"]
+    # The same command again is a retry: accepted, and the worker applies it once.
+    assert gateway.post("/commands/create-request", json=body,
+                        headers={"Idempotency-Key": "order-9"}).status_code == 202
+    assert [m["kwargs"]["max_number"] for m in published(rclient, "commands.requests")] == [
+        1, 1]
+    assert rclient.llen("commands.machines") == 0
+
+
+def test_ids_are_refused_at_the_door_with_the_right_reason(gateway: TestClient,
+                                                           rclient: redis.Redis) -> None:
+    body = {"template_id": "x86-small", "max_number": 1}
+    numeric = gateway.post("/commands/create-request", json={**body, "command_id": 5})
+    assert numeric.status_code == 422
+    assert numeric.json()["detail"] == [{"field": "command_id",
+                                         "problem": "must be a string: an id"}]
+    long_key = gateway.post("/commands/create-request", json=body,
+                            headers={"Idempotency-Key": "k" * 200})
+    assert long_key.status_code == 422
+    assert "request id req-<id> must fit 200" in long_key.json()["detail"][0]["problem"]
+    # With its own request_id, a 200-character key is fine.
+    assert gateway.post("/commands/create-request", json={**body, "request_id": "r-1"},
+                        headers={"Idempotency-Key": "k" * 200}).status_code == 202
+    assert len(published(rclient, "commands.requests")) == 1
 
 
 _SPEC = json.loads(__import__("commands_worker.gateway.app", fromlist=["x"])
@@ -122,5 +167,6 @@ def test_any_body_on_any_documented_path_is_never_a_500(gateway: TestClient, pat
                                                         body: object, key: str | None) -> None:
     headers = {} if key is None else {"Idempotency-Key": key.encode("utf-8")}
     answer = gateway.post(path, content=json.dumps(body), headers=headers)
-    assert answer.status_code in (202, 400, 422), answer.text
+    # 409: the same key drawn again for another body (a key names one command).
+    assert answer.status_code in (202, 400, 409, 422), answer.text
     assert isinstance(answer.json(), dict)

@@ -17,6 +17,7 @@ from commands_worker.adapters.projector import Projector
 from commands_worker.domain.model import Machine, Request
 from commands_worker.service_layer.documents import machine_doc, request_docs
 from queries_service.app import create_app
+from shared import keys
 from shared.settings import Settings
 
 
@@ -99,6 +100,12 @@ def test_openapi_and_metrics(client: TestClient, rclient: redis.Redis) -> None:
     [served] = [s for s in families["hf_query_requests"].samples if s.name.endswith("_total")
                 and s.labels == {"route": "get_request", "code": "404"}]
     assert served.value == 1
+    # No templates list in the cache yet: not ready (HostFactory would drop the provider),
+    # and it says why; with the list, ready.
+    unready = client.get("/readyz")
+    assert unready.status_code == 503 and unready.json()["ready"] is False
+    assert unready.json()["reason"].startswith("no templates loaded")
+    rclient.set(keys.TEMPLATES_KEY, b'{"version":1,"templates":[{"templateId":"t"}]}')
     ready = client.get("/readyz").json()
     assert (ready["ready"], ready["reading_from"], ready["replica_configured"]) == (
         True, "primary", False)

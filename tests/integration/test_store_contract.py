@@ -24,7 +24,7 @@ UPDATE = "commands.update_machine_status"
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     if request.param == "memory":
         fake = FakeStore()
-        fake.load_templates(load_templates_file(EXAMPLE_TEMPLATES))
+        fake.load_templates(load_templates_file(EXAMPLE_TEMPLATES).templates)
         yield fake
         return
     if request.param == "sqlite":
@@ -32,7 +32,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     else:
         url = request.getfixturevalue("postgres_url")
     sql = SqlStore.from_url(url)
-    sql.load_templates(load_templates_file(EXAMPLE_TEMPLATES))
+    sql.load_templates(load_templates_file(EXAMPLE_TEMPLATES).templates)
     yield sql
     sql.engine.dispose()
 
@@ -133,7 +133,7 @@ def _race(work: Callable[[int], None], workers: int) -> list[BaseException]:
 
 
 def test_templates_version_grows_only_when_the_list_changes(store: Store) -> None:
-    loaded = load_templates_file(EXAMPLE_TEMPLATES)
+    loaded = load_templates_file(EXAMPLE_TEMPLATES).templates
     _, version = store.templates()
     assert store.load_templates(loaded)[1] == version
     assert store.load_templates(loaded[:1])[1] == version + 1

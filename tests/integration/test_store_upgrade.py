@@ -40,7 +40,7 @@ def test_an_older_store_is_upgraded_on_start(kind: str, tmp_path: Path,
     engine.dispose()
     store = Store.from_url(url)
     Store.from_url(url).engine.dispose()  # a second start finds nothing to add
-    store.load_templates(load_templates_file(EXAMPLE_TEMPLATES))
+    store.load_templates(load_templates_file(EXAMPLE_TEMPLATES).templates)
     executor = Executor(store.unit_of_work, retention_s=60)
     run = executor.execute(Envelope("commands.update_machine_status", "u1", {
         "machine_id": "m1", "status": "running", "request_id": "req-old",

@@ -117,8 +117,9 @@ def _violations(prefix: str, forbidden: tuple[str, ...]) -> list[str]:
                                        "commands_worker.adapters",
                                        "commands_worker.entrypoints",
                                        "commands_worker.bootstrap")),
-    # The gateway publishes by the wire contract and never touches the store or the cache.
-    ("commands_worker.gateway", ("redis", "sqlalchemy", "commands_worker.domain",
+    # The gateway publishes by the wire contract and never touches the store or the cache
+    # (redis only for the broker's Redis, where it keeps what each Idempotency-Key named).
+    ("commands_worker.gateway", ("sqlalchemy", "commands_worker.domain",
                                  "commands_worker.service_layer", "commands_worker.adapters",
                                  "commands_worker.entrypoints", "commands_worker.bootstrap")),
     # The AWS provider is an ordinary provider: the feed in, the public commands out.

@@ -228,3 +228,32 @@ def test_a_machine_launched_after_its_slot_was_given_up_is_released(
     feed = [orjson.loads(d.body) for d in state.outbox if d.key.startswith("hf:v1:feed")]
     [release] = [e for e in feed if e["type"] == "release"]
     assert [m["machine_id"] for m in release["machines"]] == ["m1"]
+
+
+def test_weighted_machines_count_their_units(executor: Executor, state: FakeState) -> None:
+    """A request for 5 units: a machine of weight 2 gives two; the request completes when
+    the units of its running machines reach 5, and a machine beyond them is refused."""
+    send(executor, CREATE, "w", template_id="big", max_number=5)
+    for n, (machine, units) in enumerate([("a", 2), ("b", 2)]):
+        assert send(executor, UPDATE, f"w{n}", machine_id=machine, status="running",
+                    request_id="req-w", metadata={"units": units}) == "applied"
+    assert state.requests["req-w"].status == "in_progress"
+    # Two units launched too few: one will not come (counted in units), one more may.
+    assert send(executor, "commands.report_launch_failure", "lf", request_id="req-w",
+                count=2, message="short") == "rejected"
+    assert send(executor, UPDATE, "w2", machine_id="c", status="running", request_id="req-w",
+                metadata={"units": 2}) == "applied"  # overshoot: 6 of 5, as fleets do
+    assert state.requests["req-w"].status == "complete"
+    assert send(executor, UPDATE, "w3", machine_id="d", status="running",
+                request_id="req-w") == "rejected"
+    assert "already has its 5 machine(s) (6 units)" in str(state.commands["w3"].reason)
+
+
+def test_a_launch_failure_in_units_ends_a_weighted_request(executor: Executor,
+                                                          state: FakeState) -> None:
+    send(executor, CREATE, "v", template_id="big", max_number=4)
+    send(executor, UPDATE, "v0", machine_id="a", status="running", request_id="req-v",
+         metadata={"units": 2})
+    assert send(executor, "commands.report_launch_failure", "vf", request_id="req-v",
+                count=2, message="no capacity") == "applied"
+    assert state.requests["req-v"].status == "complete_with_error"

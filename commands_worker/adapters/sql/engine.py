@@ -61,11 +61,20 @@ def _sqlite_engine(url: str) -> Engine:
 _RACE_SQLSTATES = frozenset({"40001", "40P01"})  # serialization failure, deadlock
 
 
+# SQLite says these of a statement, not of the store: what a command holds, never an outage.
+_DATA_DEPENDENT = ("too many SQL variables", "too many terms", "string or blob too big",
+                   "too many columns", "Expression tree is too large")
+
+
 def translate_errors(exc: DBAPIError) -> Exception:
-    """A lost race is a concurrent update; a dead connection is an outage."""
+    """A lost race is a concurrent update; a dead connection is an outage; a statement the
+    data made too large is neither (the command is refused alone, not retried as if the
+    store were down)."""
     sqlstate = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
     if isinstance(exc, IntegrityError) or sqlstate in _RACE_SQLSTATES:
         return ConcurrentUpdate(str(exc.orig))
+    if any(text in str(exc.orig) for text in _DATA_DEPENDENT):
+        return exc
     if isinstance(exc, OperationalError) or exc.connection_invalidated:
         return StoreUnavailable(str(exc.orig))
     return exc

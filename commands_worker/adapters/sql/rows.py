@@ -93,8 +93,24 @@ def command_of(row: Any) -> CommandRecord:
     )
 
 
+# Where a template's resolved user data rides in its stored document (the loader refuses
+# hf:-prefixed keys in a templates file, so none of an administrator's keys is taken).
+USER_DATA_KEY = "hf:userData"
+
+
 def template_of(row: Any) -> Template:
-    return Template(row.template_id, row.max_number, loads(row.attributes), loads(row.document))
+    document = loads(row.document)
+    user_data = document.pop(USER_DATA_KEY, None)
+    return Template(row.template_id, row.max_number, loads(row.attributes), document,
+                    user_data)
+
+
+def template_row(template: Template) -> dict[str, Any]:
+    document = template.document
+    if template.user_data is not None:
+        document = {**document, USER_DATA_KEY: template.user_data}
+    return {"template_id": template.template_id, "max_number": template.max_number,
+            "attributes": dumps(template.attributes), "document": dumps(document)}
 
 
 def dead_letter_of(row: Any) -> DeadLetter:

@@ -15,10 +15,10 @@ from commands_worker.adapters.sql.engine import create_engine, translate_errors,
 from commands_worker.adapters.sql.rows import (
     command_of,
     dead_letter_of,
-    dumps,
     machine_of,
     request_of,
     template_of,
+    template_row,
 )
 from commands_worker.adapters.sql.tables import (
     commands,
@@ -78,10 +78,7 @@ class Store:
             if wanted != current or version == 0:
                 conn.execute(templates.delete())
                 if loaded:
-                    conn.execute(templates.insert(), [
-                        {"template_id": t.template_id, "max_number": t.max_number,
-                         "attributes": dumps(t.attributes), "document": dumps(t.document)}
-                        for t in loaded])
+                    conn.execute(templates.insert(), [template_row(t) for t in loaded])
                 version += 1
                 conn.execute(meta.delete().where(meta.c.name == "templates"))
                 conn.execute(meta.insert().values(name="templates", value=str(version)))

@@ -89,8 +89,7 @@ class _Transaction:
         return sequences
 
     def get_commands(self, command_ids: list[str]) -> dict[str, CommandRecord]:
-        rows = self.conn.execute(self.stmt["commands"], {"keys": command_ids})
-        return {row.command_id: command_of(row) for row in rows}
+        return {row.command_id: command_of(row) for row in self._keyed("commands", command_ids)}
 
     def record_command(self, record: CommandRecord) -> None:
         values = {c: getattr(record, c) for c in COMMAND_COLUMNS}
@@ -174,7 +173,8 @@ class SqlUnitOfWork(_Transaction):
             if done:
                 # Rows projected after earlier commands go in this transaction: no commit of
                 # their own. Lost on a crash, they are projected again (a no-op) by the sweep.
-                self.conn.execute(self.stmt["delete_outbox"], {"keys": done})
+                for chunk in _chunks(done):
+                    self.conn.execute(self.stmt["delete_outbox"], {"keys": chunk})
             history = insert_history(self.conn, self._history)
             docs = insert_outbox(self.conn, self._docs + history)
             self.conn.commit()
@@ -209,13 +209,20 @@ class SqlUnitOfWork(_Transaction):
             self._templates[template_id] = template_of(row) if row else None
         return self._templates[template_id]
 
+    def _keyed(self, query: str, keys: Iterable[Any]) -> Iterator[Any]:
+        """The rows of a query by a list of keys, a bounded chunk of keys per statement
+        (SQLite refuses a statement with too many variables: a large batch is not an
+        outage)."""
+        for chunk in _chunks(list(keys)):
+            yield from self.conn.execute(self.stmt[query], {"keys": chunk})
+
     def preload(self, request_ids: Iterable[str], machine_ids: Iterable[str]) -> None:
         """Read in three queries what a batch names: its machines, its requests (and those
         of its machines) and every machine of those requests."""
         wanted_machines = set(machine_ids) - self._machines.keys()
         wanted_requests = set(request_ids)
         if wanted_machines:
-            for row in self.conn.execute(self.stmt["machines_in"], {"keys": list(wanted_machines)}):
+            for row in self._keyed("machines_in", wanted_machines):
                 self._machines[row.machine_id] = machine_of(row)
                 wanted_requests.add(row.request_id)
             for machine_id in wanted_machines - self._machines.keys():
@@ -223,7 +230,7 @@ class SqlUnitOfWork(_Transaction):
         wanted_requests -= self._requests.keys()
         if not wanted_requests:
             return
-        for row in self.conn.execute(self.stmt["requests_in"], {"keys": list(wanted_requests)}):
+        for row in self._keyed("requests_in", wanted_requests):
             self._requests[row.request_id] = request_of(row)
         for request_id in wanted_requests:
             self._requests.setdefault(request_id, None)
@@ -233,7 +240,7 @@ class SqlUnitOfWork(_Transaction):
         """Every machine of these requests, read in one query and remembered."""
         for request_id in request_ids:
             self._owned.setdefault(request_id, [])
-        for row in self.conn.execute(self.stmt["machines_of_in"], {"keys": list(request_ids)}):
+        for row in self._keyed("machines_of_in", request_ids):
             # What this transaction knows is newer than the store (its writes are held).
             if self._machines.get(row.machine_id) is None:
                 self._machines[row.machine_id] = machine_of(row)
@@ -353,3 +360,13 @@ def write_dead_letter(conn: Connection, letter: DeadLetter) -> None:
     conn.execute(dead_letters.update().where(dead_letters.c.id == existing.id).values(
         reason=letter.reason, raw=dumps_anything(letter.raw), state="open",
         attempts=existing.attempts + letter.attempts, last_at=letter.last_at))
+
+
+# Keys per statement: well under SQLite's variable limit (999 before 3.32), twice over for a
+# statement that names them twice.
+KEYS_PER_STATEMENT: Final = 400
+
+
+def _chunks(keys: list[Any]) -> Iterator[list[Any]]:
+    for start in range(0, len(keys), KEYS_PER_STATEMENT):
+        yield keys[start:start + KEYS_PER_STATEMENT]
