@@ -160,6 +160,20 @@ def cmd_provider_aws(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_provider_aws_policy(args: argparse.Namespace) -> int:
+    from hfctl.aws import policy
+    from hfctl.aws.main import iam_client
+
+    profiles = policy.instance_profiles(Path(args.templates))
+    try:
+        roles = policy.role_arns(iam_client(), profiles) if profiles else []
+    except LookupError as exc:
+        print(f"hfctl provider aws-policy: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(policy.policy(args.cluster, roles), indent=2))
+    return 0
+
+
 # --- the parser ---------------------------------------------------------------------------
 def _add_up(sub: Any) -> None:
     up = sub.add_parser("up", help="run worker + query service (+ simulator) on one machine")
@@ -194,6 +208,14 @@ def _add_provider(sub: Any) -> None:
                      help="take over events another instance left pending this long")
     aws.add_argument("--threads", type=int, default=8, help="EC2 calls at once")
     aws.set_defaults(fn=cmd_provider_aws)
+    narrowed = provider.add_parser(
+        "aws-policy", help="print the AWS provider's IAM policy narrowed to a templates file: "
+        "PassRole only for the roles of the instance profiles it names, terminate only this "
+        "cluster's instances (needs IAM read access to resolve the profiles)")
+    narrowed.add_argument("--templates", required=True, help="the worker's TEMPLATES_FILE")
+    narrowed.add_argument("--cluster", default=os.environ.get("HF_AWS_CLUSTER",
+                                                              "hostfactory-cqrs"))
+    narrowed.set_defaults(fn=cmd_provider_aws_policy)
 
 
 def _add_send(sub: Any) -> None:

@@ -63,8 +63,9 @@ def groups(client: redis.Redis) -> list[GroupState]:
             summary: Any = client.xpending(stream, name)
             oldest_pending = _id(summary["min"])
             safe = min(safe, oldest_pending)
+        # Deleted before it read them, or read and deleted before it acknowledged them.
         missed = delivered < max_deleted or (
-            oldest_pending is not None and first_id is not None and oldest_pending < first_id)
+            oldest_pending is not None and (first_id is None or oldest_pending < first_id))
         states.append(GroupState(name, group.get("lag"), int(group["pending"]), _text(safe),
                                  missed))
     return states
@@ -87,4 +88,5 @@ def trim(client: redis.Redis, maxlen: int) -> int:
     cut = (last[0], last[1] + 1)
     if safe is not None:
         cut = min(cut, safe)
-    return int(client.xtrim(stream, minid=_text(cut)))
+    # Exact, not "~": a whole radix node may hold entries a group still needs.
+    return int(client.xtrim(stream, minid=_text(cut), approximate=False))

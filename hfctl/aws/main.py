@@ -24,3 +24,13 @@ def ec2_client(threads: int = 8) -> Any:
         read_timeout=float(os.environ.get("AWS_READ_TIMEOUT_S", "30")),
         max_pool_connections=threads + 2)
     return boto3.client("ec2", config=config)
+
+
+def iam_client() -> Any:
+    """boto3's IAM client from the standard settings (to resolve instance profiles)."""
+    try:
+        import boto3
+    except ImportError as exc:  # pragma: no cover - the extra is not installed
+        raise SystemExit("hfctl provider aws-policy needs boto3: pip install "
+                         "'hostfactory-cqrs[aws]'") from exc
+    return boto3.client("iam")

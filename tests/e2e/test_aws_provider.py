@@ -359,3 +359,59 @@ def test_a_template_naming_a_launch_template_launches_from_it(
                                                               "lt-key")
         assert instance["InstanceType"] == "m5.large" and instance["SubnetId"] == subnets[0]
         assert tags["team"] == "lt"
+
+
+def test_forged_and_replayed_feed_events_launch_and_terminate_nothing(
+        hostfactory: HostFactory, worker: Proc, provider: Proc, ec2: Any, cluster: str,
+        stack_env: dict[str, str]) -> None:
+    """What the outside attack did, with XADD on the feed: five p5.48xlarge for a request
+    that does not exist, a release of a healthy request's running machine, a user-data path
+    on the provider's host, an entry signed with another key, and a genuine signed event
+    replayed after its request ended. The provider does none of it."""
+    from shared import feed as feeds
+
+    rid = hostfactory.ok("requestMachines", {"template": {
+        "templateId": "aws-ondemand", "machineCount": 2}})["requestId"]
+    done = hostfactory.until(rid, "complete", 60)
+    victim = done["machines"][0]["machineId"]
+    r = redis.Redis.from_url(stack_env["REDIS_URL"])
+    [(_, genuine)] = [(i, f) for i, f in r.xrange("hf:v1:feed")
+                      if f[b"event_id"] == f"acquire:{rid}".encode()]
+    assert genuine[b"sig"]  # the worker signs what it publishes
+    forged_acquire = {"event_id": "acquire:req-forged", "type": "acquire",
+                      "request_id": "req-forged", "template_id": "aws-ondemand",
+                      "machine_count": 5, "deadline_at": time.time() + 600,
+                      "template": {"templateId": "aws-ondemand", "maxNumber": 10,
+                                   "attributes": ATTRIBUTES, "imageId": IMAGE,
+                                   "vmType": "p5.48xlarge",
+                                   "userDataScript": "/etc/hostname"}}
+    body = json.dumps(forged_acquire).encode()
+    release = {"event_id": f"release:{victim}", "type": "release", "request_id": rid,
+               "machines": [{"machine_id": victim, "request_id": rid}], "reason": "x"}
+    release_body = json.dumps(release).encode()
+    other_key = b"k" * 40
+    entries = [
+        {"event_id": "acquire:req-forged", "type": "acquire", "event": body},
+        {"event_id": f"release:{victim}", "type": "release", "event": release_body},
+        {"event_id": "acquire:req-forged", "type": "acquire", "event": body,
+         "sig": feeds.signature(other_key, "acquire:req-forged", "acquire", body)},
+        {"event_id": f"release:{victim}", "type": "release", "event": release_body,
+         "sig": "0" * 64},
+        genuine,  # replayed: its request is complete
+    ]
+    for fields in entries:
+        r.xadd("hf:v1:feed", fields)  # type: ignore[arg-type]
+
+    def all_handled() -> bool:
+        [group] = [g for g in r.xinfo_groups("hf:v1:feed") if g["name"] == b"aws"]
+        return bool(group["lag"] == 0 and group["pending"] == 0)
+
+    wait_for(all_handled, 20, what="the provider to take every forged entry")
+    mine = instances(ec2, cluster)
+    assert len(mine) == 2 and {i["State"]["Name"] for i in mine} == {"running"}
+    assert not any(i["InstanceType"] == "p5.48xlarge" for i in mine)
+    log = provider.output()
+    assert log.count("not proven the pair's") == 4, log[-3000:]
+    assert "unsigned" in log and "bad signature" in log
+    assert f"request {rid} is not an open acquire request" in log
+    assert hostfactory.status(rid)[0]["status"] == "complete"
