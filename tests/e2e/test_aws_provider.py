@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
 import sys
 import threading
 import time
@@ -415,3 +416,34 @@ def test_forged_and_replayed_feed_events_launch_and_terminate_nothing(
     assert "unsigned" in log and "bad signature" in log
     assert f"request {rid} is not an open acquire request" in log
     assert hostfactory.status(rid)[0]["status"] == "complete"
+
+
+def test_the_iam_policy_is_narrowed_to_the_templates_roles(ec2_endpoint: str, tmp_path: Path,
+                                                          cluster: str) -> None:
+    iam = boto3.client("iam", endpoint_url=ec2_endpoint, region_name="us-east-1",
+                       aws_access_key_id="testing", aws_secret_access_key="testing")
+    trust = json.dumps({"Version": "2012-10-17", "Statement": [{
+        "Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"},
+        "Action": "sts:AssumeRole"}]})
+    role = iam.create_role(RoleName=f"node-{cluster}", Path="/hostfactory-cqrs/",
+                           AssumeRolePolicyDocument=trust)["Role"]
+    profile = iam.create_instance_profile(InstanceProfileName=f"node-{cluster}")
+    iam.add_role_to_instance_profile(InstanceProfileName=f"node-{cluster}",
+                                     RoleName=f"node-{cluster}")
+    templates = tmp_path / "awsprov_templates.json"
+    templates.write_text(json.dumps({"templates": [
+        {"templateId": "a", "maxNumber": 1, "attributes": ATTRIBUTES, "imageId": IMAGE,
+         "vmType": "m5.large", "instanceProfile": profile["InstanceProfile"]["Arn"]},
+        {"templateId": "b", "maxNumber": 1, "attributes": ATTRIBUTES, "imageId": IMAGE,
+         "vmType": "m5.large", "instanceProfile": None}]}))
+    done = subprocess.run([sys.executable, "-m", "hfctl", "provider", "aws-policy",
+                           "--templates", str(templates), "--cluster", cluster],
+                          env={"PATH": "/usr/bin:/bin", **aws_env(ec2_endpoint)},
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    statements = {s["Sid"]: s for s in json.loads(done.stdout)["Statement"]}
+    assert statements["PassOnlyTheTemplatesRoles"]["Resource"] == [role["Arn"]]
+    assert statements["TerminateOnlyThisCluster"]["Condition"] == {
+        "StringEquals": {"ec2:ResourceTag/hf:cluster": cluster}}
+    assert not any(s["Action"] == "iam:PassRole" and s["Resource"] == "*"
+                   for s in statements.values())
