@@ -57,7 +57,7 @@ def url(port: int, role: str) -> str:
 
 def refused(client: redis.Redis, *command: object) -> bool:
     try:
-        client.execute_command(*command)
+        client.execute_command(*command)  # type: ignore[no-untyped-call]
     except redis.exceptions.NoPermissionError:
         return True
     return False

@@ -62,6 +62,13 @@ class _Transaction:
         assert self._conn is not None, "use the unit of work in a with block"
         return self._conn
 
+    def _keyed(self, query: str, keys: Iterable[Any]) -> Iterator[Any]:
+        """The rows of a query by a list of keys, a bounded chunk of keys per statement
+        (SQLite refuses a statement with too many variables: a large batch is not an
+        outage)."""
+        for chunk in _chunks(list(keys)):
+            yield from self.conn.execute(self.stmt[query], {"keys": chunk})
+
     def _one(self, query: str, key: str) -> Any:
         return self.conn.execute(self.stmt[query], {"key": key}).first()
 
@@ -208,13 +215,6 @@ class SqlUnitOfWork(_Transaction):
             row = self._one("template", template_id)
             self._templates[template_id] = template_of(row) if row else None
         return self._templates[template_id]
-
-    def _keyed(self, query: str, keys: Iterable[Any]) -> Iterator[Any]:
-        """The rows of a query by a list of keys, a bounded chunk of keys per statement
-        (SQLite refuses a statement with too many variables: a large batch is not an
-        outage)."""
-        for chunk in _chunks(list(keys)):
-            yield from self.conn.execute(self.stmt[query], {"keys": chunk})
 
     def preload(self, request_ids: Iterable[str], machine_ids: Iterable[str]) -> None:
         """Read in three queries what a batch names: its machines, its requests (and those
