@@ -156,7 +156,9 @@ def stack_env(redis_url: str, store_url: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("REDIS_", "BROKER_", "CACHE_", "STORE_", "QUERY_"))}
     env.update({"REDIS_URL": redis_url, "STORE_URL": store_url, "PYTHONPATH": str(ROOT),
-                "LOG_LEVEL": "WARNING"})
+                "LOG_LEVEL": "WARNING",
+                # The worker signs the feed; the providers of a run check it with this.
+                "FEED_SIGNING_KEY": "bench-feed-signing-key-0123456789abcdef"})
     return env
 
 

@@ -208,6 +208,7 @@ class QueryApp:
                 "local_views_live": self.local.enabled, "templates": loaded}
         if templates is None:
             # HostFactory drops a provider that offers no template: not ready, and why.
+            body["error"] = "no_templates"
             body["reason"] = "no templates loaded: " + (
                 "; ".join(loaded.get("file_problems") or []) or "the worker has not loaded "
                 "the templates file yet")

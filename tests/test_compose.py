@@ -12,9 +12,13 @@ def test_compose_file_is_valid_and_keeps_the_broker_durable() -> None:
     tool = shutil.which("docker-compose")
     if tool is None:
         unavailable("docker-compose (Debian package)")
-    result = subprocess.run([str(tool), "-f", str(ROOT / "docker-compose.yml"), "config"],
-                            capture_output=True, text=True, timeout=60, check=False,
-                            env={"PATH": "/usr/bin:/bin"})
+    compose = [str(tool), "-f", str(ROOT / "docker-compose.yml"), "config"]
+    # The feed signing key is the operator's secret: without it the file refuses to start.
+    missing = subprocess.run(compose, capture_output=True, text=True, timeout=60,
+                             check=False, env={"PATH": "/usr/bin:/bin"})
+    assert missing.returncode != 0 and "FEED_SIGNING_KEY" in missing.stderr
+    result = subprocess.run(compose, capture_output=True, text=True, timeout=60, check=False,
+                            env={"PATH": "/usr/bin:/bin", "FEED_SIGNING_KEY": "k" * 40})
     assert result.returncode == 0, result.stderr
     config = result.stdout
     for service in ("redis:", "redis-replica:", "postgres:", "commands-worker:",

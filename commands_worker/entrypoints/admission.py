@@ -14,7 +14,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Final
 
-from commands_worker.entrypoints.batch_runner import BatchItem, budgets_of
+from commands_worker.entrypoints.batch_runner import BatchItem, arrived_of, budgets_of
 from shared import names
 from shared.ids import is_valid_id
 
@@ -41,13 +41,14 @@ def admit(headers: Any, decode: Callable[[], Any], queue: Any,
     except Exception as exc:  # kombu raises what the body's bytes cause
         return _refused(headers, task, {}, queue, f"undecodable body: {_shown(exc)}")
     args, kwargs, problem = _arguments(body)
-    eta = 0.0
+    eta, taken = 0.0, now()
     if problem is None:
-        eta, problem = _timing(headers, now())
+        eta, problem = _timing(headers, taken)
     if problem:
         return _refused(headers, task, kwargs, queue, problem)
     return BatchItem(_command_id(headers, kwargs), task, args, kwargs, _queue(queue),
-                     *budgets_of(headers), due_at=eta)
+                     *budgets_of(headers), due_at=eta,
+                     arrived_at=arrived_of(headers, taken))
 
 
 def _refused(headers: dict[str, Any], task: str, kwargs: dict[str, Any], queue: Any,

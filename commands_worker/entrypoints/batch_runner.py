@@ -51,6 +51,9 @@ class BatchItem(NamedTuple):
     outages: int = 0
     refusal: str = ""  # set: refused at admission; recorded as rejected, never applied
     due_at: float = 0.0  # a retry (or a producer's countdown) held until then
+    # When the worker first took the message (kept across its retries): a machine report
+    # without observed_at is as old as its arrival, so reports keep the order they came in.
+    arrived_at: float = 0.0
 
 
 class Verdict(NamedTuple):
@@ -61,9 +64,13 @@ class Verdict(NamedTuple):
 
 ACK: Final = Verdict(Action.ACK)
 REQUEUE: Final = Verdict(Action.REQUEUE)
-# The message headers that carry the two budgets across retries.
+# The message headers that carry the two budgets, and the first arrival, across retries.
 WAITS_HEADER: Final = "hf_waits"
 OUTAGES_HEADER: Final = "hf_outages"
+ARRIVED_HEADER: Final = "hf_arrived"
+# An arrival a retry carries is believed this far back, no further (a producer may forge it:
+# at worst its report counts as older than it is, within the day; never from the future).
+MAX_ARRIVED_AGO_S: Final = 86_400.0
 
 
 def _count(headers: dict[str, Any], name: str) -> int:
@@ -76,8 +83,19 @@ def budgets_of(headers: dict[str, Any]) -> tuple[int, int]:
     return _count(headers, WAITS_HEADER), _count(headers, OUTAGES_HEADER)
 
 
-def budget_headers(item: BatchItem) -> dict[str, int]:
-    return {WAITS_HEADER: item.waits, OUTAGES_HEADER: item.outages}
+def arrived_of(headers: dict[str, Any], now: float) -> float:
+    """When the message first arrived: what its retry carries (within a day, never ahead
+    of now), else now."""
+    value = headers.get(ARRIVED_HEADER)
+    if isinstance(value, int | float) and not isinstance(value, bool) and \
+            now - MAX_ARRIVED_AGO_S <= value <= now:
+        return float(value)
+    return now
+
+
+def budget_headers(item: BatchItem) -> dict[str, float]:
+    return {WAITS_HEADER: item.waits, OUTAGES_HEADER: item.outages,
+            ARRIVED_HEADER: item.arrived_at}
 
 
 def jittered(base_s: float, most_s: float) -> float:
@@ -90,7 +108,8 @@ def run_batch(items: Sequence[BatchItem]) -> list[Verdict]:
     started = time.perf_counter()
     d = bootstrap.deps()
     envs = [Envelope(task=i.task, task_id=i.task_id, kwargs=i.kwargs, args=tuple(i.args),
-                     queue=i.queue, final_attempt=i.waits >= MAX_WAITS, refusal=i.refusal)
+                     queue=i.queue, final_attempt=i.waits >= MAX_WAITS, refusal=i.refusal,
+                     arrived_at=i.arrived_at)
             for i in items]
     return _run(d, envs, list(items), started)
 

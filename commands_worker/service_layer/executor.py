@@ -64,6 +64,8 @@ class Envelope:
     refusal: str = ""
     # The worker's own command (a deadline), never one off the wire.
     internal: bool = False
+    # When the worker first took it (0: now): the time of a report that says none.
+    arrived_at: float = 0.0
 
     @property
     def command_id(self) -> str:
@@ -203,8 +205,9 @@ class Executor:
                 return RetryLater(refusal)
             return self._refuse(uow, env, refusal, prior, now)
 
-    def _context(self, command_id: str, now: float) -> Context:
-        return Context(command_id, now, self.deadlines[0], self.deadlines[1])
+    def _context(self, env: Envelope, now: float) -> Context:
+        return Context(env.command_id, now, self.deadlines[0], self.deadlines[1],
+                       arrived_at=env.arrived_at or now)
 
     def _handle(self, env: Envelope, uow: UnitOfWork, now: float) -> Effect:
         if env.refusal:
@@ -215,7 +218,7 @@ class Executor:
         if env.args:
             raise InvalidCommand("positional arguments are not accepted: send kwargs")
         command = parse(model, env.kwargs)
-        return HANDLERS[type(command)](command, self._context(env.command_id, now), uow)
+        return HANDLERS[type(command)](command, self._context(env, now), uow)
 
     @staticmethod
     def _record(env: Envelope, effect: Effect, prior: CommandRecord | None,

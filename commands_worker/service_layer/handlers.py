@@ -41,6 +41,14 @@ class Context:
     # How long an acquire / a return request may take before it ends by its deadline.
     request_timeout_s: float = DEFAULT_TIMEOUT_S
     return_timeout_s: float = DEFAULT_TIMEOUT_S
+    # When the worker first took the command (kept across retries; 0: now).
+    arrived_at: float = 0.0
+
+    @property
+    def reported_at(self) -> float:
+        """The time of a machine report that carries no observed_at: its arrival, so that
+        reports that waited (for their request, or out an outage) keep their order."""
+        return self.arrived_at or self.now
 
 
 class PassDeadline(Command):
@@ -90,7 +98,7 @@ def _details(cmd: UpdateMachineStatus) -> dict[str, Any]:
 
 
 def update_machine_status(cmd: UpdateMachineStatus, ctx: Context, uow: UnitOfWork) -> Effect:
-    observed_at = cmd.observed_epoch() or ctx.now
+    observed_at = cmd.observed_epoch() or ctx.reported_at
     machine = uow.get_machine(cmd.machine_id)
     if machine is None:
         return _first_report(cmd, ctx, uow, observed_at)

@@ -46,24 +46,32 @@ def test_a_changed_file_is_followed_and_a_bad_one_refused(
 
     document["templates"][0]["maxNumber"] = 99_999  # an administrator's mistake
     templates_file.write_text(json.dumps(document))
-    wait_for(lambda: "templates_refused" in worker.output(), 10,
-             what="the worker to refuse the bad file")
-    assert templates_view(rclient) == newer  # the templates loaded before stay
+    wait_for(lambda: "template_refused" in worker.output(), 10,
+             what="the worker to leave the bad template out")
+    served = templates_view(rclient)  # that one template is left out; the others stay
+    assert [t["templateId"] for t in served["templates"]] == sorted(
+        t["templateId"] for t in newer["templates"] if t["templateId"] != "x86-small")
     sent = producer.send_task("commands.create_request",
                               kwargs={"template_id": "gpu-xl", "max_number": 500},
                               queue="commands.requests")  # -1: no limit
     outcome = wait_for(lambda: rclient.get(f"hf:v1:command:{sent.id}"), 20, what="the outcome")
     assert json.loads(outcome)["outcome"] == "applied"
 
-    # Restarted with the bad file still there: the templates loaded before are served again.
+    # A file that is not JSON at all: refused whole, the templates loaded before stay, also
+    # across a restart.
+    templates_file.write_text('{"templates": [')
+    wait_for(lambda: "templates_refused" in worker.output(), 10,
+             what="the worker to refuse the broken file")
+    assert templates_view(rclient) == served
     worker.stop()
     rclient.delete("hf:v1:templates")
     restarted = start_worker()
-    assert templates_view(rclient) == newer
+    assert templates_view(rclient) == served
     assert "templates_refused" in restarted.output()
 
+    templates_file.write_text(json.dumps(document))
     checked = hfctl(stack_env, "templates", "validate", str(templates_file))
-    assert checked.returncode == 1 and checked.stdout == ""
+    assert checked.returncode == 1 and "3 template(s) usable" in checked.stdout
     assert "templates[0] (x86-small): maxNumber must be an integer from -1" in checked.stderr
     document["templates"][0]["maxNumber"] = 10
     templates_file.write_text(json.dumps(document))

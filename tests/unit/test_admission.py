@@ -117,3 +117,14 @@ def test_listing_pages_are_kept_until_any_request_changes() -> None:
     local.invalidate("k")
     local.keep(PAGE_PREFIX + "limit=50", b"older", fresh, stamp_key=PAGE_PREFIX)
     assert local.get(PAGE_PREFIX + "limit=50") is None
+
+
+def test_a_report_is_as_old_as_its_first_arrival_across_retries() -> None:
+    """The arrival a retry carries is kept; one from the future, from over a day ago, or not a
+    number is replaced by the time the worker takes the message."""
+    from commands_worker.entrypoints.batch_runner import ARRIVED_HEADER, arrived_of
+
+    now = 1_800_000_000.0
+    assert arrived_of({ARRIVED_HEADER: now - 3.5}, now) == now - 3.5
+    for forged in (now + 60, now - 2 * 86_400, "yesterday", True, None):
+        assert arrived_of({ARRIVED_HEADER: forged}, now) == now

@@ -13,6 +13,7 @@ import pytest
 
 from commands_worker.entrypoints.batch_runner import (
     ACK,
+    ARRIVED_HEADER,
     OUTAGES_HEADER,
     REQUEUE,
     WAITS_HEADER,
@@ -137,7 +138,9 @@ def test_messages_gather_for_a_moment_then_go_together(parts: Any) -> None:
     [(items, _)] = consumer.pool.batches
     assert [i.task_id for i in items] == ["t0", "t1", "t2"]
     assert items[0] == BatchItem("t0", "commands.create_request", [],
-                                 {"template_id": "x", "max_number": 1}, "commands.requests")
+                                 {"template_id": "x", "max_number": 1}, "commands.requests",
+                                 arrived_at=items[0].arrived_at)
+    assert abs(items[0].arrived_at - time.time()) < 5  # stamped when taken
 
 
 def test_a_full_batch_goes_at_once(parts: Any) -> None:
@@ -165,7 +168,9 @@ def test_while_the_pool_is_busy_messages_gather_into_the_next_batch(parts: Any) 
 
 def test_verdicts_settle_each_message(parts: Any) -> None:
     batcher, consumer, broker = parts
-    msgs = [message(0), message(1), message(2, **{WAITS_HEADER: 3, OUTAGES_HEADER: 1})]
+    arrived = time.time() - 7.5  # a retry carries its first arrival
+    msgs = [message(0), message(1), message(2, **{WAITS_HEADER: 3, OUTAGES_HEADER: 1,
+                                                  ARRIVED_HEADER: arrived})]
     for msg in msgs:
         deliver(batcher, msg)
     consumer.timer.fire()
@@ -175,7 +180,8 @@ def test_verdicts_settle_each_message(parts: Any) -> None:
     [again] = broker.sent
     assert (again["task_id"], again["countdown"], again["queue"]) == (
         "t2", 0.5, "commands.requests")
-    assert again["headers"] == {WAITS_HEADER: 4, OUTAGES_HEADER: 1}  # only its own budget
+    # Only its own budget spent once more; its first arrival kept.
+    assert again["headers"] == {WAITS_HEADER: 4, OUTAGES_HEADER: 1, ARRIVED_HEADER: arrived}
 
 
 def test_an_outage_retry_leaves_the_wait_budget_alone(parts: Any) -> None:
@@ -183,7 +189,9 @@ def test_an_outage_retry_leaves_the_wait_budget_alone(parts: Any) -> None:
     deliver(batcher, message(0, **{WAITS_HEADER: 11}))
     consumer.timer.fire()
     consumer.pool.batches[0][1]([Verdict(Action.RETRY, 2.0, "outages")])
-    assert broker.sent[0]["headers"] == {WAITS_HEADER: 11, OUTAGES_HEADER: 1}
+    headers = dict(broker.sent[0]["headers"])
+    assert abs(headers.pop(ARRIVED_HEADER) - time.time()) < 5
+    assert headers == {WAITS_HEADER: 11, OUTAGES_HEADER: 1}
 
 
 def test_nonsense_budget_headers_count_as_none_spent(parts: Any) -> None:

@@ -257,3 +257,17 @@ def test_a_launch_failure_in_units_ends_a_weighted_request(executor: Executor,
     assert send(executor, "commands.report_launch_failure", "vf", request_id="req-v",
                 count=2, message="no capacity") == "applied"
     assert state.requests["req-v"].status == "complete_with_error"
+
+
+def test_a_report_overtaken_after_waiting_is_superseded_not_rejected(
+        executor: Executor, state: FakeState) -> None:
+    """pending arrived first and running second; running's retry came back first. Without
+    observed_at, each is as old as its arrival: pending is the older report."""
+    send(executor, CREATE, "t1", template_id="small", max_number=2)
+    running = Envelope(UPDATE, "r", {"machine_id": "m1", "status": "running",
+                                     "request_id": "req-t1"}, arrived_at=500.2)
+    pending = Envelope(UPDATE, "p", {"machine_id": "m1", "status": "pending",
+                                     "request_id": "req-t1"}, arrived_at=500.1)
+    assert executor.execute(running).record.outcome == "applied"
+    assert executor.execute(pending).record.outcome == "superseded"
+    assert state.machines["m1"].status == "running"
