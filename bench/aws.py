@@ -27,7 +27,7 @@ from typing import Any
 
 import httpx
 
-from bench.__main__ import (
+from bench.common import (
     ROOT,
     Group,
     _http_ok,

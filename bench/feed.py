@@ -19,7 +19,7 @@ from typing import Any
 import redis
 from celery import Celery
 
-from bench.__main__ import (
+from bench.common import (
     ROOT,
     Group,
     _http_ok,

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.__main__ import (
+from bench.common import (
     ROOT,
     Group,
     _http_ok,

@@ -16,7 +16,7 @@ from typing import Any
 
 import redis
 
-from bench.__main__ import ROOT, Group, _http_ok, free_port, redis_server, wait_until, wrk
+from bench.common import ROOT, Group, _http_ok, free_port, redis_server, wait_until, wrk
 
 PATHS = {"request_50_machines": "/requests/req-ab", "summary":
          "/requests/req-ab?include_machines=false", "templates": "/templates"}

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import redis
 
-from bench.__main__ import redis_server, stack_env
+from bench.common import redis_server, stack_env
 from commands_worker import bootstrap
 from commands_worker.service_layer.executor import Envelope
 from commands_worker.service_layer.maintenance import rebuild_read_model

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import redis
 
-from bench.__main__ import (
+from bench.common import (
     Group,
     _http_ok,
     free_port,
