@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -20,8 +21,13 @@ import redis
 from tests.conftest import TEST_FEED_KEY, Proc, free_port, http_ok, wait_for
 from tests.e2e.conftest import HostFactory
 
-boto3 = pytest.importorskip("boto3")
-pytest.importorskip("moto")
+try:
+    import boto3
+    import moto  # noqa: F401
+except ImportError:  # the dev extra is missing: skipped locally, a failure under CI
+    if os.environ.get("CI"):
+        raise
+    pytest.skip("boto3 and moto (the dev extra) are not installed", allow_module_level=True)
 IMAGE = "ami-0abc1234def567890"
 ATTRIBUTES = {"type": "X86_64", "ncpus": 2, "nram": 8192}
 
@@ -186,7 +192,8 @@ def test_kill_9_after_run_instances_launches_nothing_twice(
         "templateId": "aws-ondemand", "machineCount": 4}})["requestId"]
     wait_for(lambda: len(instances(ec2, cluster, **{"hf:request-id": rid})) == 4, 30,
              what="RunInstances")
-    time.sleep(1.0)  # it is now trying to report
+    wait_for(lambda: "it stays pending" in first.output(), 30,
+             what="the provider to fail to report (its broker is away)")
     first.kill()
     assert hostfactory.status(rid)[0]["status"] == "running"
     again = start_provider(stack_env, ec2_endpoint, cluster, tmp_path / "aws-2.log")

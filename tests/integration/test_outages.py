@@ -95,6 +95,12 @@ def _pings(client: redis.Redis) -> bool:
         return False
 
 
+def applied_so_far(client: redis.Redis, ids: list[str]) -> int:
+    """How many of ``ids`` have an outcome already (the scenario is under way)."""
+    docs: Any = client.mget([f"hf:v1:command:{i}" for i in ids])
+    return sum(1 for d in docs if d)
+
+
 def test_redis_restart_loses_nothing(start_worker: Any, own_redis: tuple[str, Any]) -> None:
     url, (start, stop) = own_redis
     start_worker(2, REDIS_URL=url)
@@ -102,12 +108,12 @@ def test_redis_restart_loses_nothing(start_worker: Any, own_redis: tuple[str, An
     ids = [str(uuid.uuid4()) for _ in range(300)]
     sender = threading.Thread(target=send_steadily, args=(producer, ids, len(ids)))
     sender.start()
-    time.sleep(1.0)
+    client = redis.Redis.from_url(url)
+    wait_for(lambda: applied_so_far(client, ids) >= 20, 30, what="commands to be applied")
     stop()
     time.sleep(3.0)  # Redis is away for three seconds
     start()
     sender.join(timeout=120)
-    client = redis.Redis.from_url(url)
     got = every_outcome(client, ids, 60)
     assert {o["outcome"] for o in got.values()} == {"applied"}
     for task_id in ids[::25]:
@@ -127,7 +133,7 @@ def test_store_outage_is_ridden_out(start_worker: Any, postgres_server: str,
     ids = [str(uuid.uuid4()) for _ in range(200)]
     sender = threading.Thread(target=send_steadily, args=(producer, ids, len(ids)))
     sender.start()
-    time.sleep(1.0)
+    wait_for(lambda: applied_so_far(rclient, ids) >= 20, 30, what="commands to be applied")
     with admin.connect() as conn:  # the store goes away for four seconds
         conn.execute(sa.text("ALTER DATABASE hf_outage ALLOW_CONNECTIONS false"))
         conn.execute(sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "

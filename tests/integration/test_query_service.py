@@ -246,7 +246,14 @@ def test_metrics_are_whole_for_the_host_with_several_server_processes(
                 polls = [asyncio.create_task(client.get(
                     "/requests/r1", params={"min_version": 9, "wait": 3}, timeout=10))
                     for _ in range(6)]
-                await asyncio.sleep(1.0)
+                # Both processes' polls are counted once they wait (not after a fixed sleep
+                # that races the gauge's one-second refresh); then every scrape says so.
+                for _ in range(100):
+                    waiting = _sample(await client.get("/metrics"),
+                                      "hf_query_long_polls_waiting")
+                    if waiting == 6.0:
+                        break
+                    await asyncio.sleep(0.05)
                 samples = [_sample(await client.get("/metrics"), "hf_query_long_polls_waiting")
                            for _ in range(6)]
                 assert set(samples) == {6.0}, samples  # both processes' polls, every scrape

@@ -11,7 +11,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from commands_worker.entrypoints.admission import Unadmittable, admit
-from queries_service.hot_views import LocalViews
 
 CREATE = "commands.create_request"
 GOOD = {"template_id": "x86-small", "max_number": 1}
@@ -28,13 +27,13 @@ def headers(**extra: Any) -> dict[str, Any]:
 
 def test_a_good_message_is_admitted_as_it_came() -> None:
     item = admit(headers(), body(GOOD), "commands.requests", lambda: NOW)
-    assert (item.task_id, item.task, item.kwargs, item.queue, item.refusal) == (
+    assert (item.command_id, item.task, item.kwargs, item.queue, item.refusal) == (
         "t1", CREATE, GOOD, "commands.requests", "")
 
 
 def test_the_command_id_wins_over_the_task_id_and_a_bad_task_id_is_not_fatal() -> None:
     item = admit(headers(id="a bad id"), body({**GOOD, "command_id": "c1"}), None)
-    assert item.task_id == "c1" and item.queue is None  # not a contract queue: not kept
+    assert item.command_id == "c1" and item.queue is None  # not a contract queue: not kept
 
 
 @pytest.mark.parametrize(("extra", "kwargs", "args", "problem"), [
@@ -49,7 +48,7 @@ def test_the_command_id_wins_over_the_task_id_and_a_bad_task_id_is_not_fatal() -
 def test_refusals_keep_the_id_so_the_outcome_can_say_why(extra: dict[str, Any], kwargs: Any,
                                                          args: Any, problem: str) -> None:
     item = admit(headers(**extra), body(kwargs, args), "commands.requests", lambda: NOW)
-    assert item.task_id == "t1" and problem in item.refusal
+    assert item.command_id == "t1" and problem in item.refusal
 
 
 def test_an_undecodable_body_is_refused_under_its_id() -> None:
@@ -85,44 +84,10 @@ def test_nothing_else_ever_escapes(hdrs: Any, decoded: Any, queue: Any) -> None:
         admit(hdrs, lambda: decoded, queue, lambda: NOW)
 
 
-def test_views_kept_in_process_are_bounded_by_bytes() -> None:
-    local = LocalViews(max_entries=1000, max_bytes=10_000)
-    local.sources = local.live_sources = 1
-    for n in range(100):
-        local.keep(f"templates?q={n}", b"x" * 1000, local.stamp(f"templates?q={n}"))
-    assert local.size <= 10_000 and len(local.docs) < 10
-    assert local.get("templates?q=99") is not None  # the newest are kept
-    assert local.get("templates?q=0") is None
-
-
-def test_listing_pages_are_kept_until_any_request_changes() -> None:
-    from queries_service.hot_views import PAGE_PREFIX
-    from shared import keys
-
-    local = LocalViews()
-    local.sources = local.live_sources = 1
-    stamp = local.stamp(PAGE_PREFIX)
-    local.keep(PAGE_PREFIX + "limit=50", b"page", stamp, stamp_key=PAGE_PREFIX)
-    assert local.get(PAGE_PREFIX + "limit=50") == b"page"
-    local.invalidate(keys.machine_key("m1"))  # not a request: pages stay
-    assert local.get(PAGE_PREFIX + "limit=50") == b"page"
-    local.invalidate(keys.request_summary_key("r1"))
-    assert local.get(PAGE_PREFIX + "limit=50") is None
-    # A page read while a request changed is not kept: it may predate the change.
-    local.keep(PAGE_PREFIX + "limit=50", b"old", stamp, stamp_key=PAGE_PREFIX)
-    assert local.get(PAGE_PREFIX + "limit=50") is None
-    # Nor after the generation table was emptied (a stamp of another epoch never matches).
-    fresh = local.stamp(PAGE_PREFIX)
-    local.generation = {f"k{n}": 1 for n in range(4 * local.max_entries)}
-    local.invalidate("k")
-    local.keep(PAGE_PREFIX + "limit=50", b"older", fresh, stamp_key=PAGE_PREFIX)
-    assert local.get(PAGE_PREFIX + "limit=50") is None
-
-
 def test_a_report_is_as_old_as_its_first_arrival_across_retries() -> None:
     """The arrival a retry carries is kept; one from the future, from over a day ago, or not a
     number is replaced by the time the worker takes the message."""
-    from commands_worker.entrypoints.batch_runner import ARRIVED_HEADER, arrived_of
+    from commands_worker.entrypoints.items import ARRIVED_HEADER, arrived_of
 
     now = 1_800_000_000.0
     assert arrived_of({ARRIVED_HEADER: now - 3.5}, now) == now - 3.5
