@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any, Final, TextIO
 
 from shared import hostfactory as hf
+from shared import names
+from shared.ids import default_request_id, default_return_id
 
 OPERATIONS: Final = ("getAvailableTemplates", "requestMachines", "requestReturnMachines",
                      "getRequestStatus", "getReturnRequests")
@@ -192,10 +194,10 @@ def request_machines(config: PluginConfig, given: dict[str, Any]) -> dict[str, A
     _check_template(config, template_id, count)
     attributes = {k: given[k] for k in PASSED_ON if given.get(k) is not None}
     command_id = hf.time_ordered_id()
-    _send(config, "commands.create_request", {
+    _send(config, names.CREATE_REQUEST_TASK, {
         "template_id": template_id, "max_number": count, "command_id": command_id,
         "attributes": attributes or None, "user_id": config.provider})
-    return {"requestId": f"req-{command_id}", "message": "Request accepted."}
+    return {"requestId": default_request_id(command_id), "message": "Request accepted."}
 
 
 def _check_template(config: PluginConfig, template_id: str, count: int) -> None:
@@ -222,9 +224,9 @@ def request_return_machines(config: PluginConfig, given: dict[str, Any]) -> dict
     if not machines:
         raise PluginError('the input lists no machines ("machines": [{"name": ...}])')
     command_id = hf.time_ordered_id()
-    _send(config, "commands.return_machines", {
+    _send(config, names.RETURN_MACHINES_TASK, {
         "machines": machines, "command_id": command_id, "user_id": config.provider})
-    return {"requestId": f"ret-{command_id}", "message": "Return accepted."}
+    return {"requestId": default_return_id(command_id), "message": "Return accepted."}
 
 
 def _entries(given: dict[str, Any], field: str) -> list[dict[str, Any]]:

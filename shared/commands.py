@@ -7,7 +7,6 @@ Unknown fields are refused, nothing is coerced from nonsense (``"3"`` is not a n
 from __future__ import annotations
 
 import time
-from datetime import datetime
 from typing import Annotated, Any, Final, Literal
 
 import orjson
@@ -21,7 +20,7 @@ from pydantic import (
     field_validator,
 )
 
-from shared import names
+from shared import instants, names
 from shared.ids import ID_PATTERN, MAX_ID_LEN
 
 MAX_MACHINES_PER_REQUEST: Final = 10_000
@@ -61,12 +60,11 @@ def _epoch(name: str, value: float | int | str) -> float:
     if not isinstance(value, str):
         return float(value)
     try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return instants.epoch(value, zone_required=True)
+    except instants.NoZone as exc:
+        raise ValueError(f"{name} {exc}") from exc
     except ValueError as exc:
         raise ValueError(f"{name} must be ISO-8601 or epoch seconds") from exc
-    if parsed.tzinfo is None:
-        raise ValueError(f"{name} needs a time zone (e.g. 2026-01-01T00:00:00Z)")
-    return parsed.timestamp()
 
 
 def _within_window(epoch: float) -> float:

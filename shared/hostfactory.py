@@ -8,17 +8,22 @@ machine state x request type x deadline case.
 
 from __future__ import annotations
 
-import datetime
+import contextlib
 import os
 import time
 import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any, Final, Literal
 
+from shared import instants
+
 Result = Literal["executing", "succeed", "fail"]
 HfStatus = Literal["running", "complete", "complete_with_error"]
 
 ACQUIRE: Final = "acquire"
+# How long an acquire or a return request may take, by default, before it ends by its
+# deadline (REQUEST_TIMEOUT_S, RETURN_TIMEOUT_S).
+DEFAULT_DEADLINE_S: Final = 600.0
 RETURN: Final = "return"
 GONE: Final = frozenset({"stopped", "terminated", "failed"})
 # getReturnRequests: machines in these states are gone or going (gracePeriod 0).
@@ -75,10 +80,8 @@ def _launchtime(machine: Mapping[str, Any]) -> int:
     if isinstance(value, int | float) and not isinstance(value, bool):
         return int(value)
     if isinstance(value, str):
-        try:
-            return int(datetime.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp())
-        except ValueError:
-            pass
+        with contextlib.suppress(ValueError):
+            return int(instants.epoch(value))
     return int(machine.get("created_at") or 0)
 
 

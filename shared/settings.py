@@ -15,6 +15,8 @@ from typing import Annotated, Any, Final, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from shared.hostfactory import DEFAULT_DEADLINE_S
+
 DEFAULT_REDIS_URL: Final = "redis://localhost:6379/0"
 DEFAULT_STORE_URL: Final = "sqlite:///var/hostfactory.sqlite3"
 
@@ -89,9 +91,9 @@ class Settings(BaseSettings):
     feed_signing_key_file: Path | None = Field(None, validation_alias="FEED_SIGNING_KEY_FILE")
     # HostFactory deadlines: an acquire / a return request not done this long after it was
     # accepted ends complete_with_error (applied once by a worker).
-    request_timeout_s: float = Field(600.0, validation_alias="REQUEST_TIMEOUT_S",
+    request_timeout_s: float = Field(DEFAULT_DEADLINE_S, validation_alias="REQUEST_TIMEOUT_S",
                                      ge=1.0, le=7 * 24 * 3600.0)
-    return_timeout_s: float = Field(600.0, validation_alias="RETURN_TIMEOUT_S",
+    return_timeout_s: float = Field(DEFAULT_DEADLINE_S, validation_alias="RETURN_TIMEOUT_S",
                                     ge=1.0, le=7 * 24 * 3600.0)
 
     @model_validator(mode="before")

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any, Final
 
-from commands_worker.entrypoints.batch_runner import BatchItem, arrived_of, budgets_of
-from shared import names
+from commands_worker.entrypoints.items import BatchItem, arrived_of, budgets_of
+from shared import instants, names
 from shared.ids import is_valid_id
 
 # A producer may delay a command a little (Celery's countdown); one held longer than this is
@@ -102,12 +101,9 @@ def _instant(value: Any, name: str) -> tuple[float | None, str | None]:
     if not isinstance(value, str) or len(value) > 64:
         return None, f"{name} must be an ISO-8601 date, not {_shown(value)}"
     try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return instants.epoch(value), None
     except ValueError:
         return None, f"{name} must be an ISO-8601 date, not {_shown(value)}"
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=datetime.now().astimezone().tzinfo)
-    return parsed.timestamp(), None
 
 
 def _queue(queue: Any) -> str | None:

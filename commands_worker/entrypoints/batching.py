@@ -24,13 +24,8 @@ from celery import Task
 
 from commands_worker.adapters.broker.consumer import forget, park_and_settle
 from commands_worker.entrypoints.admission import Unadmittable, admit
-from commands_worker.entrypoints.batch_runner import (
-    Action,
-    BatchItem,
-    Verdict,
-    budget_headers,
-    run_batch,
-)
+from commands_worker.entrypoints.batch_runner import run_batch
+from commands_worker.entrypoints.items import Action, BatchItem, Verdict, budget_headers
 
 log = logging.getLogger("hostfactory.worker")
 
@@ -143,12 +138,12 @@ class Batcher:
         spent = item._replace(**{verdict.budget: getattr(item, verdict.budget) + 1})
         try:
             self.app.send_task(item.task, args=item.args, kwargs=item.kwargs,
-                               task_id=item.task_id, countdown=verdict.delay_s,
+                               task_id=item.command_id, countdown=verdict.delay_s,
                                retries=spent.waits + spent.outages, queue=item.queue,
                                headers=budget_headers(spent))
         except Exception:
             log.exception("could not send a retry; the message will come back",
-                          extra={"event": "retry_not_sent", "command_id": item.task_id})
+                          extra={"event": "retry_not_sent", "command_id": item.command_id})
             return False
         return True
 

@@ -10,14 +10,10 @@ from celery import Task
 from celery.exceptions import Reject
 
 from commands_worker.entrypoints.admission import admit
-from commands_worker.entrypoints.batch_runner import (
-    OUTAGES_HEADER,
-    WAITS_HEADER,
-    Action,
-    run_batch,
-)
+from commands_worker.entrypoints.batch_runner import run_batch
 from commands_worker.entrypoints.batching import BatchedCommandTask
 from commands_worker.entrypoints.celery_app import app
+from commands_worker.entrypoints.items import OUTAGES_HEADER, WAITS_HEADER, Action
 from shared import names
 
 

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from commands_worker.entrypoints.batch_runner import (
+from commands_worker.entrypoints.batching import FLUSH_EVERY, Batcher
+from commands_worker.entrypoints.items import (
     ACK,
     ARRIVED_HEADER,
     OUTAGES_HEADER,
@@ -21,7 +22,6 @@ from commands_worker.entrypoints.batch_runner import (
     BatchItem,
     Verdict,
 )
-from commands_worker.entrypoints.batching import FLUSH_EVERY, Batcher
 
 
 @dataclass
@@ -136,7 +136,7 @@ def test_messages_gather_for_a_moment_then_go_together(parts: Any) -> None:
     assert consumer.pool.batches == []  # gathering
     consumer.timer.fire()
     [(items, _)] = consumer.pool.batches
-    assert [i.task_id for i in items] == ["t0", "t1", "t2"]
+    assert [i.command_id for i in items] == ["t0", "t1", "t2"]
     assert items[0] == BatchItem("t0", "commands.create_request", [],
                                  {"template_id": "x", "max_number": 1}, "commands.requests",
                                  arrived_at=items[0].arrived_at)
@@ -163,7 +163,7 @@ def test_while_the_pool_is_busy_messages_gather_into_the_next_batch(parts: Any) 
     _, done = consumer.pool.batches[0]
     done([ACK])
     assert first.state == "ACK"
-    assert [i.task_id for i in consumer.pool.batches[1][0]] == [f"t{n}" for n in range(1, 6)]
+    assert [i.command_id for i in consumer.pool.batches[1][0]] == [f"t{n}" for n in range(1, 6)]
 
 
 def test_verdicts_settle_each_message(parts: Any) -> None:
@@ -233,4 +233,4 @@ def test_a_lost_batch_hands_every_message_back(parts: Any) -> None:
     assert [m.state for m in msgs] == ["REQUEUED"] * 3
     deliver(batcher, message(9))  # the pool slot is free again
     consumer.timer.fire()
-    assert [i.task_id for i in consumer.pool.batches[1][0]] == ["t9"]
+    assert [i.command_id for i in consumer.pool.batches[1][0]] == ["t9"]
