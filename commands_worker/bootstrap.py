@@ -24,7 +24,7 @@ from commands_worker.adapters.templates_file import (
     TemplatesFileError,
     load_templates_file,
 )
-from commands_worker.service_layer import documents as views
+from commands_worker.service_layer import documents
 from commands_worker.service_layer.executor import Executor
 from shared import keys
 from shared.redis_urls import sync_client
@@ -94,7 +94,7 @@ def project_stored_templates(d: Deps) -> int:
     """Project the templates the store holds (loaded by an earlier start); returns how many."""
     templates, version = d.store.templates()
     if templates:
-        d.projector.project([views.templates_doc(templates, version)])
+        d.projector.project([documents.templates_doc(templates, version)])
     return len(templates)
 
 
@@ -113,7 +113,7 @@ def load_and_project_templates(d: Deps) -> int:
             "event": "template_refused", "template_id": refused.template_id,
             "where": refused.where, "problems": list(refused.problems)})
     templates, version = d.store.load_templates(loaded.templates)
-    d.projector.project([views.templates_doc(templates, version)])
+    d.projector.project([documents.templates_doc(templates, version)])
     write_templates_status(d, str(path), loaded)
     log.info("templates loaded", extra={"event": "templates_loaded", "count": len(templates),
                                         "refused": len(loaded.refused),

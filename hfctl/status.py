@@ -25,7 +25,9 @@ def progress(view: dict[str, Any]) -> str:
     width = 20
     filled = (done * width) // max(total, 1)
     bar = "#" * filled + "x" * ((failed * width) // max(total, 1)) + "." * width
-    return (f"[{bar[:width]}] {view['status']:<19} {done}/{total} running, {failed} failed, "
+    # A return request's machines succeed by being given back.
+    word = "returned" if view.get("kind") == "return" else "running"
+    return (f"[{bar[:width]}] {view['status']:<19} {done}/{total} {word}, {failed} failed, "
             f"{len(machines)} reported (v{view['version']})")
 
 

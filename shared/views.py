@@ -45,6 +45,8 @@ class MachineView(_View):
     # The return request giving it back; whether it was not up by its request's deadline.
     return_request_id: str | None = None
     late: bool = False
+    # The provider's own metadata keys, beyond the typed ones (written only when given).
+    metadata: dict[str, Any] | None = None
     observed_at: float | None = None
     created_at: float
     updated_at: float

@@ -143,7 +143,7 @@ class FakeUnitOfWork:
         return {c: self.w.commands[c] for c in command_ids if c in self.w.commands}
 
     @contextlib.contextmanager
-    def savepoint(self) -> Iterator[None]:
+    def undoable(self) -> Iterator[None]:
         saved, emitted = copy.deepcopy(self.w), len(self.docs)
         try:
             yield

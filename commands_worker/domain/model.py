@@ -22,7 +22,9 @@ _LIFECYCLE: Final[dict[str, int]] = {
     "shutting-down": 4,
     "terminated": 5,
 }
-_TERMINAL: Final = frozenset({"terminated", "failed"})
+# Nothing leaves these: a machine in one is gone for good. (HostFactory counts a stopped
+# machine as given back too: shared.hostfactory.GONE, its own rule for its answers.)
+TERMINAL: Final = frozenset({"terminated", "failed"})
 UNLIMITED: Final = -1
 _RESTARTS: Final = frozenset({("stopped", "pending"), ("stopped", "running")})
 MACHINE_FIELDS: Final = (
@@ -65,14 +67,24 @@ class Machine:
     renamed: bool = field(default=False, compare=False)
 
     @property
-    def result(self) -> str:
+    def view_result(self) -> str:
         """The view's result for a machine of an acquire request (the contract's rule:
         ``succeed`` when running, ``fail`` when failed, terminated or late, ``executing``
         otherwise). HostFactory's answers use ``shared.hostfactory``'s table, which also
         fails a stopping or stopped machine and waits for a running one's address."""
-        if self.late or self.status in _TERMINAL:
+        if self.late or self.is_gone:
             return "fail"
         return "succeed" if self.status == "running" else "executing"
+
+    @property
+    def is_gone(self) -> bool:
+        """Terminated or failed: nothing leaves these states."""
+        return self.status in TERMINAL
+
+    @property
+    def to_release(self) -> bool:
+        """Late and still there: the provider is to terminate it."""
+        return self.late and not self.is_gone
 
     @property
     def units(self) -> int:
@@ -83,7 +95,7 @@ class Machine:
             else 1
 
     def result_in(self, kind: str) -> str:
-        return self.result if kind == hf.ACQUIRE else hf.machine_result(kind, self.status)[0]
+        return self.view_result if kind == hf.ACQUIRE else hf.machine_result(kind, self.status)[0]
 
     def changed(self, now: float) -> None:
         self.updated_at = now
@@ -110,7 +122,7 @@ class Machine:
 
 
 def transition_allowed(current: str, new: str) -> bool:
-    if current in _TERMINAL:
+    if current in TERMINAL:
         return new == current
     if new == "failed" or (current, new) in _RESTARTS:
         return True
@@ -167,7 +179,7 @@ class Request:
         changed = []
         if self.kind == hf.ACQUIRE:
             for machine in machines:
-                if machine.result != "succeed" and not machine.late:
+                if machine.view_result != "succeed" and not machine.late:
                     machine.late = True
                     machine.changed(now)
                     changed.append(machine)

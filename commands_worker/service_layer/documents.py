@@ -1,4 +1,5 @@
-"""Build the read-cache documents from aggregates.
+"""Build the read-cache documents (the views and history) from aggregates. The provider
+feed's events are built in ``feed_events``.
 
 Each document is serialised once here, with ``version`` first (the cache's compare-and-set
 reads it from the front of the stored bytes), and served as-is by the query service. The same
@@ -12,13 +13,7 @@ from typing import Any
 import orjson
 
 from commands_worker.domain.model import MACHINE_FIELDS, Machine, Request, Template
-from commands_worker.service_layer.ports import (
-    REPUBLISH,
-    CommandRecord,
-    FeedEvent,
-    HistoryEntry,
-    ViewDoc,
-)
+from commands_worker.service_layer.ports import CommandRecord, HistoryEntry, ViewDoc
 from shared import keys
 
 
@@ -32,7 +27,7 @@ def machine_dict(machine: Machine) -> dict[str, Any]:
         "machine_id": machine.machine_id,
         "request_id": machine.request_id,
         "status": machine.status,
-        "result": machine.result,
+        "result": machine.view_result,
     }
     for name in MACHINE_FIELDS:
         doc[name] = machine.details.get(name)
@@ -124,45 +119,6 @@ def templates_doc(templates: list[Template], version: int) -> ViewDoc:
     ordered = sorted(templates, key=lambda t: t.template_id)
     doc = {"version": version, "templates": [t.document for t in ordered]}
     return ViewDoc(keys.TEMPLATES_KEY, version, _dumps(doc))
-
-
-# --- the provider feed ----------------------------------------------------------------------
-def event_doc(event: FeedEvent, retention_s: int, republish: bool = False) -> ViewDoc:
-    """A feed event as an outbox row: the projector adds it to the stream once (its marker
-    key is kept ``retention_s``), or again with ``republish`` (a rebuild: the open work goes
-    out again; providers dedupe on event ids); ``status`` carries its type."""
-    body = _dumps({"event_id": event.event_id, "type": event.type, **event.payload})
-    return ViewDoc(keys.feed_published_key(event.event_id), REPUBLISH if republish else 1,
-                   body, ttl_s=retention_s, status=event.type)
-
-
-def acquire_event(request: Request, template: Template | None) -> FeedEvent:
-    payload = {
-        "request_id": request.request_id, "template_id": request.template_id,
-        "template": template.document if template else None,
-        "machine_count": request.max_number, "attributes": request.attributes,
-        "deadline_at": request.deadline_at, "created_at": request.created_at}
-    if template is not None and template.user_data is not None:
-        # The template's userDataScript, read when the templates file was loaded (base64).
-        payload["user_data"] = template.user_data
-    return FeedEvent("acquire", f"acquire:{request.request_id}", payload)
-
-
-def _machine_ref(machine: Machine) -> dict[str, Any]:
-    return {"machine_id": machine.machine_id, "name": machine.details.get("name"),
-            "request_id": machine.request_id}
-
-
-def return_event(request: Request, machines: list[Machine]) -> FeedEvent:
-    return FeedEvent("return", f"return:{request.request_id}", {
-        "request_id": request.request_id, "machines": [_machine_ref(m) for m in machines],
-        "deadline_at": request.deadline_at, "created_at": request.created_at})
-
-
-def release_event(machine: Machine, reason: str) -> FeedEvent:
-    return FeedEvent("release", f"release:{machine.machine_id}", {
-        "request_id": machine.request_id, "machines": [_machine_ref(machine)],
-        "reason": reason})
 
 
 # --- request history ----------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """Apply one command exactly once: dedupe, validate, handle, record, all in one transaction.
 
 A command's first outcome is stored with its effects; a redelivery finds it and changes
-nothing. A refusal is recorded (and dead-lettered) in a transaction of its own, after the
-refused attempt rolled back. A lost race runs the command again on fresh state.
+nothing. A refused command's writes are dropped (its undoable scope), and the refusal is
+recorded (and dead-lettered) in the same batch transaction as the others' effects. A lost
+race runs the command again on fresh state.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from commands_worker.domain.errors import (
     InvalidCommand,
     RetryLater,
 )
-from commands_worker.service_layer import documents as views
+from commands_worker.service_layer import documents, feed_events
 from commands_worker.service_layer.handlers import (
     DEFAULT_TIMEOUT_S,
     HANDLERS,
@@ -137,7 +138,7 @@ class Executor:
         return Execution(outcome.record, batch.docs, outcome.duplicate)
 
     def execute_batch(self, envs: list[Envelope]) -> Batch:
-        """Many commands in one transaction, each in a savepoint of its own (the unit of
+        """Many commands in one transaction, each in an undoable scope of its own (the unit of
         work's: it may hold writes rather than ask the store), so a refusal undoes only its
         command. A lost race reruns the batch; a batch that keeps losing
         goes one command at a time."""
@@ -164,7 +165,7 @@ class Executor:
                                        outcome="rejected", recorded_at=now,
                                        reason=letter.reason)
                 uow.record_command(record)
-                uow.emit(views.command_doc(record, self.retention_s))
+                uow.emit(documents.command_doc(record, self.retention_s))
             return uow.commit()
 
     def _apply(self, envs: list[Envelope]) -> Batch:
@@ -193,7 +194,7 @@ class Executor:
     def _apply_one(self, uow: UnitOfWork, env: Envelope, prior: CommandRecord | None,
                    now: float) -> Execution | RetryLater:
         try:
-            with uow.savepoint():
+            with uow.undoable():
                 effect = self._handle(env, uow, now)
                 record = self._record(env, effect, prior, now)
                 self._emit(uow, effect, record)
@@ -239,19 +240,19 @@ class Executor:
     def _emit(self, uow: UnitOfWork, effect: Effect, record: CommandRecord) -> None:
         if effect.outcome == "applied":
             requests = [(effect.request, effect.machines)] if effect.request else []
-            for request, machines in requests + effect.also:
-                for doc in views.request_docs(request, machines):
+            for request, machines in requests + effect.other_requests:
+                for doc in documents.request_docs(request, machines):
                     uow.emit(doc)
-            changed = {m.machine_id: m for m in effect.touched}
+            changed = {m.machine_id: m for m in effect.changed_machines}
             if effect.machine is not None:
                 changed[effect.machine.machine_id] = effect.machine
             for machine in changed.values():
-                uow.emit(views.machine_doc(machine))
-                if machine.renamed and (named := views.machine_name_doc(machine)):
+                uow.emit(documents.machine_doc(machine))
+                if machine.renamed and (named := documents.machine_name_doc(machine)):
                     uow.emit(named)
             for event in effect.events:
-                uow.emit(views.event_doc(event, self.retention_s))
-        uow.emit(views.command_doc(record, self.retention_s))
+                uow.emit(feed_events.event_doc(event, self.retention_s))
+        uow.emit(documents.command_doc(record, self.retention_s))
 
     def _refuse(self, uow: UnitOfWork, env: Envelope, refusal: CommandRefused,
                 prior: CommandRecord | None, now: float) -> Execution:
@@ -271,7 +272,7 @@ class Executor:
             reason=refusal.reason, raw=env.raw(), first_at=now, last_at=now,
             command_id=env.command_id, task=env.task, queue=env.queue,
         ))
-        uow.emit(views.command_doc(record, self.retention_s))
+        uow.emit(documents.command_doc(record, self.retention_s))
         # The request it names, and the one of the machine it names (they may differ: a
         # report naming the wrong request is refused, and its machine's request shows it).
         machine = uow.get_machine(record.machine_id) if record.machine_id else None
@@ -282,7 +283,7 @@ class Executor:
 
 def _tell_effect(uow: UnitOfWork, effect: Effect, record: CommandRecord, now: float) -> None:
     """A history entry for each request the command touched, with its version after."""
-    touched = ([effect.request] if effect.request else []) + [r for r, _ in effect.also]
+    touched = ([effect.request] if effect.request else []) + [r for r, _ in effect.other_requests]
     if not touched and effect.machine is not None:  # a superseded report: its request
         _tell(uow, [effect.machine.request_id], record, now)
     for request in touched:

@@ -19,7 +19,7 @@ from commands_worker.domain.errors import (
     TemplateNotFound,
 )
 from commands_worker.domain.model import Machine, Request, reported_units, request_status
-from commands_worker.service_layer import documents as feed
+from commands_worker.service_layer import feed_events
 from commands_worker.service_layer.ports import Effect, FeedEvent, UnitOfWork
 from shared import hostfactory as hf
 from shared.commands import (
@@ -31,7 +31,7 @@ from shared.commands import (
 )
 from shared.ids import MAX_ID_LEN, default_request_id, default_return_id, is_valid_id
 
-DEFAULT_TIMEOUT_S: Final = 600.0
+DEFAULT_TIMEOUT_S: Final = hf.DEFAULT_DEADLINE_S
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ def create_request(cmd: CreateRequest, ctx: Context, uow: UnitOfWork) -> Effect:
         deadline_at=ctx.now + ctx.request_timeout_s,
     )
     uow.add_request(request)
-    return Effect("applied", request=request, events=[feed.acquire_event(request, template)])
+    return Effect("applied", request=request, events=[feed_events.acquire_event(request, template)])
 
 
 def _new_request_id(uow: UnitOfWork, request_id: str) -> str:
@@ -115,7 +115,8 @@ def update_machine_status(cmd: UpdateMachineStatus, ctx: Context, uow: UnitOfWor
     request, machines = _refresh(uow, machine.request_id, [machine], ctx.now)
     also = ([_refresh(uow, machine.return_request_id, [machine], ctx.now)]
             if machine.return_request_id else [])
-    return Effect("applied", request=request, machines=machines, machine=machine, also=also)
+    return Effect("applied", request=request, machines=machines, machine=machine,
+                  other_requests=also)
 
 
 def _refresh(uow: UnitOfWork, request_id: str, changed: list[Machine],
@@ -160,19 +161,20 @@ def _first_report(
     _machines_changed(uow, request, machines, ctx.now)
     reason = REASON_LAUNCHED_LATE if not request.unfulfilled else REASON_NOT_EXPECTED
     return Effect("applied", request=request, machines=machines, machine=machine,
-                  events=_releases([machine], reason))
+                  events=releases([machine], reason))
 
 
 REASON_LAUNCHED_LATE: Final = "launched after its request's deadline"
 REASON_NOT_EXPECTED: Final = ("launched after its request ended, or beyond the machines "
                               "it still waited for")
 REASON_NOT_UP: Final = "not up by its request's deadline"
+# A release published again (a rebuild): the store keeps that a machine is late, not why.
+REASON_LATE: Final = "late: not up by its request's deadline, or beyond what it waited for"
 
 
-def _releases(machines: list[Machine], reason: str) -> list[FeedEvent]:
+def releases(machines: list[Machine], reason: str) -> list[FeedEvent]:
     """Late machines still there: the provider is to terminate them."""
-    return [feed.release_event(m, reason) for m in machines
-            if m.late and m.status not in ("terminated", "failed")]
+    return [feed_events.release_event(m, reason) for m in machines if m.to_release]
 
 
 def _machines_changed(uow: UnitOfWork, request: Request, machines: list[Machine],
@@ -213,9 +215,9 @@ def return_machines(cmd: ReturnMachines, ctx: Context, uow: UnitOfWork) -> Effec
     uow.add_request(request)
     acquired = sorted({m.request_id for m in machines})
     also = [_refresh(uow, rid, machines, ctx.now) for rid in acquired]
-    events = [feed.return_event(request, machines)] if machines else []
-    return Effect("applied", request=request, machines=machines, touched=machines, also=also,
-                  events=events)
+    events = [feed_events.return_event(request, machines)] if machines else []
+    return Effect("applied", request=request, machines=machines, changed_machines=machines,
+                  other_requests=also, events=events)
 
 
 def report_launch_failure(cmd: ReportLaunchFailure, ctx: Context, uow: UnitOfWork) -> Effect:
@@ -268,8 +270,8 @@ def pass_deadline(cmd: PassDeadline, ctx: Context, uow: UnitOfWork) -> Effect:
     for machine in touched:
         uow.save_machine(machine, machine.version - 1)
     uow.save_request(request, loaded_request)
-    return Effect("applied", request=request, machines=machines, touched=touched,
-                  events=_releases(touched, REASON_NOT_UP))
+    return Effect("applied", request=request, machines=machines, changed_machines=touched,
+                  events=releases(touched, REASON_NOT_UP))
 
 
 Handler = Callable[[Any, Context, UnitOfWork], Effect]

@@ -10,7 +10,7 @@ from typing import Any
 
 from commands_worker.domain.errors import CacheUnavailable
 from commands_worker.domain.model import Machine, Request, Template
-from commands_worker.service_layer import documents
+from commands_worker.service_layer import documents, feed_events, handlers
 from commands_worker.service_layer.executor import Execution, Executor, deadline_envelope
 from commands_worker.service_layer.ports import (
     REPLAYING,
@@ -21,6 +21,7 @@ from commands_worker.service_layer.ports import (
     Store,
     ViewDoc,
 )
+from shared import hostfactory as hf
 
 
 def repair_outbox(store: Store, projector: Projector, older_than_s: float = 3.0,
@@ -71,13 +72,12 @@ def _open_work(request: Request, machines: list[Machine],
     """The feed events a provider still has to act on for this request: republished by a
     rebuild (a provider dedupes on their ids)."""
     owned = [m for m in machines if m.request_id == request.request_id]
-    events = [documents.release_event(m, "late") for m in owned
-              if m.late and m.status not in ("terminated", "failed")]
+    events = handlers.releases(owned, handlers.REASON_LATE)
     if request.is_final:
         return events
-    if request.kind == "return":
-        return [*events, documents.return_event(request, machines)]
-    return [*events, documents.acquire_event(request, templates.get(request.template_id))]
+    if request.kind == hf.RETURN:
+        return [*events, feed_events.return_event(request, machines)]
+    return [*events, feed_events.acquire_event(request, templates.get(request.template_id))]
 
 
 def _rebuild_docs(store: Store, retention_s: int) -> Iterator[ViewDoc]:
@@ -87,7 +87,7 @@ def _rebuild_docs(store: Store, retention_s: int) -> Iterator[ViewDoc]:
     for request, machines in store.iter_requests():
         yield from documents.request_docs(request, machines)
         for event in _open_work(request, machines, by_id):
-            yield documents.event_doc(event, retention_s, republish=True)
+            yield feed_events.event_doc(event, retention_s, republish=True)
         # A machine is listed by its acquire request and by its return request: once here.
         for machine in (m for m in machines if m.request_id == request.request_id):
             yield documents.machine_doc(machine)

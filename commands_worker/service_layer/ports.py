@@ -128,9 +128,10 @@ class Effect:
     request: Request | None = None
     machines: list[Machine] = field(default_factory=list)
     machine: Machine | None = None
-    # Other machines whose views changed, and other requests (with their machines).
-    touched: list[Machine] = field(default_factory=list)
-    also: list[tuple[Request, list[Machine]]] = field(default_factory=list)
+    # Machines whose views changed besides ``machine``, and the other requests (with their
+    # machines) whose views changed: the acquire requests of returned machines, say.
+    changed_machines: list[Machine] = field(default_factory=list)
+    other_requests: list[tuple[Request, list[Machine]]] = field(default_factory=list)
     events: list[FeedEvent] = field(default_factory=list)
 
 
@@ -178,8 +179,10 @@ class UnitOfWork(Protocol):
 
     def get_commands(self, command_ids: list[str]) -> dict[str, CommandRecord]: ...
 
-    def savepoint(self) -> AbstractContextManager[None]:
-        """A nested transaction: leaving it with an exception undoes only what it wrote."""
+    def undoable(self) -> AbstractContextManager[None]:
+        """An undoable scope for one command: leaving it with an exception drops what the
+        command held, emitted and learnt in it (its writes are held to the commit, so no
+        store savepoint is needed); the batch's other commands keep theirs."""
         ...
 
     def record_command(self, record: CommandRecord) -> None: ...

@@ -20,6 +20,7 @@ from datetime import datetime
 from typing import Any, Final
 
 from shared.awsprov import LaunchSpec
+from shared.hostfactory import GONE_OR_GOING
 
 CLUSTER_TAG: Final = "hf:cluster"
 REQUEST_TAG: Final = "hf:request-id"
@@ -367,6 +368,6 @@ def report_of(instance: dict[str, Any], reclaim_at: float | None = None,
         "units": units(tags, instance.get("InstanceType")),
     }
     reason = (instance.get("StateReason") or {}).get("Message")
-    if instance["State"]["Name"] in ("shutting-down", "terminated", "stopped") and reason:
+    if instance["State"]["Name"] in GONE_OR_GOING and reason:
         metadata["message"] = reason[:2000]
     return instance["State"]["Name"], {k: v for k, v in metadata.items() if v is not None}

@@ -52,7 +52,7 @@ def test_lifecycle_and_versions(store: Store, executor: Executor) -> None:
     run(executor, UPDATE, "u2", machine_id="m2", status="failed", request_id="req-c1")
     [(request, machines)] = list(store.iter_requests())
     assert (request.status, request.version) == ("complete_with_error", 3)
-    assert {m.machine_id: (m.result, m.version) for m in machines} == {
+    assert {m.machine_id: (m.view_result, m.version) for m in machines} == {
         "m1": ("succeed", 1), "m2": ("fail", 1)}
 
 
@@ -240,7 +240,7 @@ def test_deadline_ends_a_request_once(store: Store) -> None:
     assert again.duplicate  # a second worker's try changes nothing
     [(request, machines)] = list(store.iter_requests())
     assert (request.status, request.expired) == ("complete_with_error", True)
-    assert {m.machine_id: (m.late, m.result) for m in machines} == {
+    assert {m.machine_id: (m.late, m.view_result) for m in machines} == {
         "m1": (False, "succeed"), "m2": (True, "fail")}
     # A machine first reported after the deadline is recorded, as launched too late.
     _up(executor, "req-c1", ("m3", "running", "h3"))

@@ -151,3 +151,25 @@ def test_no_function_over_40_lines_and_no_class_over_200() -> None:
     too_long = [f"{name} ({kind}, {lines} lines)" for kind, name, lines in _sizes()
                 if lines > limits[kind]]
     assert too_long == []
+
+
+@pytest.mark.parametrize(("layer", "allowed"), [
+    # The table in docs/architecture.md, as allowlists: of the project's packages, each may
+    # import only these (third-party imports are held by test_layers).
+    ("hfctl", ("shared", "hfctl", "commands_worker.entrypoints.admin")),
+    ("commands_worker.gateway", ("shared", "commands_worker.gateway")),
+    ("queries_service", ("shared", "queries_service")),
+    ("shared", ("shared",)),
+])
+def test_each_layer_imports_only_what_the_table_allows(layer: str,
+                                                       allowed: tuple[str, ...]) -> None:
+    project = PACKAGES
+    found = sorted(
+        f"{module} imports {name}" for module in _sources()
+        if module == layer or module.startswith(layer + ".")
+        for name in _all_imports(module)
+        if name.split(".")[0] in project
+        and not any(name == a or name.startswith(a + ".") for a in allowed)
+        # ``from commands_worker.entrypoints import admin`` names the package on its way.
+        and not any(a.startswith(name + ".") for a in allowed))
+    assert found == []

@@ -2,6 +2,7 @@ import pytest
 
 from commands_worker.domain.errors import IllegalTransition
 from commands_worker.domain.model import Machine, request_status, transition_allowed
+from shared import hostfactory as hf
 
 
 def machine(status: str, version: int = 1) -> Machine:
@@ -33,12 +34,18 @@ def test_illegal_report_leaves_machine_unchanged() -> None:
     assert (m.status, m.version) == ("terminated", 1)
 
 
-def test_results_follow_hostfactory() -> None:
-    assert machine("running").result == "succeed"
-    assert machine("failed").result == "fail"
-    assert machine("terminated").result == "fail"
-    assert machine("pending").result == "executing"
-    assert machine("stopped").result == "executing"
+def test_the_views_result_rule() -> None:
+    """The view's rule (the contract's): succeed when running, fail when failed, terminated
+    or late, executing otherwise. HostFactory's answers use its own table
+    (shared.hostfactory, tests/unit/test_hostfactory_table.py), which differs: a stopped
+    machine fails there, and a running one waits for its address."""
+    assert machine("running").view_result == "succeed"
+    assert machine("failed").view_result == "fail"
+    assert machine("terminated").view_result == "fail"
+    assert machine("pending").view_result == "executing"
+    assert machine("stopped").view_result == "executing"
+    assert hf.machine_result(hf.ACQUIRE, "stopped")[0] == "fail"  # HostFactory's, not ours
+    assert hf.machine_result(hf.ACQUIRE, "running", addressed=False)[0] == "executing"
 
 
 def test_older_report_is_stale_newer_is_not() -> None:

@@ -139,5 +139,5 @@ def newest_named(name: str, rows: Sequence[Any], known: dict[str, Machine | None
         known.setdefault(row.machine_id, machine_of(row))
     ids = {row.machine_id for row in rows} | written
     named = [m for i in ids if (m := known.get(i)) is not None and m.details.get("name") == name]
-    named.sort(key=lambda m: (m.status in ("terminated", "failed"), -m.created_at))
+    named.sort(key=lambda m: (m.is_gone, -m.created_at))
     return named[0] if named else None

@@ -192,7 +192,7 @@ class SqlUnitOfWork(_Transaction):
         return docs
 
     @contextlib.contextmanager
-    def savepoint(self) -> Iterator[None]:
+    def undoable(self) -> Iterator[None]:
         """One command: what it held, emitted and learnt is undone if it raises. No store
         savepoint is needed (nor a round trip spent): its writes are still held, and are
         dropped."""
