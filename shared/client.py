@@ -55,11 +55,19 @@ class CommandClient:
     def close(self) -> None:
         self.app.close()
 
-    def send(self, task: str, kwargs: dict[str, Any]) -> Sent:
-        """Validate and publish one command; its id is the Celery task id unless given."""
-        model = COMMAND_MODELS[task]
+    @staticmethod
+    def validated(task: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The kwargs as they will be sent (nulls dropped), once the contract's model took
+        them; raises pydantic.ValidationError with every problem."""
         kwargs = {k: v for k, v in kwargs.items() if v is not None}
-        model.model_validate(kwargs)  # raises pydantic.ValidationError with every problem
+        COMMAND_MODELS[task].model_validate(kwargs)
+        return kwargs
+
+    def send(self, task: str, kwargs: dict[str, Any], checked: bool = False) -> Sent:
+        """Validate (unless ``checked``: the caller has, with ``validated``) and publish one
+        command; its id is the Celery task id unless given."""
+        if not checked:
+            kwargs = self.validated(task, kwargs)
         command_id = kwargs.get("command_id") or str(uuid.uuid4())
         self.app.send_task(task, kwargs=kwargs, task_id=command_id,
                            queue=names.QUEUE_OF_TASK[task])

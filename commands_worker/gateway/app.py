@@ -120,10 +120,10 @@ class Gateway:
         return self._accepted(task, command_id, body)
 
     def _send(self, task: str, kwargs: dict[str, Any]) -> None:
-        COMMAND_MODELS[task].model_validate(kwargs)  # a bad body never claims its key
+        kwargs = self.client.validated(task, kwargs)  # a bad body never claims its key
         if self.keys_seen is not None:
             self.keys_seen.claim(kwargs["command_id"], task, kwargs)
-        self.client.send(task, kwargs)
+        self.client.send(task, kwargs, checked=True)
 
     def _accepted(self, task: str, command_id: str, body: dict[str, Any]) -> Response:
         request_id = body.get("request_id")
