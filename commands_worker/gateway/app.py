@@ -105,8 +105,10 @@ class Gateway:
         if refusal is not None:
             return refusal
         kwargs = {**body, "command_id": command_id}
+        # Only an id the client chose can be reused; one made here is new by construction.
+        chosen = "idempotency-key" in request.headers or body.get("command_id") is not None
         try:
-            await run_in_threadpool(self._send, task, kwargs)
+            await run_in_threadpool(self._send, task, kwargs, chosen)
         except ValidationError as exc:
             return error(422, "invalid_command", _problems(exc))
         except KeyReused as exc:
@@ -119,9 +121,9 @@ class Gateway:
                          "command_id (it takes effect once)", command_id=command_id)
         return self._accepted(task, command_id, body)
 
-    def _send(self, task: str, kwargs: dict[str, Any]) -> None:
+    def _send(self, task: str, kwargs: dict[str, Any], chosen: bool) -> None:
         kwargs = self.client.validated(task, kwargs)  # a bad body never claims its key
-        if self.keys_seen is not None:
+        if chosen and self.keys_seen is not None:
             self.keys_seen.claim(kwargs["command_id"], task, kwargs)
         self.client.send(task, kwargs, checked=True)
 
