@@ -64,6 +64,12 @@ def feed_published_key(event_id: str) -> str:
     return f"{PREFIX}feed-published:{event_id}"
 
 
+# The worker's mark of what the cache holds (epoch seconds, only ever raised): a mark gone or
+# gone back says the cache lost writes, and the worker heals it (adapters/cache_mark.py).
+CACHE_MARK_KEY: Final = f"{PREFIX}cache-mark"
+# Held by the one worker healing the cache.
+CACHE_HEAL_LOCK_KEY: Final = f"{PREFIX}cache-heal-lock"
+
 # Pub/sub channel on which the projector announces every view it wrote: "<key> <version>".
 VIEWS_CHANNEL: Final = f"{PREFIX}views"
 

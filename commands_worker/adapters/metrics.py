@@ -40,6 +40,8 @@ PROJECTION_LAG: Final = Histogram("hf_worker_projection_lag_seconds",
 STORE_RETRIES: Final = Counter("hf_worker_store_retries", "Commands retried because the store "
                                "did not answer")
 DEADLINES: Final = Counter("hf_worker_deadline_expiries", "Requests ended by their deadline")
+CACHE_HEALS: Final = Counter("hf_worker_cache_heals", "Times the read cache was found to "
+                             "have lost writes and was re-projected from the store")
 REDELIVERIES: Final = Counter("hf_worker_redeliveries", "Messages handed back to their queue "
                               "after their worker died or gave them up")
 

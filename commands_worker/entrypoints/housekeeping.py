@@ -1,11 +1,14 @@
 """The worker's housekeeping, a step of its main process: at start the schema and templates,
 then every second the outbox repair, the requests past their deadline and the dead-letter
-inbox, every five seconds the provider feed's trim (never past what a provider has not
+inbox, the read cache's mark (healing a cache that lost writes), every five seconds the
+provider feed's trim (never past what a provider has not
 acknowledged), and hourly the retention purge. A failure is logged and tried again a second
 later; it never stops the worker."""
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 from functools import partial
 from typing import Any
@@ -15,11 +18,13 @@ from celery import bootsteps
 from commands_worker import bootstrap
 from commands_worker.adapters import metrics
 from commands_worker.adapters.broker import dead_letter_inbox
+from commands_worker.adapters.cache_mark import CacheMark
 from commands_worker.adapters.templates_file import TemplatesFileError
 from commands_worker.service_layer import maintenance
-from shared import names
+from shared import keys, names
 
 PURGE_EVERY_S = 3600.0
+HEAL_LOCK_S = 600
 TRIM_FEED_EVERY_S = 5.0
 _served: list[int] = []
 
@@ -42,6 +47,25 @@ def serve_metrics() -> None:
         _served.append(0)
 
 
+def heal_cache(d: bootstrap.Deps, reason: str) -> None:
+    """Re-project the read cache from the store, once among all workers (a lock in the cache
+    itself: the first to notice heals)."""
+    if not d.cache.set(keys.CACHE_HEAL_LOCK_KEY, os.getpid(), nx=True, ex=HEAL_LOCK_S):
+        return
+    bootstrap.log.warning("read cache lost writes; re-projecting it from the store", extra={
+        "event": "cache_healing", "reason": reason})
+    try:
+        done = maintenance.rebuild_read_model(d.store, d.projector,
+                                              d.settings.command_retention_s)
+        metrics.CACHE_HEALS.inc()
+        bootstrap.log.warning("read cache healed", extra={"event": "cache_healed", **done})
+    except Exception:
+        bootstrap.log.exception("healing the read cache failed; tried again when noticed",
+                                extra={"event": "cache_heal_failed"})
+    finally:
+        d.cache.delete(keys.CACHE_HEAL_LOCK_KEY)
+
+
 class Housekeeping(bootsteps.StartStopStep):  # type: ignore[misc]
     requires = ("celery.worker.consumer.tasks:Tasks",)
 
@@ -51,6 +75,8 @@ class Housekeeping(bootsteps.StartStopStep):  # type: ignore[misc]
         self.ready = False
         self.last_purge = 0.0
         self.last_trim = 0.0
+        self.cache_mark: CacheMark | None = None
+        self.healing: threading.Thread | None = None
         self.templates_stamp: tuple[int, int, int] | None = None
 
     def start(self, parent: Any) -> None:
@@ -71,6 +97,7 @@ class Housekeeping(bootsteps.StartStopStep):  # type: ignore[misc]
             self.pass_deadlines(d)
             dead_letter_inbox.drain(d.broker, partial(maintenance.file_dead_letter,
                                                       d.executor, d.projector))
+            self.watch_cache(d)
             if time.monotonic() - self.last_trim > TRIM_FEED_EVERY_S:
                 d.projector.trim_feed()
                 self.last_trim = time.monotonic()
@@ -80,6 +107,18 @@ class Housekeeping(bootsteps.StartStopStep):  # type: ignore[misc]
         except Exception:
             bootstrap.log.exception("housekeeping failed; retrying in a second",
                                     extra={"event": "housekeeping_failed"})
+
+    def watch_cache(self, d: bootstrap.Deps) -> None:
+        """Heal the read cache, on a thread of its own, when it lost writes (emptied, gone
+        back by a failover or a restore): the store re-projects it."""
+        if self.cache_mark is None:
+            self.cache_mark = CacheMark(d.cache)
+        first = self.cache_mark.highest_seen is None
+        reason = self.cache_mark.check(time.time(), first and d.store.counts()["requests"] > 0)
+        if reason and (self.healing is None or not self.healing.is_alive()):
+            self.healing = threading.Thread(target=heal_cache, args=(d, reason),
+                                            name="cache-heal", daemon=True)
+            self.healing.start()
 
     @staticmethod
     def pass_deadlines(d: bootstrap.Deps) -> None:

@@ -23,9 +23,10 @@ def snapshot(client: redis.Redis) -> dict[bytes, Any]:
         # The feed's markers say what was published, not what is: a rebuild publishes the
         # open work again (tests/integration/test_feed.py). The templates status is what the
         # worker's last load made of the file, not a view of the store: the next load writes
-        # it again.
+        # it again. The cache mark and heal lock are the worker's bookkeeping, not views.
         if kind == b"string" and not key.startswith((b"hf:v1:broker", b"hf:v1:feed",
-                                                     b"hf:v1:templates-status")):
+                                                     b"hf:v1:templates-status",
+                                                     b"hf:v1:cache-")):
             views[key] = client.get(key)
         elif kind == b"zset":
             views[key] = client.zrange(key, 0, -1, withscores=True)
