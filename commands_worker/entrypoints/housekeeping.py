@@ -1,9 +1,9 @@
 """The worker's housekeeping, a step of its main process: at start the schema and templates,
 then every second the outbox repair, the requests past their deadline and the dead-letter
-inbox, the read cache's mark (healing a cache that lost writes), every five seconds the
-provider feed's trim (never past what a provider has not
+inbox, every five seconds the provider feed's trim (never past what a provider has not
 acknowledged), and hourly the retention purge. A failure is logged and tried again a second
-later; it never stops the worker."""
+later; it never stops the worker. Beside it, on a thread of its own, the read cache's mark
+(healing a cache that lost writes)."""
 
 from __future__ import annotations
 
@@ -47,6 +47,36 @@ def serve_metrics() -> None:
         _served.append(0)
 
 
+_watching: list[threading.Thread] = []
+
+
+def watch_cache() -> None:
+    """The read cache's mark, every second on a thread of its own (a busy worker's timer must
+    not let a failover pass unnoticed), once per worker main process."""
+    if not _watching:
+        _watching.append(threading.Thread(target=_watch_cache, name="cache-watch",
+                                          daemon=True))
+        _watching[0].start()
+
+
+def _watch_cache() -> None:
+    mark: CacheMark | None = None
+    healing: threading.Thread | None = None
+    while True:
+        try:
+            d = bootstrap.deps()
+            mark = mark or CacheMark(d.cache)
+            first = mark.highest_seen is None
+            reason = mark.check(time.time(), first and d.store.counts()["requests"] > 0)
+            if reason and (healing is None or not healing.is_alive()):
+                healing = threading.Thread(target=heal_cache, args=(d, reason),
+                                           name="cache-heal", daemon=True)
+                healing.start()
+        except Exception as exc:  # the cache away (a failover under way): next second
+            bootstrap.log.debug("cache mark not checked", extra={"error": repr(exc)[:300]})
+        time.sleep(1.0)
+
+
 def heal_cache(d: bootstrap.Deps, reason: str) -> None:
     """Re-project the read cache from the store, once among all workers (a lock in the cache
     itself: the first to notice heals)."""
@@ -75,13 +105,13 @@ class Housekeeping(bootsteps.StartStopStep):  # type: ignore[misc]
         self.ready = False
         self.last_purge = 0.0
         self.last_trim = 0.0
-        self.cache_mark: CacheMark | None = None
-        self.healing: threading.Thread | None = None
+
         self.templates_stamp: tuple[int, int, int] | None = None
 
     def start(self, parent: Any) -> None:
         self.tref = parent.timer.call_repeatedly(1.0, self.tick, priority=10)
         serve_metrics()
+        watch_cache()
         self.tick()
 
     def stop(self, parent: Any) -> None:
@@ -97,7 +127,6 @@ class Housekeeping(bootsteps.StartStopStep):  # type: ignore[misc]
             self.pass_deadlines(d)
             dead_letter_inbox.drain(d.broker, partial(maintenance.file_dead_letter,
                                                       d.executor, d.projector))
-            self.watch_cache(d)
             if time.monotonic() - self.last_trim > TRIM_FEED_EVERY_S:
                 d.projector.trim_feed()
                 self.last_trim = time.monotonic()
@@ -107,18 +136,6 @@ class Housekeeping(bootsteps.StartStopStep):  # type: ignore[misc]
         except Exception:
             bootstrap.log.exception("housekeeping failed; retrying in a second",
                                     extra={"event": "housekeeping_failed"})
-
-    def watch_cache(self, d: bootstrap.Deps) -> None:
-        """Heal the read cache, on a thread of its own, when it lost writes (emptied, gone
-        back by a failover or a restore): the store re-projects it."""
-        if self.cache_mark is None:
-            self.cache_mark = CacheMark(d.cache)
-        first = self.cache_mark.highest_seen is None
-        reason = self.cache_mark.check(time.time(), first and d.store.counts()["requests"] > 0)
-        if reason and (self.healing is None or not self.healing.is_alive()):
-            self.healing = threading.Thread(target=heal_cache, args=(d, reason),
-                                            name="cache-heal", daemon=True)
-            self.healing.start()
 
     @staticmethod
     def pass_deadlines(d: bootstrap.Deps) -> None:
