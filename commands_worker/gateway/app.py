@@ -159,6 +159,9 @@ def _command_id(request: Request, body: dict[str, Any],
                                                "A-Z a-z 0-9 . _ : @ + = -)")
     if given is not None and not isinstance(given, str):
         return "", _invalid("command_id", "must be a string: an id")
+    if given is not None and not is_valid_id(given):
+        return "", _invalid("command_id", "must follow the id rule (1-200 characters of "
+                                          "A-Z a-z 0-9 . _ : @ + = -)")
     if key is not None and given is not None and given != key:
         return "", _invalid("command_id", "differs from the Idempotency-Key header")
     command_id = given or key or time_ordered_id()

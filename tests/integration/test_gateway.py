@@ -139,6 +139,8 @@ def test_ids_are_refused_at_the_door_with_the_right_reason(gateway: TestClient,
     assert numeric.status_code == 422
     assert numeric.json()["detail"] == [{"field": "command_id",
                                          "problem": "must be a string: an id"}]
+    empty = gateway.post("/commands/create-request", json={**body, "command_id": ""})
+    assert empty.status_code == 422 and "id rule" in empty.json()["detail"][0]["problem"]
     long_key = gateway.post("/commands/create-request", json=body,
                             headers={"Idempotency-Key": "k" * 200})
     assert long_key.status_code == 422
