@@ -17,9 +17,9 @@ from typing import Any, Final
 import redis
 
 from shared import keys
+from shared.views import FINAL_REQUEST_STATUSES
 
 WAIT: Final = "wait"
-FINAL: Final = ("complete", "complete_with_error")
 
 
 def _view(raw: Any) -> dict[str, Any] | None:
@@ -50,7 +50,7 @@ def _acquire(cache: redis.Redis, event: dict[str, Any], now: float) -> str | Non
     view = _view(cache.get(keys.request_summary_key(request_id)))
     if view is None:
         return WAIT
-    if view.get("kind", "acquire") != "acquire" or view.get("status") in FINAL:
+    if view.get("kind", "acquire") != "acquire" or view.get("status") in FINAL_REQUEST_STATUSES:
         return f"request {request_id} is not an open acquire request"
     if view.get("max_number") != event.get("machine_count"):
         return f"request {request_id} asked for {view.get('max_number')}, not " \

@@ -15,6 +15,7 @@ gives (a fleet's ``WeightedCapacity``), and a request for N asks for N units.
 from __future__ import annotations
 
 import difflib
+import functools
 import math
 import re
 from dataclasses import dataclass, field
@@ -99,10 +100,14 @@ class LaunchSpec:
         return (self.price_type != "ondemand" or len(self.weights) != 1
                 or self.instance_requirements is not None)
 
+    @functools.cached_property
+    def unit_weights(self) -> dict[str, int]:
+        """Every instance type the template names (spot and on-demand) -> its units."""
+        return dict(self.weights + self.on_demand_weights)
+
     def weight(self, instance_type: str | None) -> int:
         """The units an instance of ``instance_type`` gives (1 when the template says none)."""
-        found = dict(self.weights + self.on_demand_weights)
-        return found.get(instance_type or "", 1)
+        return self.unit_weights.get(instance_type or "", 1)
 
     def instances_for(self, units: int) -> int:
         """RunInstances' count for ``units`` of the template's one type."""

@@ -256,6 +256,9 @@ class FakeStore:
             if record is not None and record.outcome == "rejected":
                 self.state.commands[key] = replace(record, outcome=ports.REPLAYING)
 
+    def has_requests(self) -> bool:
+        return bool(self.state.requests)
+
     def counts(self) -> dict[str, int]:
         s = self.state
         return {"requests": len(s.requests), "machines": len(s.machines),

@@ -67,7 +67,7 @@ def _watch_cache() -> None:
             d = bootstrap.deps()
             mark = mark or CacheMark(d.cache)
             first = mark.highest_seen is None
-            reason = mark.check(time.time(), first and d.store.counts()["requests"] > 0)
+            reason = mark.check(time.time(), first and d.store.has_requests())
             if reason and (healing is None or not healing.is_alive()):
                 healing = threading.Thread(target=heal_cache, args=(d, reason),
                                            name="cache-heal", daemon=True)

@@ -128,11 +128,8 @@ class Gateway:
         self.client.send(task, kwargs, checked=True)
 
     def _accepted(self, task: str, command_id: str, body: dict[str, Any]) -> Response:
-        request_id = body.get("request_id")
-        if task == names.CREATE_REQUEST_TASK:
-            request_id = request_id or default_request_id(command_id)
-        elif task == names.RETURN_MACHINES_TASK:
-            request_id = request_id or default_return_id(command_id)
+        default = DEFAULT_IDS.get(task)
+        request_id = body.get("request_id") or (default(command_id) if default else None)
         location = (f"{self.query_url}/requests/{request_id}"
                     if task != names.UPDATE_MACHINE_STATUS_TASK
                     else f"{self.query_url}/commands/{command_id}")
@@ -155,13 +152,11 @@ def _command_id(request: Request, body: dict[str, Any],
     key = request.headers.get("idempotency-key")
     given = body.get("command_id")
     if key is not None and not is_valid_id(key):
-        return "", _invalid("Idempotency-Key", "must follow the id rule (1-200 characters of "
-                                               "A-Z a-z 0-9 . _ : @ + = -)")
+        return "", _invalid("Idempotency-Key", ID_RULE)
     if given is not None and not isinstance(given, str):
         return "", _invalid("command_id", "must be a string: an id")
     if given is not None and not is_valid_id(given):
-        return "", _invalid("command_id", "must follow the id rule (1-200 characters of "
-                                          "A-Z a-z 0-9 . _ : @ + = -)")
+        return "", _invalid("command_id", ID_RULE)
     if key is not None and given is not None and given != key:
         return "", _invalid("command_id", "differs from the Idempotency-Key header")
     command_id = given or key or time_ordered_id()
@@ -173,6 +168,9 @@ def _command_id(request: Request, body: dict[str, Any],
                                    f"request_id: the request id {default('')}<id> must fit "
                                    f"{MAX_ID_LEN}")
     return command_id, None
+
+
+ID_RULE: Final = "must follow the id rule (1-200 characters of A-Z a-z 0-9 . _ : @ + = -)"
 
 
 def _invalid(field: str, problem: str) -> Response:

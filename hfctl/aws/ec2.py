@@ -59,7 +59,7 @@ class Order:
         ours = {CLUSTER_TAG: self.cluster, REQUEST_TAG: self.request_id,
                 TEMPLATE_TAG: self.template_id, EVENT_TAG: self.event_id}
         pairs = [*spec.tags, *ours.items()]
-        weights = dict(spec.weights + spec.on_demand_weights)
+        weights = spec.unit_weights
         if any(w != 1 for w in weights.values()):
             pairs.append((UNITS_TAG, ",".join(f"{t}={w}" for t, w in weights.items())[:256]))
         return [{"ResourceType": "instance",

@@ -47,7 +47,9 @@ def run(executor: Executor, task: str, task_id: str, **kwargs: object) -> str:
 
 
 def test_lifecycle_and_versions(store: Store, executor: Executor) -> None:
+    assert not store.has_requests()
     assert run(executor, CREATE, "c1", template_id="x86-small", max_number=2) == "applied"
+    assert store.has_requests()
     run(executor, UPDATE, "u1", machine_id="m1", status="running", request_id="req-c1")
     run(executor, UPDATE, "u2", machine_id="m2", status="failed", request_id="req-c1")
     [(request, machines)] = list(store.iter_requests())

@@ -182,6 +182,10 @@ class Store:
                              .values(outcome=REPLAYING))
             return dead_letter_of(row)
 
+    def has_requests(self) -> bool:
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(requests.c.request_id).limit(1)).first() is not None
+
     def counts(self) -> dict[str, int]:
         """Rows per table, and the dead letters still open (not replayed)."""
         with self.engine.connect() as conn:
