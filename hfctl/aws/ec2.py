@@ -94,14 +94,27 @@ def _user_data(spec: LaunchSpec) -> bytes | None:
     return spec.user_data
 
 
+def _admin_template_data(ec2: Any, spec: LaunchSpec) -> dict[str, Any]:
+    """The data of the administrator's launch template version (``launchTemplateId``)."""
+    if not spec.launch_template_id:
+        return {}
+    found = ec2.describe_launch_template_versions(
+        LaunchTemplateId=spec.launch_template_id,
+        Versions=[spec.launch_template_version or "$Default"])
+    data: dict[str, Any] = found["LaunchTemplateVersions"][0]["LaunchTemplateData"]
+    return data
+
+
 def _root_device(ec2: Any, spec: LaunchSpec) -> list[dict[str, Any]]:
-    if not spec.root_volume or spec.image_id is None:
+    if not spec.root_volume:
         return []
+    # The root device is the image's: the template's own, else its launch template's.
+    image_id = spec.image_id or _admin_template_data(ec2, spec).get("ImageId")
     try:
-        image = ec2.describe_images(ImageIds=[spec.image_id])["Images"][0]
+        image = ec2.describe_images(ImageIds=[image_id])["Images"][0]
         device = image.get("RootDeviceName") or "/dev/xvda"
     except Exception as exc:  # an image EC2 cannot describe: it refuses the launch itself
-        if client_error(exc) is None:
+        if client_error(exc) is None and image_id is not None:
             raise
         device = "/dev/xvda"
     volume = {"VolumeSize": spec.root_volume.get("size"),
@@ -197,12 +210,7 @@ def launch_template(ec2: Any, spec: LaunchSpec, order: Order) -> str:
     """The launch template a fleet of this template uses, made once: its name carries a
     digest of what it holds, so an edited template gets a new one. With the administrator's
     own ``launchTemplateId``, its data is the base and the template's fields override it."""
-    data = instance_data(ec2, spec)
-    if spec.launch_template_id:
-        version = spec.launch_template_version or "$Default"
-        found = ec2.describe_launch_template_versions(
-            LaunchTemplateId=spec.launch_template_id, Versions=[version])
-        data = {**found["LaunchTemplateVersions"][0]["LaunchTemplateData"], **data}
+    data = {**_admin_template_data(ec2, spec), **instance_data(ec2, spec)}
     digest = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()
                             ).hexdigest()[:12]
     name = f"hf-{order.cluster}-{order.template_id}"[:110] + f"-{digest}"

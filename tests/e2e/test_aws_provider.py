@@ -321,7 +321,7 @@ def weighted_templates(templates_file: Path, subnets: list[str], ec2: Any) -> di
          "pgrpName": None, "onDemandCapacity": 0, "instanceTags": "team=weights"},
         {"templateId": "aws-from-lt", "maxNumber": 10, "attributes": ATTRIBUTES,
          "launchTemplateId": lt_id, "launchTemplateVersion": 1, "vmType": "m5.large",
-         "subnetId": subnets[0], "instanceTags": "team=lt"}]
+         "subnetId": subnets[0], "instanceTags": "team=lt", "rootDeviceVolumeSize": 33}]
     templates_file.write_text(json.dumps(document))
     return {"image": image, "launch_template": lt_id}
 
@@ -367,6 +367,10 @@ def test_a_template_naming_a_launch_template_launches_from_it(
                                                               "lt-key")
         assert instance["InstanceType"] == "m5.large" and instance["SubnetId"] == subnets[0]
         assert tags["team"] == "lt"
+        # The root volume is sized on the launch template's image (the template names none).
+        [volume] = ec2.describe_volumes(Filters=[{"Name": "attachment.instance-id",
+                                                  "Values": [instance["InstanceId"]]}])["Volumes"]
+        assert volume["Size"] == 33
 
 
 def test_forged_and_replayed_feed_events_launch_and_terminate_nothing(
