@@ -161,5 +161,6 @@ def test_a_file_with_no_usable_template_is_said_in_readiness(
     assert ready.status_code == 503 and not ready.json()["ready"]
     assert "no usable template" in ready.json()["reason"]
     assert "did you mean 'subnetId'" in ready.json()["reason"]
-    assert "no usable template" in worker.output()
+    # the log line is written just after the status document readiness reads: wait for it too
+    wait_for(lambda: "no usable template" in worker.output(), 10, what="the worker's log")
     assert worker.proc is not None and worker.proc.poll() is None  # it keeps running
