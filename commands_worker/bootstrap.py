@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import orjson
 import redis
 
+from commands_worker.adapters.broker.queues import QueueReadings, readings_for
 from commands_worker.adapters.projector import Projector
 from commands_worker.adapters.sql.store import Store
 from commands_worker.adapters.templates_file import (
@@ -26,7 +27,7 @@ from commands_worker.adapters.templates_file import (
 )
 from commands_worker.service_layer import documents
 from commands_worker.service_layer.executor import Executor
-from shared import keys
+from shared import brokers, keys
 from shared.redis_urls import sync_client
 from shared.settings import Settings
 
@@ -38,7 +39,10 @@ class Deps:
     settings: Settings
     store: Store
     cache: redis.Redis
-    broker: redis.Redis
+    # The Redis holding the dead-letter inbox: the broker itself when it is Redis, the read
+    # cache when the broker is RabbitMQ.
+    inbox: redis.Redis
+    queues: QueueReadings
     projector: Projector
     executor: Executor
 
@@ -52,10 +56,11 @@ def build(settings: Settings | None = None) -> Deps:
     store = Store.from_url(settings.store_url)
     cache: redis.Redis = sync_client(settings.cache_url, socket_timeout=5,
                                      socket_connect_timeout=5, health_check_interval=30)
-    broker: redis.Redis = (cache if settings.broker_url == settings.cache_url else
-                           sync_client(settings.broker_url, socket_timeout=5,
-                                       socket_connect_timeout=5))
-    return Deps(settings, store, cache, broker,
+    inbox: redis.Redis = (cache if settings.broker_url == settings.cache_url
+                          or brokers.is_amqp(settings.broker_url) else
+                          sync_client(settings.broker_url, socket_timeout=5,
+                                      socket_connect_timeout=5))
+    return Deps(settings, store, cache, inbox, readings_for(settings.broker_url, inbox),
                 Projector(cache, settings.feed_maxlen, settings.feed_key()),
                 Executor(store.unit_of_work, settings.command_retention_s,
                          deadlines=(settings.request_timeout_s, settings.return_timeout_s)))

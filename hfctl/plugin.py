@@ -244,7 +244,10 @@ def _send(config: PluginConfig, task: str, kwargs: dict[str, Any]) -> None:
 
     from shared.client import CommandClient
 
-    client = CommandClient(config.broker_url, connect_timeout_s=min(config.timeout_s, 5.0))
+    try:
+        client = CommandClient(config.broker_url, connect_timeout_s=min(config.timeout_s, 5.0))
+    except ValueError as exc:
+        raise PluginError(f"BROKER_URL cannot be used: {exc}") from None
     try:
         sent = client.send(task, kwargs)
     except ValidationError as exc:
@@ -261,9 +264,16 @@ def _send(config: PluginConfig, task: str, kwargs: dict[str, Any]) -> None:
 
 
 def _safe(url: str) -> str:
-    parts = urllib.parse.urlsplit(url)
-    host = parts.hostname or ""
-    return f"{parts.scheme}://{host}{f':{parts.port}' if parts.port else ''}"
+    """The broker URL (or failover list) without credentials, for a message."""
+    shown = []
+    for one in url.split(";"):
+        parts = urllib.parse.urlsplit(one.strip())
+        try:
+            port = f":{parts.port}" if parts.port else ""
+        except ValueError:
+            port = ""
+        shown.append(f"{parts.scheme}://{parts.hostname or ''}{port}")
+    return ";".join(shown)
 
 
 HANDLERS: Final[dict[str, Callable[[PluginConfig, dict[str, Any]], dict[str, Any]]]] = {

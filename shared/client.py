@@ -20,7 +20,7 @@ from typing import Any
 
 from celery import Celery
 
-from shared import names
+from shared import brokers, names
 from shared.commands import COMMAND_MODELS
 from shared.ids import default_request_id
 from shared.settings import Settings
@@ -36,17 +36,11 @@ class Sent:
 
 class CommandClient:
     def __init__(self, broker_url: str, connect_timeout_s: float | None = None) -> None:
+        brokers.check(broker_url)
         self.app = Celery("hostfactory-producer", broker=broker_url, set_as_current=False)
-        self.app.conf.update(task_serializer="json", accept_content=["json"],
-                             broker_connection_retry_on_startup=True)
-        if connect_timeout_s is not None:
-            # Fail within seconds when the broker is away, instead of retrying for long.
-            self.app.conf.update(
-                broker_connection_timeout=connect_timeout_s,
-                broker_transport_options={"socket_connect_timeout": connect_timeout_s,
-                                          "socket_timeout": connect_timeout_s},
-                task_publish_retry_policy={"max_retries": 2, "interval_start": 0,
-                                           "interval_step": 0.5, "interval_max": 1})
+        # On RabbitMQ: quorum queues, and a send returns only after the broker's confirm.
+        self.app.conf.update(brokers.producer_conf(broker_url, connect_timeout_s))
+        self.options = brokers.send_options(broker_url)
 
     @classmethod
     def from_env(cls) -> CommandClient:
@@ -70,7 +64,7 @@ class CommandClient:
             kwargs = self.validated(task, kwargs)
         command_id = kwargs.get("command_id") or str(uuid.uuid4())
         self.app.send_task(task, kwargs=kwargs, task_id=command_id,
-                           queue=names.QUEUE_OF_TASK[task])
+                           queue=names.QUEUE_OF_TASK[task], **self.options)
         request_id = kwargs.get("request_id")
         if task == names.CREATE_REQUEST_TASK and not request_id:
             request_id = default_request_id(command_id)

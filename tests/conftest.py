@@ -1,11 +1,15 @@
 """Fixtures for real servers and real processes.
 
 Redis and PostgreSQL are the machine's own (``TEST_REDIS_URL``, ``TEST_POSTGRES_URL``). Locally
-a missing server skips the tests that need it; under CI (``CI`` set) it fails them.
+a missing server skips the tests that need it; under CI (``CI`` set) it fails them. RabbitMQ is
+a private three-node cluster the session starts (``tests/rabbit.py``), never the machine's own
+node: a test runs on it by asking for ``broker_kind`` "rabbitmq" (``indirect``
+parametrization); every other test's broker is Redis.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -24,6 +28,8 @@ import sqlalchemy as sa
 from commands_worker.adapters.templates_file import EXAMPLE_TEMPLATES
 from shared import keys
 from shared.redis_urls import sync_client
+from tests import rabbit
+from tests.rabbit import RabbitCluster
 
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
 TEST_POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL",
@@ -130,8 +136,39 @@ def templates_file(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def rabbit_cluster() -> Iterator[RabbitCluster]:
+    if not rabbit.available():
+        unavailable("rabbitmq-server (Debian's package)")
+    cluster = RabbitCluster(3).start()
+    yield cluster
+    cluster.stop()
+
+
 @pytest.fixture
-def stack_env(tmp_path: Path, redis_url: str, templates_file: Path) -> dict[str, str]:
+def broker_kind(request: pytest.FixtureRequest) -> str:
+    """The broker a test runs on: "redis" unless the test asks for "rabbitmq"."""
+    kind = str(getattr(request, "param", "redis"))
+    assert kind in ("redis", "rabbitmq"), kind
+    return kind
+
+
+@pytest.fixture
+def broker_url(request: pytest.FixtureRequest, broker_kind: str, redis_url: str) -> str:
+    """BROKER_URL of the test: the Redis of the test, or the RabbitMQ cluster as Celery's
+    failover list (its command queues emptied first)."""
+    if broker_kind == "redis":
+        return redis_url
+    cluster: RabbitCluster = request.getfixturevalue("rabbit_cluster")
+    wait_for(lambda: len(cluster.running()) == len(cluster.nodes), 120,
+             what="every RabbitMQ node")
+    cluster.purge()
+    return cluster.url
+
+
+@pytest.fixture
+def stack_env(tmp_path: Path, redis_url: str, broker_url: str,
+              templates_file: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("REDIS_", "BROKER_", "CACHE_", "STORE_", "QUERY_", "FEED_"))}
     env.update({
@@ -144,6 +181,8 @@ def stack_env(tmp_path: Path, redis_url: str, templates_file: Path) -> dict[str,
         "FEED_SIGNING_KEY": TEST_FEED_KEY,
         "PYTHONPATH": str(ROOT),
     })
+    if broker_url != redis_url:  # on Redis, BROKER_URL follows REDIS_URL (a test may move it)
+        env["BROKER_URL"] = broker_url
     return env
 
 
@@ -229,11 +268,47 @@ def query_url(stack_env: dict[str, str], tmp_path: Path) -> Iterator[str]:
 
 
 @pytest.fixture
-def producer(redis_url: str) -> Iterator[Any]:
-    """A plain Celery app that knows nothing of this project: tasks are sent by name."""
+def producer(broker_url: str) -> Iterator[Any]:
+    """A plain Celery app that knows nothing of this project: tasks are sent by name. On
+    RabbitMQ it is configured as docs/rabbitmq.md tells a third party: queues it creates are
+    quorum queues, and each send waits for the broker's confirm."""
     from celery import Celery
 
-    app = Celery("outside-producer", broker=redis_url, set_as_current=False)
+    app = Celery("outside-producer", broker=broker_url, set_as_current=False)
     app.conf.task_serializer = "json"
+    if broker_url.startswith("amqp"):
+        app.conf.task_create_missing_queue_type = "quorum"
+        app.conf.broker_transport_options = {"confirm_publish": True}
     yield app
     app.close()
+
+
+@pytest.fixture
+def raw_push(broker_url: str) -> Iterator[Callable[[str, dict[str, Any] | bytes], None]]:
+    """Push a raw message, as a buggy or hostile producer could, onto a command queue: a kombu
+    Redis envelope (tests/messages.py) or bare bytes. On RabbitMQ the envelope's body, content
+    type and headers are published as they are (what AMQP can carry of them)."""
+    if not broker_url.startswith("amqp"):
+        client = redis.Redis.from_url(broker_url)
+
+        def push_redis(queue: str, message: dict[str, Any] | bytes) -> None:
+            client.lpush(queue, message if isinstance(message, bytes)
+                         else json.dumps(message))
+
+        yield push_redis
+        client.close()
+        return
+    from kombu import Connection
+
+    from tests.messages import amqp_parts
+
+    with Connection(broker_url, transport_options={"confirm_publish": True}) as connection:
+        producer = connection.Producer()
+
+        def push_amqp(queue: str, message: dict[str, Any] | bytes) -> None:
+            body, headers, content_type, encoding, marker = amqp_parts(message)
+            producer.publish(body, exchange=queue, routing_key=queue, headers=headers,
+                             content_type=content_type, content_encoding=encoding,
+                             correlation_id=marker, delivery_mode=2, retry=True)
+
+        yield push_amqp

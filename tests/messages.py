@@ -48,3 +48,34 @@ def encoded(message: dict[str, Any]) -> str:
 
 def marker_of(message: dict[str, Any]) -> str:
     return str(message["properties"]["correlation_id"])
+
+
+def amqp_parts(message: dict[str, Any] | bytes) -> tuple[bytes, dict[str, Any], str, str,
+                                                        str | None]:
+    """Body, headers, content type, encoding and correlation id (the marker) of a Redis
+    envelope as a producer would publish the same message to RabbitMQ. What AMQP cannot carry
+    is carried as it can: headers that are not an object become none, integers beyond 64 bits
+    become text."""
+    if isinstance(message, bytes):
+        return message, {}, "application/data", "binary", None
+    body = message.get("body", "")
+    try:
+        data = base64.b64decode(body, validate=True)
+    except (ValueError, TypeError):
+        data = str(body).encode()
+    headers = message.get("headers")
+    marker = (message.get("properties") or {}).get("correlation_id")
+    return (data, _amqp_table(headers) if isinstance(headers, dict) else {},
+            str(message.get("content-type") or "application/data"),
+            str(message.get("content-encoding") or "binary"),
+            marker if isinstance(marker, str) else None)
+
+
+def _amqp_table(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _amqp_table(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_amqp_table(v) for v in value]
+    if isinstance(value, int) and not isinstance(value, bool) and not -2**63 <= value < 2**63:
+        return str(value)
+    return value

@@ -9,10 +9,8 @@ handed back, the templates version.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-from collections import Counter as Tally
 from collections.abc import Callable, Iterator
 from typing import Any, Final
 
@@ -65,10 +63,10 @@ class LiveCollector(Collector):
                                   labels=["queue"])
         inflight = GaugeMetricFamily("hf_worker_inflight", "Messages taken by a worker and "
                                      "not acknowledged yet, per queue", labels=["queue"])
-        held = _inflight(d.broker)
-        for queue in self.queues:
-            depth.add_metric([queue], int(d.broker.llen(queue)))
-            inflight.add_metric([queue], held.get(queue, 0))
+        for queue, (waiting, held) in d.queues.depths(self.queues).items():
+            depth.add_metric([queue], waiting)
+            if held is not None:  # RabbitMQ does not tell over AMQP (see broker/queues.py)
+                inflight.add_metric([queue], held)
         yield depth
         yield inflight
         counts = d.store.counts()
@@ -111,15 +109,6 @@ def _refused(cache: Any) -> int:
         return len(status["refused"]) + (1 if status.get("file_problems") else 0)
     except (ValueError, KeyError, TypeError):
         return 0
-
-
-def _inflight(broker: Any) -> dict[str, int]:
-    """Unacknowledged messages by queue, from the transport's ``unacked`` hash."""
-    found: Tally[str] = Tally()
-    for raw in broker.hvals("unacked"):
-        with contextlib.suppress(ValueError, TypeError, IndexError, AttributeError):
-            found[str(json.loads(raw)[2])] += 1
-    return dict(found)
 
 
 def serve(port: int, host: str, deps: Callable[[], Any], queues: tuple[str, ...]) -> None:

@@ -25,7 +25,7 @@ def rebuild_read_model() -> dict[str, Any]:
 def dead_letters(include_replayed: bool = False) -> list[DeadLetter]:
     """Every open dead letter (and replayed ones), after moving parked ones into the store."""
     d = bootstrap.deps()
-    dead_letter_inbox.drain(d.broker, partial(maintenance.file_dead_letter, d.executor,
+    dead_letter_inbox.drain(d.inbox, partial(maintenance.file_dead_letter, d.executor,
                                               d.projector))
     return d.store.dead_letters(state=None if include_replayed else "open")
 
@@ -46,4 +46,4 @@ def replay_dead_letter(letter_id: int) -> str:
     letter = d.store.begin_replay(letter_id)
     if letter is None:
         raise LookupError(f"no dead letter {letter_id}")
-    return replay(letter, d.settings.broker_url, d.broker)
+    return replay(letter, d.settings.broker_url, d.inbox)

@@ -133,7 +133,7 @@ def _store_unavailable(d: bootstrap.Deps, env: Envelope, item: BatchItem, exc: E
         return Verdict(Action.RETRY, jittered(2.0 ** item.outages, OUTAGE_MOST_S), "outages")
     reason = f"store unavailable after {item.outages + 1} attempts: {exc}"
     # The store is down, so the letter waits in Redis until the worker can move it there.
-    dead_letter_inbox.park_command(d.broker, env.raw(), env.queue, reason)
+    dead_letter_inbox.park_command(d.inbox, env.raw(), env.queue, reason)
     _log(env, "dead_lettered", started, 1, reason=reason)
     return ACK
 

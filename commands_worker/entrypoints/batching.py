@@ -17,15 +17,18 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import partial
 from typing import Any, Final
 
 from celery import Task
 
+from commands_worker.adapters import metrics
 from commands_worker.adapters.broker.consumer import forget, park_and_settle
 from commands_worker.entrypoints.admission import Unadmittable, admit
 from commands_worker.entrypoints.batch_runner import run_batch
 from commands_worker.entrypoints.items import Action, BatchItem, Verdict, budget_headers
+from shared.brokers import CONFIRM_TIMEOUT_S
 
 log = logging.getLogger("hostfactory.worker")
 
@@ -59,11 +62,19 @@ class Batcher:
         # busy, messages gather into the next batch, so batches grow with the load.
         self.in_flight = 0
         self.slots = max(1, int(getattr(consumer.pool, "num_processes", 1) or 1))
+        # On RabbitMQ the broker counts deliveries (a quorum queue's x-delivery-count); on
+        # Redis our transport counts hand-backs itself and the header means nothing.
+        self.counted = consumer.connection.transport.driver_type == "amqp"
+        self.max_redeliveries = int(app.conf.get("hf_max_redeliveries", 5))
+        self.send_options = {"confirm_timeout": CONFIRM_TIMEOUT_S} if self.counted else {}
 
     def on_message(self, message: Any, body: Any, ack: Any, reject: Any, callbacks: Any,
                    **kwargs: Any) -> None:
         """Admit one message, whatever it holds: nothing a producer sends raises out of here.
-        A message with no usable command id is parked whole in the dead-letter inbox."""
+        A message with no usable command id is parked whole in the dead-letter inbox, as is
+        one handed back too often (it keeps killing workers)."""
+        if self.counted and self._poison(message):
+            return
         try:
             item = admit(message.headers, message.decode,
                          (message.delivery_info or {}).get("routing_key"))
@@ -81,6 +92,18 @@ class Batcher:
             self.consumer.timer.call_after(item.due_at - time.time(), partial(self._due, held))
             return
         self._add(held)
+
+    def _poison(self, message: Any) -> bool:
+        headers = message.headers if isinstance(message.headers, dict) else {}
+        count = headers.get("x-delivery-count")
+        if not isinstance(count, int) or count <= 0:
+            return False
+        metrics.REDELIVERIES.inc()
+        if count <= self.max_redeliveries:
+            return False
+        park_and_settle(message, f"poison message: handed back {count} times by workers "
+                        "that died or gave up while holding it")
+        return True
 
     def _due(self, held: Held) -> None:
         self.consumer.qos.decrement_eventually()
@@ -136,11 +159,14 @@ class Batcher:
         """The same task id and kwargs, due after the delay, with one budget spent more;
         False when the broker would not take it."""
         spent = item._replace(**{verdict.budget: getattr(item, verdict.budget) + 1})
+        # The due time travels as the eta header, set here rather than by a countdown: on
+        # quorum queues Celery would route a countdown through its delayed-delivery exchanges.
+        due = datetime.fromtimestamp(time.time() + verdict.delay_s, UTC).isoformat()
         try:
             self.app.send_task(item.task, args=item.args, kwargs=item.kwargs,
-                               task_id=item.command_id, countdown=verdict.delay_s,
-                               retries=spent.waits + spent.outages, queue=item.queue,
-                               headers=budget_headers(spent))
+                               task_id=item.command_id, retries=spent.waits + spent.outages,
+                               queue=item.queue, headers={**budget_headers(spent), "eta": due},
+                               **self.send_options)
         except Exception:
             log.exception("could not send a retry; the message will come back",
                           extra={"event": "retry_not_sent", "command_id": item.command_id})
@@ -159,7 +185,7 @@ class Batcher:
 def _ack_all(held: list[Held]) -> None:
     if not held:
         return
-    qos = held[0].message.channel.qos
+    qos = getattr(held[0].message.channel, "qos", None)  # py-amqp channels have none
     if hasattr(qos, "ack_many"):
         qos.ack_many([one.message.delivery_tag for one in held])
         for one in held:

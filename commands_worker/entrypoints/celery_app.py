@@ -16,11 +16,12 @@ from typing import Any
 from urllib.parse import urlparse
 
 from celery import Celery, signals
-from kombu import Exchange, Queue
 
+from commands_worker import bootstrap
+from commands_worker.adapters.broker.consumer import use_inbox
 from commands_worker.entrypoints.batching import FLUSH_EVERY
 from commands_worker.entrypoints.housekeeping import Housekeeping
-from shared import logs, names
+from shared import brokers, logs, names
 from shared.settings import Settings
 
 settings = Settings.from_env()
@@ -28,8 +29,9 @@ logs.configure(settings.log_level)
 
 
 def _transport_for(url: str) -> str | None:
-    """Our loss-free transport where the broker is plain Redis; kombu's own otherwise."""
-    scheme = urlparse(url).scheme
+    """Our loss-free transport where the broker is plain Redis; kombu's own otherwise (on
+    RabbitMQ, py-amqp: quorum queues need no help to lose nothing)."""
+    scheme = urlparse(brokers.urls(url)[0]).scheme
     if scheme in ("redis", "rediss"):
         return "commands_worker.adapters.broker.transport:Transport"
     return None
@@ -45,6 +47,10 @@ def _transport_options(s: Settings) -> dict[str, object]:
         options["max_redeliveries"] = s.max_redeliveries
     if s.broker_sentinel_master:  # kombu's sentinel:// broker URLs
         options["master_name"] = s.broker_sentinel_master
+    if brokers.is_amqp(s.broker_url):
+        # The worker's own sends (a report's retry while it waits for its request) are
+        # confirmed before the message they replace is acknowledged.
+        options = {"confirm_publish": True}
     return options
 
 
@@ -66,13 +72,18 @@ app.conf.update(
     worker_consumer="commands_worker.adapters.broker.consumer:Consumer",
     worker_hijack_root_logger=False,
     worker_send_task_events=False,
-    task_queues=[Queue(q, Exchange(q, "direct"), routing_key=q) for q in names.ALL_QUEUES],
+    task_queues=brokers.command_queues(settings.broker_url),
+    task_create_missing_queues=False,
+    # On RabbitMQ: how often a message may come back (its x-delivery-count) before it is
+    # dead-lettered as poison; on Redis our transport counts the same (``max_redeliveries``).
+    hf_max_redeliveries=settings.max_redeliveries,
     task_default_queue=names.REQUESTS_QUEUE,
     task_routes={task: {"queue": queue} for task, queue in names.QUEUE_OF_TASK.items()},
 )
 
 
 app.steps["consumer"].add(Housekeeping)
+use_inbox(lambda: bootstrap.deps().inbox)
 
 
 @signals.import_modules.connect  # type: ignore[untyped-decorator]

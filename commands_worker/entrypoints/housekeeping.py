@@ -125,7 +125,7 @@ class Housekeeping(bootsteps.StartStopStep):  # type: ignore[misc]
             self.follow_templates(d)
             maintenance.repair_outbox(d.store, d.projector)
             self.pass_deadlines(d)
-            dead_letter_inbox.drain(d.broker, partial(maintenance.file_dead_letter,
+            dead_letter_inbox.drain(d.inbox, partial(maintenance.file_dead_letter,
                                                       d.executor, d.projector))
             if time.monotonic() - self.last_trim > TRIM_FEED_EVERY_S:
                 d.projector.trim_feed()

@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from shared import names
+from shared import brokers, names
 from shared.asgi import BadBody, BearerTokens, read_json_object
 from shared.client import CommandClient
 from shared.commands import COMMAND_MODELS
@@ -55,7 +55,8 @@ class IdempotencyKeys:
     """What each command id was first sent as (task and body digest), kept as long as the
     worker keeps outcomes: the same key with the same command is a retry (sent again, taking
     effect once); with another command or body it is refused (409), never silently dropped.
-    Kept in the broker's Redis, the one store the gateway already writes to."""
+    Kept in the broker's Redis, the one store the gateway already writes to (in the read
+    cache's Redis when the broker is RabbitMQ)."""
 
     def __init__(self, client: redis.Redis, retention_s: int) -> None:
         self.client = client
@@ -220,12 +221,12 @@ async def _server_error(request: Request, exc: Exception) -> Response:
 
 
 def _keys_register(settings: Settings) -> IdempotencyKeys | None:
-    if not settings.broker_url.startswith(("redis://", "rediss://", "unix://")):
-        log.warning("idempotency keys are not checked for reuse: the broker is not Redis",
+    url = settings.cache_url if brokers.is_amqp(settings.broker_url) else settings.broker_url
+    if not url.startswith(("redis://", "rediss://", "unix://", "redis+sentinel://")):
+        log.warning("idempotency keys are not checked for reuse: no Redis to keep them in",
                     extra={"event": "idempotency_unchecked"})
         return None
-    return IdempotencyKeys(sync_client(settings.broker_url, socket_timeout=5,
-                                       socket_connect_timeout=5),
+    return IdempotencyKeys(sync_client(url, socket_timeout=5, socket_connect_timeout=5),
                            settings.command_retention_s)
 
 

@@ -64,7 +64,8 @@ def hostfactory(stack_env: dict[str, str], query_url: str, tmp_path: Path) -> Ho
         d.mkdir()
     # Settings from the provider's conf file; the environment HostFactory gives holds none.
     (confdir / "hostfactory-cqrs.json").write_text(json.dumps(
-        {"QUERY_URL": query_url, "BROKER_URL": stack_env["REDIS_URL"]}))
+        {"QUERY_URL": query_url,
+         "BROKER_URL": stack_env.get("BROKER_URL", stack_env["REDIS_URL"])}))
     env = {"PATH": "/usr/bin:/bin", "HFCQRS_HFCTL": str(HFCTL),
            "HF_PROVIDER_NAME": "hfcqrs", "HF_PROVIDER_CONFDIR": str(confdir),
            "HF_PROVIDER_LOGDIR": str(logdir), "HF_PROVIDER_WORKDIR": str(workdir)}

@@ -35,6 +35,7 @@ def report(producer: Any, machine_id: str, status: str, **kwargs: Any) -> None:
                                "observed_at": time.time(), **kwargs})
 
 
+@pytest.mark.parametrize("broker_kind", ["redis", "rabbitmq"], indirect=True)
 def test_a_whole_cycle_through_the_five_scripts(hostfactory: HostFactory, worker: Proc,
                                                 simulator: Proc, producer: Any,
                                                 tmp_path: Path) -> None:

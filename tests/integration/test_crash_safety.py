@@ -74,11 +74,13 @@ def outcomes(client: redis.Redis, command_ids: list[str]) -> dict[str, dict[str,
     return {c: json.loads(d) for c, d in zip(command_ids, docs, strict=True) if d}
 
 
-@pytest.mark.parametrize(("store", "workers", "requests"),
-                         [("sqlite", 1, 400), ("postgres", 2, 250)])
+@pytest.mark.parametrize(("store", "workers", "requests", "broker_kind"),
+                         [("sqlite", 1, 400, "redis"), ("postgres", 2, 250, "redis"),
+                          ("postgres", 2, 250, "rabbitmq")], indirect=["broker_kind"])
 def test_sigkill_twice_loses_nothing_and_doubles_nothing(
         request: pytest.FixtureRequest, start_worker: Any, stack_env: dict[str, str],
-        rclient: redis.Redis, producer: Any, store: str, workers: int, requests: int) -> None:
+        rclient: redis.Redis, producer: Any, store: str, workers: int, requests: int,
+        broker_kind: str) -> None:
     env = {}
     if store == "postgres":
         env["STORE_URL"] = request.getfixturevalue("postgres_url")
@@ -102,7 +104,8 @@ def test_sigkill_twice_loses_nothing_and_doubles_nothing(
     got = wait_for(lambda: (o := outcomes(rclient, unique_ids)) and len(o) == len(unique_ids)
                    and o, 180, every_s=1, what="an outcome for every command")
     counts = Counter(o["outcome"] for o in got.values())
-    print(f"\n{store}: sent {len(plan.messages)} messages ({len(unique_ids)} commands, "
+    print(f"\n{store} on {broker_kind}: sent {len(plan.messages)} messages "
+          f"({len(unique_ids)} commands, "
           f"{plan.duplicates} duplicates, {plan.reversed_pairs} reversed pairs), "
           f"{kills} SIGKILLs of {workers} worker group(s): outcomes {dict(counts)}")
     assert set(counts) <= {"applied", "superseded"}, counts

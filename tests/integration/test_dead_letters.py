@@ -11,6 +11,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
 
 from tests.conftest import ROOT, Proc, wait_for
@@ -47,14 +48,16 @@ def kombu_envelope(task: str, body: bytes, content_type: str = "application/json
                        "delivery_tag": str(uuid.uuid4())}})
 
 
+@pytest.mark.parametrize("broker_kind", ["redis", "rabbitmq"], indirect=True)
 def test_undecodable_messages_are_dead_lettered(worker: Proc, stack_env: dict[str, str],
-                                                rclient: redis.Redis, producer: Any) -> None:
+                                                rclient: redis.Redis, producer: Any,
+                                                raw_push: Any, broker_kind: str) -> None:
     queue = "commands.requests"
-    rclient.lpush(queue, b"\x00\xffnot json at all")
-    rclient.lpush(queue, json.dumps({"hello": "world"}))
-    rclient.lpush(queue, kombu_envelope(CREATE, b"[[], {broken json", "application/json"))
-    rclient.lpush(queue, kombu_envelope(CREATE, b"\x80\x04pickled",
-                                        "application/x-python-serialize", "binary"))
+    raw_push(queue, b"\x00\xffnot json at all")
+    raw_push(queue, json.dumps({"hello": "world"}).encode())
+    raw_push(queue, json.loads(kombu_envelope(CREATE, b"[[], {broken json", "application/json")))
+    raw_push(queue, json.loads(kombu_envelope(CREATE, b"\x80\x04pickled",
+                                              "application/x-python-serialize", "binary")))
     producer.send_task("commands.no_such_command", kwargs={"x": 1}, queue=queue)
     good = producer.send_task(CREATE, kwargs={"template_id": "x86-small", "max_number": 1},
                               queue=queue)
@@ -63,7 +66,10 @@ def test_undecodable_messages_are_dead_lettered(worker: Proc, stack_env: dict[st
                        30, every_s=0.5, what="five dead letters")
     reasons = " | ".join(letter["reason"] for letter in letters)
     assert len(letters) == 5, reasons
-    assert reasons.count("not a kombu JSON envelope") == 2
+    if broker_kind == "redis":  # our transport refuses them before Celery sees them
+        assert reasons.count("not a kombu JSON envelope") == 2
+    else:
+        assert reasons.count("not a Celery task message") == 2, reasons
     assert "commands.no_such_command" in reasons
     assert "application/x-python-serialize" in reasons or "pickle" in reasons
     assert all(letter["raw"] for letter in letters)
@@ -71,6 +77,7 @@ def test_undecodable_messages_are_dead_lettered(worker: Proc, stack_env: dict[st
     wait_for(lambda: rclient.get(f"hf:v1:request:req-{good.id}"), 20, what="the good command")
 
 
+@pytest.mark.parametrize("broker_kind", ["redis", "rabbitmq"], indirect=True)
 def test_replay_after_the_missing_template_is_added(start_worker: Any, stack_env: dict[str, str],
                                                     rclient: redis.Redis, producer: Any,
                                                     templates_file: Path) -> None:

@@ -6,35 +6,61 @@ whose content type it refuses (pickle); and a message that breaks its own dispat
 name that is a list, say) raises out of it and restarts the consumer, again and again. Each
 such message is parked whole, with its reason, in the dead-letter inbox before it is
 acknowledged; the worker moves it into the store.
+
+On RabbitMQ two more things: Celery's native delayed delivery (a topic-exchange scheme for
+countdowns on quorum queues) is left out, as this worker holds a delayed message itself; and a
+contract queue that someone declared with other arguments (a classic queue made by a
+producer's Celery before the worker first ran) is consumed as it is, with an error in the log
+saying what it costs, instead of the worker failing to start.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 from collections.abc import Callable
 from typing import Any
 
+import redis
 from celery.worker.consumer import Consumer as CeleryConsumer
 
 from commands_worker.adapters.broker import dead_letter_inbox
 
 log = logging.getLogger("hostfactory.worker")
+# The Redis holding the dead-letter inbox (set by the worker's app: the broker itself, or the
+# read cache when the broker is RabbitMQ).
+_inbox: list[Callable[[], redis.Redis]] = []
+
+
+def use_inbox(client: Callable[[], redis.Redis]) -> None:
+    _inbox[:] = [client]
 
 
 def _raw_text(message: Any) -> str:
+    """The message as kombu's virtual transports keep it (``_raw``), or, for a py-amqp
+    message, an envelope of the same shape (body base64), so a letter reads and replays the
+    same whichever broker it came from."""
     raw = getattr(message, "_raw", None)
     if raw is not None:
         return json.dumps(raw, default=str)
-    body = message.body
-    return body.decode("utf-8", "replace") if isinstance(body, bytes) else str(body)
+    body = message.body if isinstance(message.body, bytes) else str(message.body).encode()
+    properties = {k: v for k, v in (message.properties or {}).items()
+                  if k != "application_headers"}
+    info = message.delivery_info or {}
+    return json.dumps({
+        "body": base64.b64encode(body).decode(), "content-type": message.content_type,
+        "content-encoding": message.content_encoding,
+        "headers": message.headers if isinstance(message.headers, dict) else {},
+        "properties": {**properties, "body_encoding": "base64", "delivery_info": {
+            "exchange": info.get("exchange"), "routing_key": info.get("routing_key")}},
+    }, default=str)
 
 
 def park_dead_letter(message: Any, reason: str) -> None:
     queue = (message.delivery_info or {}).get("routing_key")
-    with message.channel.conn_or_acquire() as client:
-        dead_letter_inbox.park_message(client, queue if isinstance(queue, str) else None,
-                                       reason, _raw_text(message))
+    dead_letter_inbox.park_message(_inbox[0](), queue if isinstance(queue, str) else None,
+                                   reason, _raw_text(message))
 
 
 def park_and_settle(message: Any, reason: str) -> None:
@@ -63,14 +89,60 @@ def _settle(message: Any, requeue: bool) -> None:
 
 
 def forget(message: Any) -> None:
-    """Stop holding a message (our transport's QoS.forget): it stays recorded as unacked,
-    and comes back after the visibility timeout instead of being renewed for ever."""
-    drop = getattr(message.channel.qos, "forget", None)
+    """Stop holding a message. On Redis (our transport's QoS.forget) it stays recorded as
+    unacked, and comes back after the visibility timeout instead of being renewed for ever;
+    on RabbitMQ it is handed back now (or, if even that fails, when the channel closes)."""
+    qos = getattr(message.channel, "qos", None)
+    drop = getattr(qos, "forget", None)
     if drop is not None:
         drop(message.delivery_tag)
+        return
+    try:
+        message.reject(requeue=True)
+    except Exception:
+        log.debug("could not hand a message back; it returns when the channel closes",
+                  exc_info=True)
+
+
+class Blueprint(CeleryConsumer.Blueprint):  # type: ignore[misc]
+    default_steps = [step for step in CeleryConsumer.Blueprint.default_steps
+                     if not step.endswith(":DelayedDelivery")]
+
+
+def adopt_declared_queues(app: Any, connection: Any) -> list[str]:
+    """Declare each of the app's queues on a channel of its own; one that exists with other
+    arguments is consumed as it is (not declared again), and said in the log. Returns what
+    was found."""
+    found = []
+    for queue in app.amqp.queues.values():
+        channel = connection.channel()
+        try:
+            queue(channel).declare()
+        except connection.channel_errors as exc:
+            queue.no_declare = True
+            found.append(f"{queue.name}: {exc}")
+            log.error("a command queue exists with other arguments than this worker "
+                      "declares; it is consumed as it is, and is not replicated unless it is "
+                      "a quorum queue (docs/rabbitmq.md: drain it, delete it, restart)",
+                      extra={"event": "queue_mismatch", "queue": queue.name,
+                             "error": str(exc)[:300]})
+        finally:
+            try:
+                channel.close()
+            except Exception:
+                log.debug("closing a declaration channel failed", exc_info=True)
+    return found
 
 
 class Consumer(CeleryConsumer):  # type: ignore[misc]
+    Blueprint = Blueprint
+
+    def connect(self) -> Any:
+        connection = super().connect()
+        if connection.transport.driver_type == "amqp":
+            adopt_declared_queues(self.app, connection)
+        return connection
+
     def create_task_handler(self, *args: Any, **kwargs: Any) -> Callable[[Any], Any]:
         handle = super().create_task_handler(*args, **kwargs)
 
