@@ -74,8 +74,9 @@ def screen(before: Reading, after: Reading) -> str:
     depth, inflight = after.by("hf_worker_queue_depth", "queue"), after.by("hf_worker_inflight",
                                                                           "queue")
     for queue in sorted(depth):
+        held = inflight.get(queue)  # none on RabbitMQ: it does not tell over AMQP
         lines.append(f"queue {queue:<20} waiting {depth[queue]:>8.0f}   in flight "
-                     f"{inflight.get(queue, 0):>6.0f}")
+                     + (f"{held:>6.0f}" if held is not None else f"{'-':>6}"))
     rates = {o: (after.total("hf_worker_commands_total", outcome=o)
                  - before.total("hf_worker_commands_total", outcome=o)) / span
              for o in after.by("hf_worker_commands_total", "outcome")}

@@ -14,12 +14,15 @@ same (or nothing at all).
 
 from __future__ import annotations
 
-from typing import Any, Final
+import contextlib
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlparse
 
-from kombu import Exchange, Queue
-
 from shared import names
+
+if TYPE_CHECKING:
+    from kombu import Queue
 
 AMQP_SCHEMES: Final = frozenset({"amqp", "amqps", "pyamqp"})
 REDIS_SCHEMES: Final = frozenset({"redis", "rediss", "unix", "sentinel", "redis+socket"})
@@ -65,6 +68,8 @@ def check(broker_url: str) -> None:
 def command_queues(broker_url: str) -> list[Queue]:
     """The contract's queues as every component of this project declares them: on RabbitMQ
     durable quorum queues, each bound to a direct exchange of its own name."""
+    from kombu import Exchange, Queue  # here: settings read this module, and need no kombu
+
     arguments = dict(QUORUM) if is_amqp(broker_url) else None
     return [Queue(q, Exchange(q, "direct", durable=True), routing_key=q, durable=True,
                   queue_arguments=arguments) for q in names.ALL_QUEUES]
@@ -97,3 +102,26 @@ def producer_conf(broker_url: str, connect_timeout_s: float | None = None) -> di
 def send_options(broker_url: str) -> dict[str, Any]:
     """Per-send options: a bounded wait for the confirm on RabbitMQ."""
     return {"confirm_timeout": CONFIRM_TIMEOUT_S} if is_amqp(broker_url) else {}
+
+
+def adopt_declared_queues(queues: Iterable[Queue], connection: Any) -> list[tuple[str, str]]:
+    """Declare each queue on a channel of its own. One that exists with other arguments (a
+    classic queue a plain Celery producer made first) is used as it is: marked not to be
+    declared again, and returned with RabbitMQ's words, for the caller to say in its log. So
+    a mismatched declaration breaks neither a worker nor a producer of this project."""
+    found = []
+    for queue in queues:
+        channel = connection.channel()
+        try:
+            queue(channel).declare()
+        except connection.channel_errors as exc:
+            queue.no_declare = True
+            found.append((queue.name, str(exc)[:300]))
+        finally:
+            with contextlib.suppress(Exception):
+                channel.close()
+    return found
+
+
+MISMATCH_WORDS: Final = ("exists with other arguments than this project declares; used as it "
+                         "is, and not replicated unless it is a quorum queue (docs/rabbitmq.md)")

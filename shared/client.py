@@ -12,6 +12,7 @@ same messages by task name; see docs/contract.md.
 from __future__ import annotations
 
 import json
+import logging
 import urllib.error
 import urllib.request
 import uuid
@@ -24,6 +25,8 @@ from shared import brokers, names
 from shared.commands import COMMAND_MODELS
 from shared.ids import default_request_id
 from shared.settings import Settings
+
+log = logging.getLogger("hostfactory.client")
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,7 @@ class CommandClient:
         # On RabbitMQ: quorum queues, and a send returns only after the broker's confirm.
         self.app.conf.update(brokers.producer_conf(broker_url, connect_timeout_s))
         self.options = brokers.send_options(broker_url)
+        self.declared = not brokers.is_amqp(broker_url)
 
     @classmethod
     def from_env(cls) -> CommandClient:
@@ -63,12 +67,24 @@ class CommandClient:
         if not checked:
             kwargs = self.validated(task, kwargs)
         command_id = kwargs.get("command_id") or str(uuid.uuid4())
+        if not self.declared:
+            self._declare()
         self.app.send_task(task, kwargs=kwargs, task_id=command_id,
                            queue=names.QUEUE_OF_TASK[task], **self.options)
         request_id = kwargs.get("request_id")
         if task == names.CREATE_REQUEST_TASK and not request_id:
             request_id = default_request_id(command_id)
         return Sent(command_id, task, request_id, kwargs.get("machine_id"))
+
+    def _declare(self) -> None:
+        """On RabbitMQ, once: the queues as the contract declares them, or, where one exists
+        otherwise, as it is (so a producer's send is not refused for it)."""
+        with self.app.pool.acquire(block=True) as connection:
+            for queue, error in brokers.adopt_declared_queues(
+                    self.app.amqp.queues.values(), connection):
+                log.warning(f"command queue {brokers.MISMATCH_WORDS}", extra={
+                    "event": "queue_mismatch", "queue": queue, "error": error})
+        self.declared = True
 
     def create_request(self, template_id: str, max_number: int, **optional: Any) -> Sent:
         return self.send(names.CREATE_REQUEST_TASK,

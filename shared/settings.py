@@ -8,6 +8,7 @@ with an error that names the variable (``QUERY_PORT: Input should be less than o
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
@@ -118,6 +119,14 @@ class Settings(BaseSettings):
             return tuple(t.strip() for t in value.split(",") if t.strip())
         return value
 
+    @field_validator("broker_url")
+    @classmethod
+    def _known_broker(cls, value: str) -> str:
+        from shared import brokers
+
+        brokers.check(value)
+        return value
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper(cls, value: Any) -> Any:
@@ -148,5 +157,8 @@ def _explain(exc: ValidationError) -> str:
     problems = []
     for err in exc.errors(include_url=False):
         name = ".".join(str(p) for p in err["loc"]) or "settings"
-        problems.append(f"{name}: {err['msg']} (got {err.get('input')!r})")
+        shown = err.get("input")
+        if isinstance(shown, str) and "://" in shown:  # a URL's password stays out of logs
+            shown = re.sub(r"(://[^:/@;]*):[^@/;]*@", r"\1:***@", shown)
+        problems.append(f"{name}: {err['msg']} (got {shown!r})")
     return "; ".join(problems)

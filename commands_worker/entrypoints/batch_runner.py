@@ -68,6 +68,7 @@ def _run(d: bootstrap.Deps, envs: list[Envelope], items: list[BatchItem],
         metrics.APPLY_SECONDS.observe(committed - applying)
         metrics.BATCH_SIZE.observe(len(envs))
     except errors.StoreUnavailable as exc:
+        _say_unavailable(exc)
         return [_store_unavailable(d, env, item, exc, started)
                 for env, item in zip(envs, items, strict=True)]
     except errors.ConcurrentUpdate as exc:  # lost every race it ran: a load to wait out, no fault
@@ -123,6 +124,19 @@ def _project(d: bootstrap.Deps, docs: list[ViewDoc]) -> bool:
         return False
     d.store.projected.add(doc.outbox_id for doc in docs)
     return True
+
+
+_unavailable_said_at = [0.0]
+
+
+def _say_unavailable(exc: Exception) -> None:
+    """An outage (a failover under way, say) in the log at warning level, once every few
+    seconds rather than once per command; each command's retry is logged at info."""
+    now = time.monotonic()
+    if now - _unavailable_said_at[0] > 5.0:
+        _unavailable_said_at[0] = now
+        log.warning("store unavailable; its commands are retried with backoff", extra={
+            "event": "store_unavailable", "error": str(exc)[:300]})
 
 
 def _store_unavailable(d: bootstrap.Deps, env: Envelope, item: BatchItem, exc: Exception,

@@ -64,8 +64,9 @@ class Batcher:
         self.slots = max(1, int(getattr(consumer.pool, "num_processes", 1) or 1))
         # On RabbitMQ the broker counts deliveries (a quorum queue's x-delivery-count); on
         # Redis our transport counts hand-backs itself and the header means nothing.
-        self.counted = consumer.connection.transport.driver_type == "amqp"
-        self.max_redeliveries = int(app.conf.get("hf_max_redeliveries", 5))
+        transport = getattr(consumer.connection, "transport", None)
+        self.counted = getattr(transport, "driver_type", None) == "amqp"
+        self.max_redeliveries = int(getattr(app, "conf", {}).get("hf_max_redeliveries", 5))
         self.send_options = {"confirm_timeout": CONFIRM_TIMEOUT_S} if self.counted else {}
 
     def on_message(self, message: Any, body: Any, ack: Any, reject: Any, callbacks: Any,
@@ -185,7 +186,7 @@ class Batcher:
 def _ack_all(held: list[Held]) -> None:
     if not held:
         return
-    qos = getattr(held[0].message.channel, "qos", None)  # py-amqp channels have none
+    qos: Any = getattr(held[0].message.channel, "qos", None)  # py-amqp channels have none
     if hasattr(qos, "ack_many"):
         qos.ack_many([one.message.delivery_tag for one in held])
         for one in held:

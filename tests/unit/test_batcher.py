@@ -4,6 +4,7 @@ what it hands the pool, when, and what becomes of each message after the pool's 
 from __future__ import annotations
 
 import time
+from datetime import datetime
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -178,8 +179,10 @@ def test_verdicts_settle_each_message(parts: Any) -> None:
     done([ACK, REQUEUE, Verdict(Action.RETRY, 0.5, "waits")])
     assert [m.state for m in msgs] == ["ACK", "REQUEUED", "ACK"]  # the retry is re-sent
     [again] = broker.sent
-    assert (again["task_id"], again["countdown"], again["queue"]) == (
-        "t2", 0.5, "commands.requests")
+    assert (again["task_id"], again["queue"]) == ("t2", "commands.requests")
+    # Due half a second on (an eta header, not a countdown: see batching._send_again).
+    due = datetime.fromisoformat(again["headers"].pop("eta")).timestamp()
+    assert 0.3 < due - time.time() <= 0.5
     # Only its own budget spent once more; its first arrival kept.
     assert again["headers"] == {WAITS_HEADER: 4, OUTAGES_HEADER: 1, ARRIVED_HEADER: arrived}
 
@@ -191,6 +194,7 @@ def test_an_outage_retry_leaves_the_wait_budget_alone(parts: Any) -> None:
     consumer.pool.batches[0][1]([Verdict(Action.RETRY, 2.0, "outages")])
     headers = dict(broker.sent[0]["headers"])
     assert abs(headers.pop(ARRIVED_HEADER) - time.time()) < 5
+    assert 1.5 < datetime.fromisoformat(headers.pop("eta")).timestamp() - time.time() <= 2.0
     assert headers == {WAITS_HEADER: 11, OUTAGES_HEADER: 1}
 
 

@@ -48,6 +48,8 @@ def test_empty_values_mean_unset_and_text_is_typed() -> None:
     ("COMMAND_MAX_RETRIES", "-1", "greater than or equal to 0"),
     ("QUERY_MAX_WAIT_S", "99999", "less than or equal to 3600"),
     ("LOG_LEVEL", "chatty", "'DEBUG', 'INFO'"),
+    ("BROKER_URL", "kafka://k:9092", "unknown broker scheme 'kafka'"),
+    ("BROKER_URL", "amqp://a//;redis://b/0", "one kind of broker"),
 ])
 def test_a_bad_value_names_its_variable(name: str, value: str, problem: str) -> None:
     with pytest.raises(SettingsError) as caught:
@@ -64,3 +66,11 @@ def test_the_process_environment_is_the_default_source(
     s = Settings.from_env()
     assert (s.query_port, s.command_retention_s, s.query_url) == (
         9091, 3600, "http://127.0.0.1:9091")
+
+
+def test_a_refused_broker_url_does_not_show_its_password() -> None:
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({"BROKER_URL": "amqp://hf:s3cret@a//;redis://u:pw@b/0"})
+    message = str(caught.value)
+    assert "s3cret" not in message and ":pw@" not in message
+    assert "amqp://hf:***@a//" in message

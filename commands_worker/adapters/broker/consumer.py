@@ -26,6 +26,7 @@ import redis
 from celery.worker.consumer import Consumer as CeleryConsumer
 
 from commands_worker.adapters.broker import dead_letter_inbox
+from shared import brokers
 
 log = logging.getLogger("hostfactory.worker")
 # The Redis holding the dead-letter inbox (set by the worker's app: the broker itself, or the
@@ -109,38 +110,16 @@ class Blueprint(CeleryConsumer.Blueprint):  # type: ignore[misc]
                      if not step.endswith(":DelayedDelivery")]
 
 
-def adopt_declared_queues(app: Any, connection: Any) -> list[str]:
-    """Declare each of the app's queues on a channel of its own; one that exists with other
-    arguments is consumed as it is (not declared again), and said in the log. Returns what
-    was found."""
-    found = []
-    for queue in app.amqp.queues.values():
-        channel = connection.channel()
-        try:
-            queue(channel).declare()
-        except connection.channel_errors as exc:
-            queue.no_declare = True
-            found.append(f"{queue.name}: {exc}")
-            log.error("a command queue exists with other arguments than this worker "
-                      "declares; it is consumed as it is, and is not replicated unless it is "
-                      "a quorum queue (docs/rabbitmq.md: drain it, delete it, restart)",
-                      extra={"event": "queue_mismatch", "queue": queue.name,
-                             "error": str(exc)[:300]})
-        finally:
-            try:
-                channel.close()
-            except Exception:
-                log.debug("closing a declaration channel failed", exc_info=True)
-    return found
-
-
 class Consumer(CeleryConsumer):  # type: ignore[misc]
     Blueprint = Blueprint
 
     def connect(self) -> Any:
         connection = super().connect()
         if connection.transport.driver_type == "amqp":
-            adopt_declared_queues(self.app, connection)
+            for queue, error in brokers.adopt_declared_queues(
+                    self.app.amqp.queues.values(), connection):
+                log.error(f"command queue {brokers.MISMATCH_WORDS}", extra={
+                    "event": "queue_mismatch", "queue": queue, "error": error})
         return connection
 
     def create_task_handler(self, *args: Any, **kwargs: Any) -> Callable[[Any], Any]:
