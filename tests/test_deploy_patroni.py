@@ -18,6 +18,7 @@ def test_the_patroni_example_validates(tmp_path: Path) -> None:
     patroni, etcd = shutil.which("patroni"), shutil.which("etcd")
     if patroni is None or etcd is None:
         unavailable("patroni and etcd (Debian packages patroni, etcd-server)")
+    assert patroni is not None and etcd is not None
     client, peer = free_port(), free_port()
     server = subprocess.Popen(
         [etcd, "--name", "check", "--data-dir", str(tmp_path / "etcd"),

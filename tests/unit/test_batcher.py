@@ -4,7 +4,6 @@ what it hands the pool, when, and what becomes of each message after the pool's 
 from __future__ import annotations
 
 import time
-from datetime import datetime
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
