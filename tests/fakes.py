@@ -35,6 +35,7 @@ class FakeState:
     dead_letters: list[DeadLetter] = field(default_factory=list)
     outbox: list[ViewDoc] = field(default_factory=list)
     outbox_at: dict[int, float] = field(default_factory=dict)
+    projected_at: dict[int, float] = field(default_factory=dict)
     history: list[HistoryEntry] = field(default_factory=list)
     seq: int = 0
     ids: int = 0
@@ -77,9 +78,9 @@ class FakeUnitOfWork:
         return self.work
 
     def commit(self) -> list[ViewDoc]:
-        done = set(self.projected.take())
-        self.w.outbox = [d for d in self.w.outbox if d.outbox_id not in done]
         now = time.time()
+        for outbox_id in self.projected.take():
+            self.w.projected_at.setdefault(outbox_id, now)
         docs = [replace(d, outbox_id=self.w.next_id()) for d in self.docs]
         for doc in docs:
             self.w.outbox.append(doc)
@@ -203,13 +204,34 @@ class FakeStore:
     def pending_docs(self, older_than_s: float, limit: int = 500) -> list[tuple[int, ViewDoc]]:
         cutoff = time.time() - older_than_s
         with self.lock:
-            due = [d for d in self.state.outbox if self.state.outbox_at[d.outbox_id] <= cutoff]
+            due = [d for d in self.state.outbox if self.state.outbox_at[d.outbox_id] <= cutoff
+                   and d.outbox_id not in self.state.projected_at]
         return [(d.outbox_id, d) for d in due[:limit]]
 
     def mark_projected(self, outbox_ids: list[int]) -> None:
         with self.lock:
-            done = set(outbox_ids)
-            self.state.outbox = [d for d in self.state.outbox if d.outbox_id not in done]
+            now = time.time()
+            for outbox_id in outbox_ids:
+                self.state.projected_at[outbox_id] = now
+
+    def projected_since(self, since: float, after_id: int = 0,
+                        limit: int = 500) -> list[tuple[int, ViewDoc]]:
+        with self.lock:
+            at = self.state.projected_at
+            found = [d for d in self.state.outbox if d.outbox_id > after_id
+                     and at.get(d.outbox_id, since) >= since]
+        return [(d.outbox_id, d) for d in found[:limit]]
+
+    def purge_projected(self, before: float) -> int:
+        with self.lock:
+            gone = {i for i, at in self.state.projected_at.items() if at < before}
+            self.state.outbox = [d for d in self.state.outbox if d.outbox_id not in gone]
+            for outbox_id in gone:
+                del self.state.projected_at[outbox_id]
+            return len(gone)
+
+    def last_projected_at(self) -> float | None:
+        return max(self.state.projected_at.values(), default=None)
 
     def iter_requests(self, batch: int = 500) -> Iterator[tuple[Request, list[Machine]]]:
         for request in sorted(self.state.requests.values(), key=lambda r: r.seq):
@@ -262,7 +284,8 @@ class FakeStore:
     def counts(self) -> dict[str, int]:
         s = self.state
         return {"requests": len(s.requests), "machines": len(s.machines),
-                "commands": len(s.commands), "outbox": len(s.outbox),
+                "commands": len(s.commands),
+                "outbox": sum(1 for d in s.outbox if d.outbox_id not in s.projected_at),
                 "dead_letters": len(s.dead_letters),
                 "dead_letters_open": sum(1 for d in s.dead_letters if d.state == "open")}
 

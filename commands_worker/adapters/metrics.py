@@ -39,7 +39,9 @@ STORE_RETRIES: Final = Counter("hf_worker_store_retries", "Commands retried beca
                                "did not answer")
 DEADLINES: Final = Counter("hf_worker_deadline_expiries", "Requests ended by their deadline")
 CACHE_HEALS: Final = Counter("hf_worker_cache_heals", "Times the read cache was found to "
-                             "have lost writes and was re-projected from the store")
+                             "have lost writes and was re-projected from the store: since "
+                             "the time it still held (how=since), or whole (how=rebuild)",
+                             ["how"])
 REDELIVERIES: Final = Counter("hf_worker_redeliveries", "Messages handed back to their queue "
                               "after their worker died or gave them up")
 

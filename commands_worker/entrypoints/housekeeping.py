@@ -1,7 +1,8 @@
 """The worker's housekeeping, a step of its main process: at start the schema and templates,
 then every second the outbox repair, the requests past their deadline and the dead-letter
 inbox, every five seconds the provider feed's trim (never past what a provider has not
-acknowledged), and hourly the retention purge. A failure is logged and tried again a second
+acknowledged) and the purge of settled outbox rows too old to heal from, and hourly the
+retention purge. A failure is logged and tried again a second
 later; it never stops the worker. Beside it, on a thread of its own, the read cache's mark
 (healing a cache that lost writes)."""
 
@@ -18,7 +19,7 @@ from celery import bootsteps
 from commands_worker import bootstrap
 from commands_worker.adapters import metrics
 from commands_worker.adapters.broker import dead_letter_inbox
-from commands_worker.adapters.cache_mark import CacheMark
+from commands_worker.adapters.cache_mark import CacheMark, Loss
 from commands_worker.adapters.templates_file import TemplatesFileError
 from commands_worker.service_layer import maintenance
 from shared import keys, names
@@ -67,9 +68,10 @@ def _watch_cache() -> None:
             d = bootstrap.deps()
             mark = mark or CacheMark(d.cache)
             first = mark.highest_seen is None
-            reason = mark.check(time.time(), first and d.store.has_requests())
-            if reason and (healing is None or not healing.is_alive()):
-                healing = threading.Thread(target=heal_cache, args=(d, reason),
+            loss = mark.check(time.time(), first and d.store.has_requests(),
+                              d.store.last_projected_at() if first else None)
+            if loss and (healing is None or not healing.is_alive()):
+                healing = threading.Thread(target=heal_cache, args=(d, loss),
                                            name="cache-heal", daemon=True)
                 healing.start()
         except Exception as exc:  # the cache away (a failover under way): next second
@@ -77,17 +79,18 @@ def _watch_cache() -> None:
         time.sleep(1.0)
 
 
-def heal_cache(d: bootstrap.Deps, reason: str) -> None:
-    """Re-project the read cache from the store, once among all workers (a lock in the cache
-    itself: the first to notice heals)."""
+def heal_cache(d: bootstrap.Deps, loss: Loss) -> None:
+    """Re-project what the read cache lost, once among all workers (a lock in the cache
+    itself: the first to notice heals): what was projected since the time it still holds,
+    from the kept outbox, or everything when that is unknown or too long ago."""
     if not d.cache.set(keys.CACHE_HEAL_LOCK_KEY, os.getpid(), nx=True, ex=HEAL_LOCK_S):
         return
-    bootstrap.log.warning("read cache lost writes; re-projecting it from the store", extra={
-        "event": "cache_healing", "reason": reason})
+    bootstrap.log.warning("read cache lost writes; re-projecting them from the store", extra={
+        "event": "cache_healing", "reason": loss.reason, "holds_until": loss.holds_until})
     try:
-        done = maintenance.rebuild_read_model(d.store, d.projector,
-                                              d.settings.command_retention_s)
-        metrics.CACHE_HEALS.inc()
+        done = maintenance.heal_cache(d.store, d.projector, d.settings.command_retention_s,
+                                      loss.holds_until)
+        metrics.CACHE_HEALS.labels(done["healed"]).inc()
         bootstrap.log.warning("read cache healed", extra={"event": "cache_healed", **done})
     except Exception:
         bootstrap.log.exception("healing the read cache failed; tried again when noticed",
@@ -129,6 +132,7 @@ class Housekeeping(bootsteps.StartStopStep):  # type: ignore[misc]
                                                       d.executor, d.projector))
             if time.monotonic() - self.last_trim > TRIM_FEED_EVERY_S:
                 d.projector.trim_feed()
+                maintenance.purge_projected(d.store)
                 self.last_trim = time.monotonic()
             if time.monotonic() - self.last_purge > PURGE_EVERY_S:
                 maintenance.purge_expired_commands(d.store, d.settings.command_retention_s)

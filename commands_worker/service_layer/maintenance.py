@@ -40,6 +40,49 @@ def repair_outbox(store: Store, projector: Projector, older_than_s: float = 3.0,
             return settled
 
 
+# Settled outbox rows are kept this long after projection: a read cache that lost its last
+# writes (a failover to a replica that lagged, a restore from a snapshot) is healed from them
+# when what it lacks is newer than this; older losses take a full rebuild.
+OUTBOX_KEEP_S = 120.0
+# How much earlier than the loss's own mark the healing starts: the clocks of the worker hosts
+# that wrote (each stamps what it projected) may differ by this much.
+CLOCK_MARGIN_S = 5.0
+
+
+def purge_projected(store: Store, now: float | None = None) -> int:
+    """Forget the settled outbox rows too old to heal from."""
+    return store.purge_projected((now or time.time()) - OUTBOX_KEEP_S)
+
+
+def reproject_since(store: Store, projector: Projector, since: float,
+                    limit: int = 500) -> dict[str, Any]:
+    """Write again every document projected at ``since`` or later (and any not projected
+    yet): views, history entries, outcomes and feed events. Each write is a compare-and-set
+    and each event is added once by its id, so what the cache still holds is left as it is."""
+    started = time.perf_counter()
+    written = total = after = 0
+    while True:
+        rows = store.projected_since(since, after, limit)
+        if not rows:
+            break
+        written += projector.project(doc for _, doc in rows)
+        total += len(rows)
+        after = rows[-1][0]
+    return {"documents": total, "written": written,
+            "seconds": round(time.perf_counter() - started, 3)}
+
+
+def heal_cache(store: Store, projector: Projector, retention_s: int,
+               lost_since: float | None, now: float | None = None) -> dict[str, Any]:
+    """Heal a read cache that lost writes: from the kept outbox when the loss is recent
+    enough (``lost_since``, the newest time it is known to hold), else by a full rebuild."""
+    now = now or time.time()
+    if lost_since is not None and lost_since - CLOCK_MARGIN_S > now - OUTBOX_KEEP_S:
+        return {"healed": "since", "since": round(lost_since - CLOCK_MARGIN_S, 3),
+                **reproject_since(store, projector, lost_since - CLOCK_MARGIN_S)}
+    return {"healed": "rebuild", **rebuild_read_model(store, projector, retention_s)}
+
+
 def file_dead_letter(executor: Executor, projector: Projector, letter: DeadLetter) -> None:
     """Store a letter the broker side parked, and the rejected outcome of the command it
     names (if nobody recorded one), so ``GET /commands/{id}`` explains it too."""

@@ -238,7 +238,24 @@ class Store(Protocol):
         """Outbox rows committed at least ``older_than_s`` ago, oldest first."""
         ...
 
-    def mark_projected(self, outbox_ids: list[int]) -> None: ...
+    def mark_projected(self, outbox_ids: list[int]) -> None:
+        """Record the rows as projected now; they are kept until ``purge_projected``."""
+        ...
+
+    def projected_since(self, since: float, after_id: int = 0,
+                        limit: int = 500) -> list[tuple[int, ViewDoc]]:
+        """Outbox rows projected at ``since`` or later, or not yet recorded as projected,
+        after the row ``after_id``, oldest first: what a cache that lost the writes made
+        since ``since`` lacks."""
+        ...
+
+    def purge_projected(self, before: float) -> int:
+        """Delete the rows projected before ``before``; returns how many."""
+        ...
+
+    def last_projected_at(self) -> float | None:
+        """When the newest kept row was projected (None: none kept)."""
+        ...
 
     def overdue_requests(self, now: float, limit: int = 500) -> list[str]:
         """Requests not final whose deadline is before ``now``, earliest first."""

@@ -185,19 +185,23 @@ def test_a_queue_declared_otherwise_is_consumed_and_said(
         Queue("commands.machines", Exchange("commands.machines", "direct"),
               routing_key="commands.machines")(channel).declare()  # classic
         connection.Producer().publish(
-            [[], {"request_id": "req-none", "count": 1, "message": "no"}, {}],
+            [[], {"request_id": "req-classic", "count": 1, "message": "no"}, {}],
             exchange="commands.machines", routing_key="commands.machines",
             headers={"task": "commands.report_launch_failure", "id": "classic-1"})
+    client = CommandClient(stack_env["BROKER_URL"])
+    client.create_request("x86-small", 3, request_id="req-classic")
     try:
         worker = start_worker()
         wait_for(lambda: rclient.get("hf:v1:command:classic-1"), 30,
                  what="the message on the classic queue")
         assert "queue_mismatch" in worker.output()
-        client = CommandClient(stack_env["BROKER_URL"])
-        sent = client.report_launch_failure("req-none", 1, "no")  # not refused by RabbitMQ
+        sent = client.report_launch_failure("req-classic", 1, "no")  # RabbitMQ takes it
         client.close()
         wait_for(lambda: rclient.get(f"hf:v1:command:{sent.command_id}"), 30,
                  what="our producer's command on the classic queue")
+        for command_id in ("classic-1", sent.command_id):
+            outcome = json.loads(rclient.get(f"hf:v1:command:{command_id}") or b"{}")
+            assert outcome["outcome"] == "applied", outcome
     finally:
         with Connection(stack_env["BROKER_URL"]) as connection:
             Queue("commands.machines", channel=connection.channel()).delete()

@@ -56,8 +56,9 @@ STMT: Final = {
         machines.c.return_request_id.in_(sa.bindparam("keys", expanding=True)))),
     "machines_named": machines.select().where(machines.c.name == sa.bindparam("key"))
     .order_by(machines.c.created_at.desc()).limit(20),
-    "delete_outbox": outbox.delete().where(
-        outbox.c.id.in_(sa.bindparam("keys", expanding=True))),
+    "settle_outbox": outbox.update().where(
+        outbox.c.id.in_(sa.bindparam("keys", expanding=True)))
+    .values(projected_at=sa.bindparam("at")),
 }
 
 
@@ -74,5 +75,6 @@ POSTGRES_STMT: Final = {
     "machines_in": machines.select().where(_any(machines.c.machine_id)),
     "machines_of_in": machines.select().where(sa.or_(
         _any(machines.c.request_id), _any(machines.c.return_request_id))),
-    "delete_outbox": outbox.delete().where(_any(outbox.c.id, sa.BigInteger)),
+    "settle_outbox": outbox.update().where(_any(outbox.c.id, sa.BigInteger))
+    .values(projected_at=sa.bindparam("at")),
 }

@@ -94,16 +94,35 @@ class Store:
     def pending_docs(self, older_than_s: float, limit: int = 500) -> list[tuple[int, ViewDoc]]:
         cutoff = time.time() - older_than_s
         with self.engine.connect() as conn:
-            rows = conn.execute(outbox.select().where(outbox.c.created_at <= cutoff)
+            rows = conn.execute(outbox.select().where(outbox.c.created_at <= cutoff,
+                                                      outbox.c.projected_at.is_(None))
                                 .order_by(outbox.c.id).limit(limit))
-            return [(r.id, ViewDoc(r.key, r.version, bytes(r.body), r.ttl_s, r.seq, r.status))
-                    for r in rows]
+            return [(r.id, _doc_of(r)) for r in rows]
 
     def mark_projected(self, outbox_ids: list[int]) -> None:
         if outbox_ids:
             with self.engine.begin() as conn:
-                conn.execute(outbox.delete().where(outbox.c.id.in_(outbox_ids)))
+                conn.execute(outbox.update().where(outbox.c.id.in_(outbox_ids))
+                             .values(projected_at=time.time()))
 
+    def projected_since(self, since: float, after_id: int = 0,
+                        limit: int = 500) -> list[tuple[int, ViewDoc]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(outbox.select().where(
+                outbox.c.id > after_id,
+                sa.or_(outbox.c.projected_at >= since, outbox.c.projected_at.is_(None)))
+                .order_by(outbox.c.id).limit(limit))
+            return [(r.id, _doc_of(r)) for r in rows]
+
+    def purge_projected(self, before: float) -> int:
+        with self.engine.begin() as conn:
+            return int(conn.execute(outbox.delete().where(outbox.c.projected_at < before))
+                       .rowcount or 0)
+
+    def last_projected_at(self) -> float | None:
+        with self.engine.connect() as conn:
+            value = conn.execute(sa.select(sa.func.max(outbox.c.projected_at))).scalar_one()
+            return float(value) if value is not None else None
 
     # --- read-side rebuild ------------------------------------------------------------
     def overdue_requests(self, now: float, limit: int = 500) -> list[str]:
@@ -191,9 +210,17 @@ class Store:
         with self.engine.connect() as conn:
             found = {
                 t.name: int(conn.execute(sa.select(sa.func.count()).select_from(t)).scalar_one())
-                for t in (requests, machines, commands, outbox, dead_letters)
+                for t in (requests, machines, commands, dead_letters)
             }
+            # The backlog: rows not projected yet (settled rows kept for healing not counted).
+            found["outbox"] = int(conn.execute(
+                sa.select(sa.func.count()).select_from(outbox)
+                .where(outbox.c.projected_at.is_(None))).scalar_one())
             found["dead_letters_open"] = int(conn.execute(
                 sa.select(sa.func.count()).select_from(dead_letters)
                 .where(dead_letters.c.state == "open")).scalar_one())
             return found
+
+
+def _doc_of(row: Any) -> ViewDoc:
+    return ViewDoc(row.key, row.version, bytes(row.body), row.ttl_s, row.seq, row.status)

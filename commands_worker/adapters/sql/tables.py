@@ -75,6 +75,9 @@ outbox = sa.Table(
     sa.Column("seq", _BigInt, nullable=False),
     sa.Column("status", sa.String(32), nullable=False),
     sa.Column("created_at", sa.Float, nullable=False, index=True),
+    # When the row's document was written to the read cache; kept a while after (a cache
+    # that lost writes is healed from what was projected since: maintenance.heal_cache).
+    sa.Column("projected_at", sa.Float, index=True),
 )
 history = sa.Table(
     "history", metadata,

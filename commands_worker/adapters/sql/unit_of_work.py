@@ -178,10 +178,12 @@ class SqlUnitOfWork(_Transaction):
             if sequences:  # the new requests' views learn their sequence (their index score)
                 self._docs = [_sequenced(d, sequences) for d in self._docs]
             if done:
-                # Rows projected after earlier commands go in this transaction: no commit of
-                # their own. Lost on a crash, they are projected again (a no-op) by the sweep.
+                # Rows projected after earlier commands are settled in this transaction: no
+                # commit of their own. Lost on a crash, they are projected again (a no-op) by
+                # the sweep. Settled rows stay a while (Store.purge_projected).
+                at = time.time()
                 for chunk in _chunks(done):
-                    self.conn.execute(self.stmt["delete_outbox"], {"keys": chunk})
+                    self.conn.execute(self.stmt["settle_outbox"], {"keys": chunk, "at": at})
             history = insert_history(self.conn, self._history)
             docs = insert_outbox(self.conn, self._docs + history)
             self.conn.commit()
