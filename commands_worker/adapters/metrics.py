@@ -75,7 +75,9 @@ class LiveCollector(Collector):
         yield GaugeMetricFamily("hf_worker_dead_letters_open", "Dead letters not replayed",
                                 value=counts["dead_letters_open"])
         yield GaugeMetricFamily("hf_worker_outbox_backlog", "Outbox rows not projected yet "
-                                "(or projected, awaiting deletion)", value=counts["outbox"])
+                                "(or projected, not recorded so yet); rows kept after "
+                                "projection to heal the cache are not counted",
+                                value=counts["outbox"])
         _, version = d.store.templates()
         yield GaugeMetricFamily("hf_worker_templates_version", "Version of the loaded "
                                 "templates list", value=version)

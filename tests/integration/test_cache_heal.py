@@ -5,7 +5,9 @@ and re-projects it from the store, without an operator running hfctl rebuild-rea
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +16,7 @@ import redis
 from shared import keys
 from tests.conftest import Proc, wait_for
 from tests.integration.test_rebuild import snapshot
+from tests.integration.test_replicas import RedisServer
 
 pytestmark = [pytest.mark.redis, pytest.mark.worker]
 REQUESTS = 30
@@ -51,3 +54,43 @@ def test_a_flushed_or_rolled_back_cache_heals_by_itself(
     assert "read cache went back" in worker.output()
     cache.flushdb()
     cache.close()
+
+
+def test_a_cache_restarted_from_an_older_snapshot_heals_by_itself(
+        tmp_path: Path, start_worker: Callable[..., Proc], producer: Any) -> None:
+    """A real restore: the cache's Redis saves a snapshot, takes more writes, dies (-9) and
+    comes back from that snapshot. The worker sees another server holding an older mark and
+    re-projects what was projected since, from the kept outbox, not the whole cache."""
+    (tmp_path / "cache").mkdir()
+    server = RedisServer(tmp_path / "cache").start()
+    cache = redis.Redis(port=server.port)
+    worker = start_worker(2, CACHE_URL=server.url)
+    send(producer, range(0, REQUESTS // 2))
+    wait_for(lambda: all(cache.mget([keys.command_key(f"u{n}")
+                                     for n in range(REQUESTS // 2)])), 60, what="first half")
+    time.sleep(1.5)  # a mark written after the first half
+    cache.save()
+    send(producer, range(REQUESTS // 2, REQUESTS))
+    wait_for(lambda: all(cache.mget([keys.command_key(f"u{n}") for n in range(REQUESTS)])),
+             60, what="second half")
+    before = snapshot(cache)
+    assert server.proc is not None
+    server.proc.kill()
+    server.proc.wait(timeout=10)
+    server.start()  # from the snapshot: the second half's views are gone
+    assert not cache.exists(keys.command_key(f"u{REQUESTS - 1}"))
+    wait_for(lambda: snapshot(cache) == before, 30, every_s=0.2, what="the restored cache healed")
+    log = worker.output()
+    assert "another server" in log and '"healed": "since"' in log
+    server.stop()
+
+
+def send(producer: Any, numbers: range) -> None:
+    for n in numbers:
+        producer.send_task("commands.create_request", queue="commands.requests",
+                           task_id=f"h{n}", kwargs={"template_id": "x86-small",
+                                                    "max_number": 2})
+        producer.send_task("commands.update_machine_status", queue="commands.machines",
+                           task_id=f"u{n}", kwargs={"machine_id": f"m{n}", "status": "running",
+                                                    "request_id": f"req-h{n}",
+                                                    "metadata": {"name": f"host-{n}"}})
