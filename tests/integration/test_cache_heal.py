@@ -28,14 +28,7 @@ def test_a_flushed_or_rolled_back_cache_heals_by_itself(
     cache = redis.Redis.from_url(cache_url)
     cache.flushdb()
     worker = start_worker(2, CACHE_URL=cache_url)
-    for n in range(REQUESTS):
-        producer.send_task("commands.create_request", queue="commands.requests",
-                           task_id=f"h{n}", kwargs={"template_id": "x86-small",
-                                                    "max_number": 2})
-        producer.send_task("commands.update_machine_status", queue="commands.machines",
-                           task_id=f"u{n}", kwargs={"machine_id": f"m{n}", "status": "running",
-                                                    "request_id": f"req-h{n}",
-                                                    "metadata": {"name": f"host-{n}"}})
+    send(producer, range(REQUESTS))
     wait_for(lambda: all(cache.mget([keys.command_key(f"u{n}") for n in range(REQUESTS)])),
              60, what="every command applied")
     wait_for(lambda: cache.exists(keys.CACHE_MARK_KEY), 10, what="the worker's mark")
