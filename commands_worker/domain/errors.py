@@ -48,6 +48,14 @@ class RequestNotFound(CommandRefused):
     may_succeed_later = True
 
 
+class RequestNeverPublished(RequestNotFound):
+    """A launch failure names a request a provider read from the feed, which is published
+    only after the request is committed: one the store does not hold is not coming, so the
+    refusal is at once rather than after the wait a racing machine report gets."""
+
+    may_succeed_later = False
+
+
 class MachineLimitReached(CommandRefused):
     kind = "machine_limit_reached"
 

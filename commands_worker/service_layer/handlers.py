@@ -15,6 +15,7 @@ from commands_worker.domain.errors import (
     MachineRequestMismatch,
     MaxNumberExceeded,
     RequestConflict,
+    RequestNeverPublished,
     RequestNotFound,
     TemplateNotFound,
 )
@@ -226,7 +227,8 @@ def report_launch_failure(cmd: ReportLaunchFailure, ctx: Context, uow: UnitOfWor
     it later than that, beyond what it still waits for, is recorded late and released."""
     request = uow.get_request(cmd.request_id)
     if request is None:
-        raise RequestNotFound(f"no request {cmd.request_id!r}")
+        raise RequestNeverPublished(f"no request {cmd.request_id!r}: a launch failure names "
+                                    "a request from the provider feed")
     if request.kind != hf.ACQUIRE:
         raise InvalidCommand(f"{cmd.request_id!r} is a return request: only an acquire "
                              f"request's machines can fail to launch")

@@ -148,6 +148,17 @@ def test_machine_racing_ahead_of_its_request_is_retried_not_refused(
     assert executor.execute(early).record.outcome == "applied"
 
 
+def test_a_launch_failure_for_an_unknown_request_is_refused_at_once(
+        executor: Executor, state: FakeState) -> None:
+    """Unlike a machine report, it does not wait: a provider learns of a request from the
+    feed, which is written only after the request is committed."""
+    early = Envelope("commands.report_launch_failure", "f1", {
+        "request_id": "req-t1", "count": 1, "message": "no capacity"}, final_attempt=False)
+    record = executor.execute(early).record
+    assert (record.outcome, record.reason.split(":")[0]) == ("rejected", "request_not_found")
+    assert len(state.dead_letters) == 1
+
+
 def test_a_batch_applies_in_order_in_one_transaction(executor: Executor,
                                                      state: FakeState) -> None:
     batch = executor.execute_batch([
