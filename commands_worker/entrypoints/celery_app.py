@@ -60,6 +60,10 @@ app.conf.update(
     broker_transport=_transport_for(settings.broker_url),
     broker_transport_options=_transport_options(settings),
     broker_connection_retry_on_startup=True,
+    # On RabbitMQ, AMQP heartbeats: a worker host that dies without closing its connection is
+    # given up by the broker, and its messages handed back, within about the visibility
+    # timeout (Redis's lease), not Celery's default of minutes.
+    broker_heartbeat=max(1, int(settings.visibility_timeout_s // 3)),
     task_serializer="json",
     result_serializer="json",
     accept_content=["json"],
