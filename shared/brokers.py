@@ -45,11 +45,6 @@ def is_amqp(broker_url: str) -> bool:
     return bool(first) and urlparse(first[0]).scheme in AMQP_SCHEMES
 
 
-def is_redis(broker_url: str) -> bool:
-    first = urls(broker_url)
-    return bool(first) and urlparse(first[0]).scheme in REDIS_SCHEMES
-
-
 def check(broker_url: str) -> None:
     """Raise ValueError for a URL list this project cannot use: an unknown scheme, or Redis
     and RabbitMQ mixed in one failover list."""

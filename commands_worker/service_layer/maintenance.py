@@ -76,10 +76,10 @@ def heal_cache(store: Store, projector: Projector, retention_s: int,
                lost_since: float | None, now: float | None = None) -> dict[str, Any]:
     """Heal a read cache that lost writes: from the kept outbox when the loss is recent
     enough (``lost_since``, the newest time it is known to hold), else by a full rebuild."""
-    now = now or time.time()
-    if lost_since is not None and lost_since - CLOCK_MARGIN_S > now - OUTBOX_KEEP_S:
-        return {"healed": "since", "since": round(lost_since - CLOCK_MARGIN_S, 3),
-                **reproject_since(store, projector, lost_since - CLOCK_MARGIN_S)}
+    since = None if lost_since is None else lost_since - CLOCK_MARGIN_S
+    if since is not None and since > (now or time.time()) - OUTBOX_KEEP_S:
+        return {"healed": "since", "since": round(since, 3),
+                **reproject_since(store, projector, since)}
     return {"healed": "rebuild", **rebuild_read_model(store, projector, retention_s)}
 
 

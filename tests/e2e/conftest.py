@@ -6,12 +6,13 @@ import itertools
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT, wait_for
+from tests.conftest import ROOT, Proc, free_port, http_ok, wait_for
 
 SCRIPTS = ROOT / "hostfactory" / "scripts"
 HFCTL = Path(sys.executable).parent / "hfctl"
@@ -72,3 +73,14 @@ def hostfactory(stack_env: dict[str, str], query_url: str, tmp_path: Path) -> Ho
     return HostFactory(tmp_path, env)
 
 
+@pytest.fixture
+def gateway_url(stack_env: dict[str, str], tmp_path: Path, query_url: str) -> Iterator[str]:
+    """The command gateway as its own process, answering with the query service's URL."""
+    port = free_port()
+    proc = Proc([sys.executable, "-m", "commands_worker.gateway"],
+                {**stack_env, "GATEWAY_PORT": str(port), "QUERY_URL": query_url},
+                tmp_path / "gateway.log").start()
+    url = f"http://127.0.0.1:{port}"
+    wait_for(lambda: http_ok(f"{url}/healthz"), 20, what="the gateway")
+    yield url
+    proc.stop()

@@ -8,15 +8,13 @@ from __future__ import annotations
 import re
 import socket
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 import redis
 
-from tests.conftest import ROOT, Proc, free_port, http_ok, wait_for
+from tests.conftest import ROOT, Proc, wait_for
 
 REQUESTS, MACHINES = 100, 2
 
@@ -27,18 +25,6 @@ def readme_provider() -> str:
     match = re.search(r"```python\n(.*?)```", section, re.S)
     assert match is not None, "the README's provider is gone"
     return match.group(1)
-
-
-@pytest.fixture
-def gateway_url(stack_env: dict[str, str], tmp_path: Path, query_url: str) -> Iterator[str]:
-    port = free_port()
-    proc = Proc([sys.executable, "-m", "commands_worker.gateway"],
-                {**stack_env, "GATEWAY_PORT": str(port), "QUERY_URL": query_url},
-                tmp_path / "gateway.log").start()
-    url = f"http://127.0.0.1:{port}"
-    wait_for(lambda: http_ok(f"{url}/healthz"), 20, what="the gateway")
-    yield url
-    proc.stop()
 
 
 def test_two_provider_instances_one_killed(worker: Proc, query_url: str, gateway_url: str,

@@ -10,7 +10,6 @@ RabbitMQ: a poison message counted by the broker, a queue somebody declared othe
 from __future__ import annotations
 
 import json
-import sys
 import threading
 import time
 import uuid
@@ -24,7 +23,7 @@ import redis
 from kombu import Connection, Exchange, Queue
 
 from shared.client import CommandClient
-from tests.conftest import Proc, free_port, http_ok, wait_for
+from tests.conftest import Proc, wait_for
 from tests.e2e.conftest import HostFactory
 from tests.rabbit import RabbitCluster
 
@@ -81,17 +80,6 @@ def _celery(producer: Any, accepted: Accepted, stop: threading.Event) -> None:
         except Exception:
             accepted.add("celery", None)
         time.sleep(0.01)
-
-
-@pytest.fixture
-def gateway_url(stack_env: dict[str, str], tmp_path: Path) -> Any:
-    port = free_port()
-    proc = Proc([sys.executable, "-m", "commands_worker.gateway"],
-                {**stack_env, "GATEWAY_PORT": str(port)}, tmp_path / "gateway.log").start()
-    url = f"http://127.0.0.1:{port}"
-    wait_for(lambda: http_ok(f"{url}/healthz"), 30, what="the gateway")
-    yield url
-    proc.stop()
 
 
 def test_killing_the_leader_loses_nothing_a_producer_was_told(
