@@ -183,7 +183,9 @@ def wrk(url: str, connections: int, duration_s: int,
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     latency = dict(re.findall(r"^\s+(50|99)%\s+([\d.]+\w+)", out, re.M))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {"req_per_s": round(rps, 1), "p50": latency.get("50"), "p99": latency.get("99"),
+    done = re.search(r"(\d+) requests in", out)
+    return {"req_per_s": round(rps, 1), "requests": int(done.group(1)) if done else 0,
+            "p50": latency.get("50"), "p99": latency.get("99"),
             "p50_ms": _ms(latency.get("50")), "p99_ms": _ms(latency.get("99")),
             "non_2xx": int(errors.group(1)) if errors else 0}
 

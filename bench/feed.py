@@ -1,14 +1,13 @@
 """python -m bench.feed: the provider contract's speed. Feed delivery latency (the worker's
-commit of a request -> a provider's XREADGROUP returns its acquire event) at a steady rate;
-and the command gateway's POST throughput against a bare Starlette answering the same size,
-in the same run. Writes bench/results-feed.json."""
+commit of a request -> a provider's XREADGROUP returns its acquire event) at a steady rate.
+(The command gateway's throughput: python -m bench.gateway.) Writes
+bench/results-feed.json."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -21,18 +20,11 @@ from celery import Celery
 
 from bench.common import (
     ROOT,
-    Group,
-    _http_ok,
-    bare_hello,
-    free_port,
     fresh_store,
     machine,
-    post_script,
     redis_server,
     stack_env,
     start_worker,
-    wait_until,
-    wrk,
 )
 
 FEED = "hf:v1:feed"
@@ -94,45 +86,18 @@ def _quantiles(values: list[float]) -> dict[str, float]:
     return {"p50": round(cuts[49], 1), "p99": round(cuts[98], 1), "max": round(max(values), 1)}
 
 
-def gateway_throughput(redis_url: str, env: dict[str, str], workdir: Path,
-                       args: argparse.Namespace) -> dict[str, Any]:
-    import httpx
-
-    port = free_port()
-    gateway = Group([sys.executable, "-m", "commands_worker.gateway"],
-                    {**env, "GATEWAY_PORT": str(port)}, workdir / "gateway.log")
-    base = f"http://127.0.0.1:{port}"
-    wait_until(lambda: _http_ok(f"{base}/healthz"), 30, "the gateway")
-    body = json.dumps({"template_id": "x86-small", "max_number": 2})
-    answer = httpx.post(f"{base}/commands/create-request", content=body,
-                        headers={"content-type": "application/json"}).content
-    script = post_script(workdir, body)
-    ours = wrk(f"{base}/commands/create-request", args.connections, args.duration, script)
-    ours["peak_rss_mb"] = gateway.peak_rss_mb()
-    gateway.stop()
-    published = redis.Redis.from_url(redis_url).llen("commands.requests")
-    baseline = bare_hello(env, len(answer), args.connections, args.duration, workdir)
-    return {"gateway_post": ours, "baseline_hello_same_size": baseline,
-            "messages_published": published,
-            "ratio_to_baseline": round(ours["req_per_s"] / baseline["req_per_s"], 3)}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.feed")
     parser.add_argument("--rate", type=float, default=100.0, help="requests/s for the latency")
     parser.add_argument("--seconds", type=float, default=15.0)
-    parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
-    parser.add_argument("--connections", type=int, default=16)
     args = parser.parse_args()
     results: dict[str, Any] = {"machine": machine()}
     with tempfile.TemporaryDirectory() as tmp, redis_server(Path(tmp)) as redis_url:
         workdir = Path(tmp)
         env = stack_env(redis_url, fresh_store("sqlite", workdir))
         results["feed"] = feed_latency(redis_url, env, workdir, args.rate, args.seconds)
-        redis.Redis.from_url(redis_url).delete("commands.requests")
-        results["gateway"] = gateway_throughput(redis_url, env, workdir, args)
     (ROOT / "bench" / "results-feed.json").write_text(json.dumps(results, indent=2))
-    print(json.dumps({k: results[k] for k in ("feed", "gateway")}, indent=2))
+    print(json.dumps(results["feed"], indent=2))
 
 
 if __name__ == "__main__":

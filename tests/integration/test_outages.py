@@ -213,3 +213,27 @@ class Filler:
                 return True  # full: even a one-byte push is refused
             self.client.delete("probe")  # room was made meanwhile: fill again
         raise AssertionError("Redis never filled up")
+
+
+def test_the_gateway_rides_out_a_broker_restart(own_redis: tuple[str, Any]) -> None:
+    """The gateway holds its connection to the broker between round trips: while Redis is
+    down a command is refused 503 (the client resends under the same id), and once Redis is
+    back the next one is accepted on a new connection, without restarting the gateway."""
+    from starlette.testclient import TestClient
+
+    from commands_worker.gateway.app import create_app
+    from shared.settings import Settings
+
+    url, (start, stop) = own_redis
+    body = {"template_id": "x86-small", "max_number": 1}
+    with TestClient(create_app(Settings.from_env({"REDIS_URL": url}))) as gateway:
+        assert gateway.post("/commands/create-request", json=body).status_code == 202
+        stop()
+        down = gateway.post("/commands/create-request", json=body,
+                            headers={"Idempotency-Key": "while-down"})
+        assert down.status_code == 503 and down.json()["command_id"] == "while-down"
+        start()
+        again = gateway.post("/commands/create-request", json=body,
+                             headers={"Idempotency-Key": "while-down"})
+        assert again.status_code == 202
+    assert redis.Redis.from_url(url).llen("commands.requests") == 2
