@@ -77,7 +77,7 @@ def timed(op: str, body: object, env: dict[str, str], workdir: Path, runs: int) 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.hostfactory")
-    parser.add_argument("--runs", type=int, default=7, help="calls per script")
+    parser.add_argument("--runs", type=int, default=10, help="calls per script")
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     parser.add_argument("--connections", type=int, default=16)
     args = parser.parse_args()
@@ -93,22 +93,31 @@ def main() -> None:
                       {**env, "QUERY_PORT": str(port)}, workdir / "queries.log")
         base = f"http://127.0.0.1:{port}"
         wait_until(lambda: _http_ok(f"{base}/healthz"), 30, "the query service")
+        gateway_port = free_port()
+        gateway = Group([sys.executable, "-m", "commands_worker.gateway"],
+                        {**env, "GATEWAY_PORT": str(gateway_port)}, workdir / "gateway.log")
+        gateway_url = f"http://127.0.0.1:{gateway_port}"
+        wait_until(lambda: _http_ok(f"{gateway_url}/healthz"), 30, "the gateway")
         plugin_env = {"PATH": "/usr/bin:/bin", "HFCQRS_HFCTL": str(HFCTL),
                       "QUERY_URL": base, "BROKER_URL": redis_url,
                       "HF_PROVIDER_LOGDIR": str(workdir / "hf-log"), "LOG_LEVEL": "WARNING"}
         hosts = [{"name": f"ip-10-0-{n}-0.example.internal", "machineId": f"i-b{n}-0"}
                  for n in range(100)]
-        calls: list[tuple[str, str, object]] = [
-            ("getAvailableTemplates", "getAvailableTemplates", {}),
+        calls: list[tuple[str, str, object, dict[str, str]]] = [
+            ("getAvailableTemplates", "getAvailableTemplates", {}, {}),
             *((f"getRequestStatus_{k}", "getRequestStatus",
-               {"requests": [{"requestId": i} for i in ids[:k]]}) for k in (1, 100, 1000)),
-            ("getReturnRequests_100_hosts", "getReturnRequests", {"machines": hosts}),
-            ("requestMachines", "requestMachines",
-             {"template": {"templateId": "x86-small", "machineCount": 3}}),
-            ("requestReturnMachines", "requestReturnMachines", {"machines": hosts[:2]}),
+               {"requests": [{"requestId": i} for i in ids[:k]]}, {}) for k in (1, 100, 1000)),
+            ("getReturnRequests_100_hosts", "getReturnRequests", {"machines": hosts}, {}),
+            *((f"{op}{suffix}", op, body, more)
+              for suffix, more in (("_broker", {}), ("_gateway", {"GATEWAY_URL": gateway_url}))
+              for op, body in (
+                  ("requestMachines",
+                   {"template": {"templateId": "x86-small", "machineCount": 3}}),
+                  ("requestReturnMachines", {"machines": hosts[:2]}))),
         ]
-        results["scripts"] = {name: timed(op, body, plugin_env, workdir, args.runs)
-                              for name, op, body in calls}
+        results["scripts"] = {name: timed(op, body, {**plugin_env, **more}, workdir, args.runs)
+                              for name, op, body, more in calls}
+        gateway.stop()
         results["throughput"] = status_batch_throughput(base, ids[:100], env, workdir, args)
         query.stop()
     out = ROOT / "bench" / "results-hostfactory.json"

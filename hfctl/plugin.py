@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TextIO
 
+import orjson
+
 from shared import hostfactory as hf
 from shared import names
 from shared.ids import default_request_id, default_return_id
@@ -48,6 +50,10 @@ class PluginConfig:
     broker_url: str
     query_url: str
     token: str | None
+    # Set: commands go to the command gateway over HTTP (no broker client to load: the
+    # fastest send); unset: to the broker directly, through Celery.
+    gateway_url: str | None
+    gateway_token: str | None
     timeout_s: float
     provider: str
 
@@ -65,6 +71,8 @@ class PluginConfig:
             or "redis://localhost:6379/0",
             query_url=(merged.get("QUERY_URL") or "http://127.0.0.1:8080").rstrip("/"),
             token=merged.get("QUERY_API_TOKEN") or None,
+            gateway_url=(merged.get("GATEWAY_URL") or "").rstrip("/") or None,
+            gateway_token=merged.get("GATEWAY_API_TOKEN") or None,
             timeout_s=timeout_s,
             provider=merged.get("HF_PROVIDER_NAME") or "hostfactory-cqrs",
         )
@@ -91,7 +99,7 @@ def _http(config: PluginConfig, path: str, body: object | None = None) -> Any:
     """One request to the query service; its JSON answer, or a PluginError that says why.
     ``timeout_s`` is a deadline for the whole call (connect, send, every byte of the
     answer), not per read: a server trickling bytes cannot hold HostFactory past it."""
-    data = None if body is None else json.dumps(body).encode()
+    data = None if body is None else orjson.dumps(body)
     headers = {"Accept": "application/json"}
     if data is not None:
         headers["Content-Type"] = "application/json"
@@ -101,7 +109,7 @@ def _http(config: PluginConfig, path: str, body: object | None = None) -> Any:
     try:
         status, reason, raw = _exchange(config.query_url + path, data, headers,
                                         started + config.timeout_s)
-        answer = json.loads(raw) if status < 400 else None
+        answer = orjson.loads(raw) if status < 400 else None
     except (OSError, http.client.HTTPException, ValueError) as exc:
         raise PluginError(f"the query service at {config.query_url} is unreachable "
                           f"({exc or type(exc).__name__})") from None
@@ -238,8 +246,47 @@ def _entries(given: dict[str, Any], field: str) -> list[dict[str, Any]]:
 
 
 def _send(config: PluginConfig, task: str, kwargs: dict[str, Any]) -> None:
-    """Validate with the worker's own models, then publish; a broker that does not take the
-    message within a few seconds is an error HostFactory retries."""
+    """Send one command: to the gateway when one is configured, else to the broker. Either
+    way it is validated with the worker's own models before anyone acts on it, and a send
+    not confirmed within a few seconds is an error HostFactory retries."""
+    if config.gateway_url:
+        _send_over_http(config, task, kwargs)
+    else:
+        _send_to_broker(config, task, kwargs)
+    log.info("command sent", extra={"event": "sent", "task": task,
+                                    "command_id": kwargs["command_id"]})
+
+
+def _send_over_http(config: PluginConfig, task: str, kwargs: dict[str, Any]) -> None:
+    """POST the command to the gateway, its id as the Idempotency-Key: 202 means the broker
+    holds it (on RabbitMQ, confirmed); a 422 carries every problem, as the models say it."""
+    assert config.gateway_url
+    name = next(n for n, t in names.GATEWAY_COMMANDS.items() if t == task)
+    headers = {"Content-Type": "application/json", "Accept": "application/json",
+               "Idempotency-Key": kwargs["command_id"]}
+    if config.gateway_token:
+        headers["Authorization"] = f"Bearer {config.gateway_token}"
+    data = json.dumps({k: v for k, v in kwargs.items() if v is not None}).encode()
+    deadline = time.monotonic() + min(config.timeout_s, 10.0)
+    try:
+        status, reason, raw = _exchange(f"{config.gateway_url}/commands/{name}", data,
+                                        headers, deadline)
+    except (OSError, http.client.HTTPException) as exc:
+        raise PluginError(f"the command gateway at {config.gateway_url} did not take the "
+                          f"command ({exc or type(exc).__name__})") from None
+    if status == 202:
+        return
+    if status == 422:
+        try:
+            problems = "; ".join(f"{p['field']}: {p['problem']}"
+                                 for p in json.loads(raw)["detail"])
+        except (ValueError, KeyError, TypeError):
+            problems = _detail(raw, reason)
+        raise PluginError(f"refused before sending: {problems}")
+    raise PluginError(f"the command gateway answered {status}: {_detail(raw, reason)}")
+
+
+def _send_to_broker(config: PluginConfig, task: str, kwargs: dict[str, Any]) -> None:
     from pydantic import ValidationError
 
     from shared.client import CommandClient
@@ -249,7 +296,7 @@ def _send(config: PluginConfig, task: str, kwargs: dict[str, Any]) -> None:
     except ValueError as exc:
         raise PluginError(f"BROKER_URL cannot be used: {exc}") from None
     try:
-        sent = client.send(task, kwargs)
+        client.send(task, kwargs)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
                              for e in exc.errors(include_url=False))
@@ -259,8 +306,6 @@ def _send(config: PluginConfig, task: str, kwargs: dict[str, Any]) -> None:
                           f"command ({type(exc).__name__}: {exc})") from None
     finally:
         client.close()
-    log.info("command sent", extra={"event": "sent", "task": task,
-                                    "command_id": sent.command_id})
 
 
 def _safe(url: str) -> str:
@@ -336,6 +381,13 @@ def main(argv: list[str], env: Mapping[str, str] | None = None) -> int:
             "event": "plugin_op", "op": op, "exit": code,
             "ms": round((time.monotonic() - started) * 1e3),
             **({"reason": answer["message"]} if code else {})})
-    out.write(json.dumps(answer) + "\n")
+    out.write(_stdout_json(answer) + "\n")
     out.flush()
     return code
+
+
+def _stdout_json(answer: dict[str, Any]) -> str:
+    """The answer as ASCII JSON (HostFactory's JVM may not read stdout as UTF-8): orjson's,
+    five times faster than json's for a thousand requests' 3 MB, when it is ASCII already."""
+    data = orjson.dumps(answer)
+    return data.decode() if data.isascii() else json.dumps(answer)

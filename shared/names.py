@@ -18,3 +18,11 @@ QUEUE_OF_TASK: Final[dict[str, str]] = {
     REPORT_LAUNCH_FAILURE_TASK: MACHINES_QUEUE,
 }
 ALL_QUEUES: Final = (REQUESTS_QUEUE, MACHINES_QUEUE)
+
+# The command gateway's endpoints: POST /commands/<name> sends the task of that name.
+GATEWAY_COMMANDS: Final[dict[str, str]] = {
+    "create-request": CREATE_REQUEST_TASK,
+    "return-machines": RETURN_MACHINES_TASK,
+    "update-machine-status": UPDATE_MACHINE_STATUS_TASK,
+    "report-launch-failure": REPORT_LAUNCH_FAILURE_TASK,
+}

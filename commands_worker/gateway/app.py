@@ -38,12 +38,7 @@ from shared.hostfactory import time_ordered_id
 from shared.ids import MAX_ID_LEN, default_request_id, default_return_id, is_valid_id
 from shared.settings import Settings
 
-COMMANDS: Final = {
-    "create-request": names.CREATE_REQUEST_TASK,
-    "return-machines": names.RETURN_MACHINES_TASK,
-    "update-machine-status": names.UPDATE_MACHINE_STATUS_TASK,
-    "report-launch-failure": names.REPORT_LAUNCH_FAILURE_TASK,
-}
+COMMANDS: Final = names.GATEWAY_COMMANDS
 # 10,000 returned machines with long host names fit.
 MAX_BODY_BYTES: Final = 4 * 1024 * 1024
 JSON: Final = "application/json"

@@ -165,3 +165,43 @@ def test_the_http_timeout_is_a_deadline_for_the_whole_call(hostfactory: HostFact
     assert code == 1 and "unreachable" in answer["message"], answer
     assert "HF_CQRS_HTTP_TIMEOUT_S" in answer["message"]
     assert took < 5.0, took
+
+
+def test_the_sending_scripts_through_the_gateway(stack_env: dict[str, str], query_url: str,
+                                                 worker: Proc, simulator: Proc,
+                                                 hostfactory: HostFactory,
+                                                 tmp_path: Path) -> None:
+    """With GATEWAY_URL the sending scripts POST to the command gateway: a request and a
+    return go through to `complete`; the gateway's refusal comes back as the script's one
+    JSON object (exit 1) with the models' words; a gateway with tokens needs the plugin's."""
+    from tests.conftest import http_ok
+
+    port = free_port()
+    gateway = Proc([sys.executable, "-m", "commands_worker.gateway"],
+                   {**stack_env, "GATEWAY_PORT": str(port), "QUERY_URL": query_url,
+                    "GATEWAY_API_TOKENS": "gw-secret"}, tmp_path / "gateway.log").start()
+    url = f"http://127.0.0.1:{port}"
+    wait_for(lambda: http_ok(f"{url}/healthz"), 20, what="the gateway")
+    via = {"GATEWAY_URL": url, "GATEWAY_API_TOKEN": "gw-secret",
+           "BROKER_URL": "redis://127.0.0.1:1/0"}  # the broker is not used at all
+    try:
+        accepted = hostfactory.ok("requestMachines", {
+            "template": {"templateId": "x86-small", "machineCount": 2}, "rc_account": "a1"},
+            **via)
+        done = hostfactory.until(accepted["requestId"], "complete")
+        assert [m["result"] for m in done["machines"]] == ["succeed"] * 2
+        returned = hostfactory.ok("requestReturnMachines", {"machines": [
+            {"name": m["name"], "machineId": m["machineId"]} for m in done["machines"]]}, **via)
+        hostfactory.until(returned["requestId"], "complete")
+        code, answer = hostfactory.call("requestMachines", {
+            "template": {"templateId": "x86-small", "machineCount": 1},
+            "rc_account": "x" * 20_000}, **via)
+        assert code == 1 and answer["message"].startswith("refused before sending: attributes")
+        code, answer = hostfactory.call("requestReturnMachines", {"machines": [{"name": "h"}]},
+                                        **{**via, "GATEWAY_API_TOKEN": "wrong"})
+        assert code == 1 and "answered 401" in answer["message"]
+    finally:
+        gateway.stop()
+    code, answer = hostfactory.call("requestReturnMachines", {"machines": [{"name": "h"}]},
+                                    **via)
+    assert code == 1 and f"command gateway at {url} did not take" in answer["message"]
