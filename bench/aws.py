@@ -1,5 +1,5 @@
-"""python -m bench.aws: the AWS provider against an EC2 endpoint on loopback (moto's server,
-its own process). Measures, in one run:
+"""python -m bench.aws: the AWS provider against an EC2 endpoint on loopback (moto, its own
+process, serving one call at a time: bench/moto_serial.py says why). Measures, in one run:
 
 - **requestMachines → complete for 100 machines**: the plugin script sends the request,
   getRequestStatus (the query service) is polled until ``complete``; the time the provider
@@ -125,16 +125,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.aws")
     parser.add_argument("--requests", type=int, default=20)
     parser.add_argument("--machines", type=int, default=10)
-    parser.add_argument("--follow", type=float, default=2.0,
-                        help="the provider's seconds between DescribeInstances passes")
+    parser.add_argument("--follow", type=float,
+                        help="the provider's --follow (default: the provider's own)")
     args = parser.parse_args()
     results: dict[str, Any] = {"machine": machine(), "follow_s": args.follow}
     with tempfile.TemporaryDirectory() as tmp, redis_server(Path(tmp)) as redis_url:
         workdir = Path(tmp)
         port = free_port()
         endpoint = f"http://127.0.0.1:{port}"
-        moto = Group([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
-                      str(port)], dict(os.environ), workdir / "moto.log")
+        moto = Group([sys.executable, "-m", "bench.moto_serial", "127.0.0.1", str(port)],
+                     {**os.environ, "PYTHONPATH": str(ROOT)}, workdir / "moto.log")
         wait_until(lambda: _http_ok(f"{endpoint}/moto-api/"), 30, "moto's server")
         ec2 = ec2_client(endpoint)
         subnet = sorted(s["SubnetId"] for s in ec2.describe_subnets()["Subnets"])[0]
@@ -154,8 +154,9 @@ def main() -> None:
         started.append(Group([sys.executable, "-m", "queries_service"],
                              {**env, "QUERY_PORT": str(qport)}, workdir / "queries.log"))
         wait_until(lambda: _http_ok(f"{base}/healthz"), 30, "the query service")
-        started.append(Group([sys.executable, "-m", "hfctl", "provider", "aws", "--follow",
-                              str(args.follow)], {**env, **AWS, "AWS_ENDPOINT_URL": endpoint},
+        follow = [] if args.follow is None else ["--follow", str(args.follow)]
+        started.append(Group([sys.executable, "-m", "hfctl", "provider", "aws", *follow],
+                             {**env, **AWS, "AWS_ENDPOINT_URL": endpoint},
                              workdir / "aws.log"))
         wait_until(lambda: redis.Redis.from_url(redis_url).exists("hf:v1:feed"), 30,
                    "the provider")

@@ -202,8 +202,10 @@ def _add_provider(sub: Any) -> None:
                      help="the hf:cluster tag of this pair's instances (HF_AWS_CLUSTER)")
     aws.add_argument("--consumer", help="this instance's name in the feed's consumer group "
                      "(default the host name; give each instance on one host its own)")
-    aws.add_argument("--follow", type=float, default=2.0,
-                     help="seconds between DescribeInstances passes")
+    aws.add_argument("--follow", type=float, default=10.0,
+                     help="seconds between passes over every instance (out-of-band changes: "
+                     "a console termination, a spot interruption notice); a launch's "
+                     "instances are looked at sooner, until they leave pending")
     aws.add_argument("--claim-idle", type=float, default=30.0,
                      help="take over events another instance left pending this long")
     aws.add_argument("--threads", type=int, default=8, help="EC2 calls at once")

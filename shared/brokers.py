@@ -45,6 +45,13 @@ def is_amqp(broker_url: str) -> bool:
     return bool(first) and urlparse(first[0]).scheme in AMQP_SCHEMES
 
 
+def is_plain_redis(broker_url: str) -> bool:
+    """One Redis server, no failover list and no kombu Sentinel: producers of this project
+    push Celery's message themselves there (``shared.wire``), without Celery."""
+    return urls(broker_url) == [broker_url] and urlparse(broker_url).scheme in {
+        "redis", "rediss", "unix"}
+
+
 def check(broker_url: str) -> None:
     """Raise ValueError for a URL list this project cannot use: an unknown scheme, or Redis
     and RabbitMQ mixed in one failover list."""

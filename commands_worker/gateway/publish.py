@@ -30,7 +30,6 @@ from shared.client import CommandClient
 from shared.keys import gateway_key_of
 
 log = logging.getLogger("hostfactory.gateway")
-FAST_SCHEMES: Final = ("redis://", "rediss://", "unix://")
 
 
 class KeyReused(Exception):
@@ -216,13 +215,13 @@ def publisher_for(broker_url: str, cache_url: str, retention_s: int,
                   connect_timeout_s: float) -> Publisher:
     from shared.redis_urls import async_client, sync_client
 
-    if brokers.urls(broker_url) == [broker_url] and broker_url.startswith(FAST_SCHEMES):
+    if brokers.is_plain_redis(broker_url):
         return RedisPublisher(async_client(broker_url, socket_timeout=connect_timeout_s,
                                            socket_connect_timeout=connect_timeout_s),
                               retention_s)
     keys_url = cache_url if brokers.is_amqp(broker_url) else broker_url
     keys = None
-    if keys_url.startswith((*FAST_SCHEMES, "redis+sentinel://")):
+    if keys_url.startswith(("redis://", "rediss://", "unix://", "redis+sentinel://")):
         keys = IdempotencyKeys(sync_client(keys_url, socket_timeout=connect_timeout_s,
                                            socket_connect_timeout=connect_timeout_s),
                                retention_s)

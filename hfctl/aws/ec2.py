@@ -310,17 +310,44 @@ def describe(ec2: Any, *, ids: list[str] | None = None,
             yield from reservation["Instances"]
 
 
+# Every state but terminated: what a follow pass lists after its first.
+NOT_TERMINATED: Final = ("pending", "running", "shutting-down", "stopping", "stopped")
+
+
 def owned(ec2: Any, cluster: str, **tags: str) -> list[dict[str, Any]]:
     filters = [{"Name": f"tag:{CLUSTER_TAG}", "Values": [cluster]}]
     filters += [{"Name": f"tag:{k}", "Values": [v]} for k, v in tags.items()]
     return list(describe(ec2, filters=filters))
 
 
+def owned_by_tag(ec2: Any, cluster: str, tag: str, values: list[str]) -> list[dict[str, Any]]:
+    """The cluster's instances whose ``tag`` is one of ``values`` (200 values a call: EC2's
+    bound on a filter's values)."""
+    found: list[dict[str, Any]] = []
+    for start in range(0, len(values), BATCH):
+        found += describe(ec2, filters=[
+            {"Name": f"tag:{CLUSTER_TAG}", "Values": [cluster]},
+            {"Name": f"tag:{tag}", "Values": values[start:start + BATCH]}])
+    return found
+
+
+def owned_alive(ec2: Any, cluster: str) -> list[dict[str, Any]]:
+    """The cluster's instances that are not terminated."""
+    return list(describe(ec2, filters=[
+        {"Name": f"tag:{CLUSTER_TAG}", "Values": [cluster]},
+        {"Name": "instance-state-name", "Values": list(NOT_TERMINATED)}]))
+
+
+def owned_by_ids(ec2: Any, cluster: str, ids: list[str]) -> list[dict[str, Any]]:
+    """Those of ``ids`` this cluster owns, as they stand."""
+    return list(describe(ec2, ids=ids, filters=[
+        {"Name": f"tag:{CLUSTER_TAG}", "Values": [cluster]}]))
+
+
 def terminate(ec2: Any, cluster: str, ids: list[str]) -> tuple[list[dict[str, Any]], list[str]]:
     """Terminate those of ``ids`` this cluster owns, in batches. Returns the instances as they
     stand after the call, and the ids EC2 does not know (gone long ago, or never ours)."""
-    found = {i["InstanceId"]: i for i in describe(ec2, ids=ids, filters=[
-        {"Name": f"tag:{CLUSTER_TAG}", "Values": [cluster]}])} if ids else {}
+    found = {i["InstanceId"]: i for i in owned_by_ids(ec2, cluster, ids)} if ids else {}
     alive = [i for i, inst in found.items() if inst["State"]["Name"] != "terminated"]
     for start in range(0, len(alive), BATCH):
         for change in ec2.terminate_instances(InstanceIds=alive[start:start + BATCH])[

@@ -33,12 +33,17 @@ import redis
 
 from hfctl import feedloop, known
 from hfctl.aws import ec2 as aws
-from shared import awsprov, keys
+from shared import awsprov, keys, names
 from shared import feed as feeds
 from shared.client import CommandClient
 
 log = logging.getLogger("hostfactory.aws")
 GROUP: Final = "aws"
+# Between follow passes, instances still pending are looked at again: this long after a
+# launch, then each wait half as long again as the last, up to the follow interval (EC2's
+# instances are pending for 10-60 s, and DescribeInstances is rate-limited per account).
+LOOK_AGAIN_S: Final = 0.5
+LOOK_BACKOFF: Final = 1.5
 
 
 @dataclass(frozen=True)
@@ -93,7 +98,19 @@ class Ec2Work:
         self.ec2 = ec2
         self.cluster = cluster
 
-    def acquire(self, event: dict[str, Any]) -> Outcome:
+    def launched_for(self, event_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+        """The instances already tagged with each of these events (an earlier delivery of
+        one launched them): one DescribeInstances for all the acquire events read together,
+        not one each (against moto's endpoint each was a scan of every instance)."""
+        found: dict[str, list[dict[str, Any]]] = {}
+        for instance in aws.owned_by_tag(self.ec2, self.cluster, aws.EVENT_TAG, event_ids):
+            tags = {t["Key"]: t["Value"] for t in instance.get("Tags") or []}
+            found.setdefault(tags.get(aws.EVENT_TAG, ""), []).append(instance)
+        return found
+
+    def acquire(self, event: dict[str, Any], already: list[dict[str, Any]]) -> Outcome:
+        """Launch what ``event`` asks, unless ``already`` (its instances, found by their
+        event tag) shows an earlier delivery did."""
         order = aws.Order(self.cluster, event["request_id"], event["template_id"],
                           event["event_id"], int(event["machine_count"]))
         if not awsprov.is_aws_template(event.get("template") or {}):
@@ -103,7 +120,7 @@ class Ec2Work:
         spec: awsprov.LaunchSpec | None = None
         try:
             spec = awsprov.launch_spec(event.get("template") or {}, _user_data(event))
-            launched = self._launch_once(spec, order)
+            launched = self._launch_once(spec, order, already)
         except (awsprov.TemplateProblems, aws.LaunchRefused) as exc:
             launched = aws.Launched(errors=[f"template {order.template_id}: {exc}"])
         outcome = Outcome([instance_report(i) for i in launched.instances])
@@ -120,8 +137,8 @@ class Ec2Work:
                                     len(launched.instances), "missing": max(missing, 0)})
         return outcome
 
-    def _launch_once(self, spec: awsprov.LaunchSpec, order: aws.Order) -> aws.Launched:
-        already = aws.owned(self.ec2, self.cluster, **{aws.EVENT_TAG: order.event_id})
+    def _launch_once(self, spec: awsprov.LaunchSpec, order: aws.Order,
+                     already: list[dict[str, Any]]) -> aws.Launched:
         if already:
             log.info("already launched", extra={"event_id": order.event_id,
                                                 "instances": len(already)})
@@ -138,16 +155,36 @@ class Ec2Work:
                                                    "instances": unknown[:20]})
         return Outcome([instance_report(i) for i in instances])
 
-    def follow(self) -> list[Report]:
-        """Every instance of the cluster as it stands, with its spot notice if it has one."""
-        instances = aws.owned(self.ec2, self.cluster)
+    def follow(self, alive: list[str] | None) -> list[Report]:
+        """The cluster's instances as they stand, with spot notices. ``alive`` None: every
+        instance EC2 still lists (terminated ones too, for an hour: the first pass after a
+        start reports what ended while no provider ran); else those not terminated, and of
+        ``alive`` (last reported not terminated) those that left that set."""
+        if alive is None:
+            instances = aws.owned(self.ec2, self.cluster)
+        else:
+            instances = aws.owned_alive(self.ec2, self.cluster)
+            listed = {i["InstanceId"] for i in instances}
+            left = [i for i in alive if i not in listed]
+            instances += aws.owned_by_ids(self.ec2, self.cluster, left) if left else []
         notices = aws.spot_notices(self.ec2, instances)
         return [instance_report(i, notices.get(i["InstanceId"])) for i in instances]
+
+    def look_again(self, ids: list[str]) -> list[Report]:
+        """These instances (launched moments ago, still pending) as they stand now."""
+        return [instance_report(i) for i in aws.owned_by_ids(self.ec2, self.cluster, ids)]
+
+
+def _settle(future: Future[Outcome], fn: Any, *args: Any) -> None:
+    try:
+        future.set_result(fn(*args))
+    except Exception as exc:
+        future.set_exception(exc)
 
 
 class AwsProvider:
     def __init__(self, ec2: Any, client: CommandClient, feed: redis.Redis, consumer: str,
-                 key: bytes, cluster: str = "hostfactory-cqrs", follow_s: float = 2.0,
+                 key: bytes, cluster: str = "hostfactory-cqrs", follow_s: float = 10.0,
                  claim_idle_s: float = 30.0, threads: int = 8) -> None:
         self.work = Ec2Work(ec2, cluster)
         self.key = key
@@ -159,9 +196,13 @@ class AwsProvider:
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="ec2")
         self.threads = threads
         self.running: dict[str, Future[Outcome]] = {}  # feed entry id -> its EC2 work
-        self.seen: dict[str, str] = {}  # instance id -> the last report's command id
+        self.seen: dict[str, Report] = {}  # instance id -> its last report
         self.following: Future[list[Report]] | None = None
+        self.full_pass = False  # the pass in flight lists every instance
+        self.passed_once = False  # a full pass since the start
         self.next_follow = 0.0
+        self.next_look = 0.0
+        self.look_every = LOOK_AGAIN_S
         self.own_pending_read = False
 
     def join(self) -> None:
@@ -184,31 +225,59 @@ class AwsProvider:
         read: Any = self.feed.xreadgroup(GROUP, self.consumer, {keys.FEED_STREAM_KEY: ">"},
                                          count=room, block=block_ms)
         entries += [e for _, batch in read or [] for e in batch]
+        acquires = []
         for entry_id, fields in entries:
-            self._start(entry_id.decode(), fields)
+            event = self._admit(entry_id.decode(), fields)
+            if event is None:
+                continue
+            if event["type"] == "acquire":
+                acquires.append((entry_id.decode(), event))
+            else:
+                self.running[entry_id.decode()] = self.pool.submit(self.work.give_back, event)
+        if acquires:
+            self._acquire_together(acquires)
         return len(entries)
 
-    def _start(self, entry_id: str, fields: dict[bytes, bytes]) -> None:
+    def _acquire_together(self, acquires: list[tuple[str, dict[str, Any]]]) -> None:
+        """One lookup for every event's earlier instances, then each launch on the pool."""
+        futures: dict[str, Future[Outcome]] = {entry_id: Future() for entry_id, _ in acquires}
+        self.running.update(futures)
+
+        def launch_all() -> None:
+            try:
+                found = self.work.launched_for([event["event_id"] for _, event in acquires])
+            except Exception as exc:  # each stays pending, handled again
+                for future in futures.values():
+                    future.set_exception(exc)
+                return
+            for entry_id, event in acquires:
+                self.pool.submit(_settle, futures[entry_id], self.work.acquire, event,
+                                 found.get(event["event_id"], []))
+
+        self.pool.submit(launch_all)
+
+    def _admit(self, entry_id: str, fields: dict[bytes, bytes]) -> dict[str, Any] | None:
+        """The event of a feed entry to act on, or None (running already, waiting for its
+        request's view, or refused and acknowledged)."""
         if entry_id in self.running:
-            return
+            return None
         try:
             event = feeds.verified(self.key, fields)
         except feeds.UnprovenEvent as exc:
             log.error("feed entry not proven the pair's: acknowledged, nothing done",
                       extra={"entry": entry_id, "reason": str(exc)})
             self.feed.xack(keys.FEED_STREAM_KEY, GROUP, entry_id)
-            return
+            return None
         verdict = known.check(self.feed, event)
         if verdict == known.WAIT:
-            return  # its request's view is not there yet: claimed again after claim_idle_s
+            return None  # its request's view is not there: claimed again after claim_idle_s
         if verdict is not None:
             log.error("feed event refused: acknowledged, nothing done",
                       extra={"entry": entry_id, "event_id": event.get("event_id"),
                              "reason": verdict})
             self.feed.xack(keys.FEED_STREAM_KEY, GROUP, entry_id)
-            return
-        handle = self.work.acquire if event["type"] == "acquire" else self.work.give_back
-        self.running[entry_id] = self.pool.submit(handle, event)
+            return None
+        return event
 
     def finish(self) -> int:
         """Send what finished events produced, then acknowledge them."""
@@ -226,31 +295,57 @@ class AwsProvider:
         return len(done)
 
     def _send(self, outcome: Outcome) -> None:
-        for report in outcome.reports:
-            self._report(report)
-        if outcome.failure is not None:
-            self.client.report_launch_failure(**outcome.failure)
+        extra = [] if outcome.failure is None else [
+            (names.REPORT_LAUNCH_FAILURE_TASK, outcome.failure)]
+        self._report(outcome.reports, extra)
+        if any(r.status == "pending" for r in outcome.reports):  # a launch: look again soon
+            self.look_every = LOOK_AGAIN_S
+            self.next_look = min(self.next_look, time.monotonic() + LOOK_AGAIN_S)
 
-    def _report(self, report: Report) -> None:
-        if self.seen.get(report.machine_id) == report.command_id:
-            return
-        self.client.update_machine_status(
-            report.machine_id, report.status, request_id=report.request_id,
-            metadata=report.metadata, observed_at=time.time(), command_id=report.command_id)
-        self.seen[report.machine_id] = report.command_id
+    def _report(self, reports: list[Report],
+                extra: list[tuple[str, dict[str, Any]]]) -> None:
+        """Send the reports that say something new, and ``extra``, in one round trip."""
+        new = [r for r in reports if (last := self.seen.get(r.machine_id)) is None
+               or last.command_id != r.command_id]
+        now = time.time()
+        commands = [(names.UPDATE_MACHINE_STATUS_TASK, {
+            "machine_id": r.machine_id, "status": r.status, "request_id": r.request_id,
+            "metadata": r.metadata, "observed_at": now, "command_id": r.command_id})
+            for r in new]
+        if commands or extra:
+            self.client.send_many([*commands, *extra])
+        for report in new:
+            self.seen[report.machine_id] = report
 
     def follow(self) -> None:
-        """Start a follow pass when one is due; report the last one when it is done."""
+        """A follow pass every ``follow_s`` (the first one of every instance EC2 lists, then
+        of those not terminated, and those that just left that set); between them, looks at
+        the instances still pending (``LOOK_AGAIN_S`` after a launch, then backing off), so a
+        launch is reported running soon after EC2 says so, not a whole interval later. One
+        call at a time."""
         if self.following is not None and self.following.done():
             following, self.following = self.following, None
             reports = following.result()
-            for report in reports:
-                self._report(report)
-            listed = {r.machine_id for r in reports}
-            self.seen = {k: v for k, v in self.seen.items() if k in listed}
-        if self.following is None and time.monotonic() >= self.next_follow:
-            self.next_follow = time.monotonic() + self.follow_s
-            self.following = self.pool.submit(self.work.follow)
+            self._report(reports, [])
+            if self.full_pass:
+                listed = {r.machine_id for r in reports}
+                self.seen = {k: v for k, v in self.seen.items() if k in listed}
+                self.passed_once = True
+        if self.following is not None:
+            return
+        now = time.monotonic()
+        if now >= self.next_follow:
+            self.next_follow = now + self.follow_s
+            alive = None if not self.passed_once else [
+                k for k, r in self.seen.items() if r.status != "terminated"]
+            self.full_pass = True
+            self.following = self.pool.submit(self.work.follow, alive)
+        elif now >= self.next_look and (pending := [
+                k for k, r in self.seen.items() if r.status == "pending"]):
+            self.next_look = now + self.look_every
+            self.look_every = min(self.look_every * LOOK_BACKOFF, self.follow_s)
+            self.full_pass = False
+            self.following = self.pool.submit(self.work.look_again, pending)
 
     def step(self) -> None:
         self.take(block_ms=50 if self.running or self.following else 200)

@@ -87,10 +87,10 @@ def cluster(request: pytest.FixtureRequest) -> str:
 
 
 def start_provider(stack_env: dict[str, str], endpoint: str, cluster: str, log: Path,
-                   **env: str) -> Proc:
+                   follow: str = "0.3", **env: str) -> Proc:
     """A provider process, once it reads the feed (its group takes new events only)."""
     argv = [sys.executable, "-m", "hfctl", "provider", "aws", "--cluster", cluster,
-            "--consumer", "aws-1", "--follow", "0.3"]
+            "--consumer", "aws-1", "--follow", follow]
     proc = Proc(argv, {**stack_env, **aws_env(endpoint), **env}, log).start()
     feed = redis.Redis.from_url(stack_env["REDIS_URL"])
     wait_for(lambda: any(g["name"] == b"aws" and g["consumers"]
@@ -204,6 +204,52 @@ def test_kill_9_after_run_instances_launches_nothing_twice(
     assert len(instances(ec2, cluster)) == 4  # no duplicates
     assert len(done["machines"]) == 4
     assert "already launched" in again.output()
+
+
+def test_running_is_reported_between_follow_passes(
+        hostfactory: HostFactory, worker: Proc, stack_env: dict[str, str],
+        ec2_endpoint: str, cluster: str, tmp_path: Path) -> None:
+    """A launch's instances are looked at again while pending (every 0.5 s), so a request
+    is complete soon after EC2 says they run, not at the next follow pass (60 s here)."""
+    proc = start_provider(stack_env, ec2_endpoint, cluster, tmp_path / "aws.log", follow="60")
+    try:
+        time.sleep(1)  # the first full pass, at the start, is over
+        asked = time.monotonic()
+        rid = hostfactory.ok("requestMachines", {"template": {
+            "templateId": "aws-ondemand", "machineCount": 2}})["requestId"]
+        done = hostfactory.until(rid, "complete", 20)
+        assert time.monotonic() - asked < 10
+        assert [m["status"] for m in done["machines"]] == ["running", "running"]
+    finally:
+        proc.stop()
+
+
+def test_what_ends_out_of_band_is_reported_also_across_a_restart(
+        hostfactory: HostFactory, worker: Proc, stack_env: dict[str, str],
+        ec2_endpoint: str, ec2: Any, cluster: str, tmp_path: Path) -> None:
+    """Follow passes after the first list only instances not terminated; one terminated
+    out of band (a console) leaves that list and is reported terminated by its id; one that
+    ended while no provider ran is reported by the first full pass of the next start."""
+    first = start_provider(stack_env, ec2_endpoint, cluster, tmp_path / "aws-1.log")
+    rid = hostfactory.ok("requestMachines", {"template": {
+        "templateId": "aws-ondemand", "machineCount": 2}})["requestId"]
+    one, other = hostfactory.until(rid, "complete", 30)["machines"]
+
+    def gone(machine: dict[str, Any]) -> bool:
+        listed = {"machines": [{"name": machine["name"], "machineId": machine["machineId"]}]}
+        return bool(hostfactory.ok("getReturnRequests", listed)["requests"])
+
+    ec2.terminate_instances(InstanceIds=[one["machineId"]])
+    wait_for(lambda: gone(one), 20, every_s=0.3, what="the out-of-band termination")
+    first.stop()
+    ec2.terminate_instances(InstanceIds=[other["machineId"]])
+    time.sleep(1)
+    assert not gone(other)  # nobody has said so yet
+    again = start_provider(stack_env, ec2_endpoint, cluster, tmp_path / "aws-2.log")
+    try:
+        wait_for(lambda: gone(other), 20, every_s=0.3, what="the first pass after a start")
+    finally:
+        again.stop()
 
 
 class CappedEc2:

@@ -1,7 +1,7 @@
-"""``shared.wire`` builds the message the gateway pushes; it must be the message Celery itself
-would push for the same command, so that every consumer (our worker, a plain Celery worker, the
-dead-letter tools) reads it alike. Compared here with what ``Celery.send_task`` really wrote
-into Redis, key by key."""
+"""``shared.wire`` builds the message the gateway and ``CommandClient`` push on Redis; it must
+be the message Celery itself would push for the same command, so that every consumer (our
+worker, a plain Celery worker, the dead-letter tools) reads it alike. Compared here with what
+``Celery.send_task`` really wrote into Redis, key by key."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 import redis
+from celery import Celery
 
-from shared import names, wire
+from shared import brokers, names, wire
 from shared.client import CommandClient
 
 pytestmark = [pytest.mark.redis]
@@ -39,9 +40,10 @@ def test_a_wire_message_is_the_one_celery_sends(redis_url: str, rclient: redis.R
                                                 task: str, kwargs: dict[str, Any]) -> None:
     queue = names.QUEUE_OF_TASK[task]
     kwargs = {**kwargs, "command_id": "cmd-1"}
-    client = CommandClient(redis_url)
-    client.send(task, kwargs)
-    client.close()
+    celery = Celery("plain-producer", broker=redis_url, set_as_current=False)
+    celery.conf.update(brokers.producer_conf(redis_url))
+    celery.send_task(task, kwargs=kwargs, task_id="cmd-1", queue=queue)
+    celery.close()
     celery_made = json.loads(rclient.rpop(queue))  # type: ignore[arg-type]
     ours = json.loads(wire.redis_message(task, queue, "cmd-1", kwargs))
     assert set(ours) == set(celery_made)
@@ -57,3 +59,25 @@ def test_a_wire_message_is_the_one_celery_sends(redis_url: str, rclient: redis.R
     assert ast.literal_eval(ours["headers"]["kwargsrepr"]) == kwargs
     other = json.loads(wire.redis_message(task, queue, "cmd-1", kwargs))
     assert other["properties"]["delivery_tag"] != ours["properties"]["delivery_tag"]
+
+
+def test_the_client_checks_every_command_then_sends_them_all(redis_url: str,
+                                                                 rclient: redis.Redis) -> None:
+    """``CommandClient.send_many`` on Redis: every command validated first (one bad one sends
+    none), then all pushed at once onto their queues, in order."""
+    import pydantic
+
+    client = CommandClient(redis_url)
+    good = [(names.UPDATE_MACHINE_STATUS_TASK, {"machine_id": f"m-{n}", "status": "running",
+                                                "request_id": "req-1"}) for n in range(5)]
+    with pytest.raises(pydantic.ValidationError):
+        client.send_many([*good, (names.CREATE_REQUEST_TASK, {"max_number": "3"})])
+    assert rclient.llen(names.MACHINES_QUEUE) == 0
+    before = rclient.info("commandstats").get("cmdstat_lpush", {}).get("calls", 0)
+    sent = client.send_many([*good, (names.CREATE_REQUEST_TASK, {
+        "template_id": "x86-small", "max_number": 1})])
+    assert rclient.info("commandstats")["cmdstat_lpush"]["calls"] - before == 6
+    queued = [json.loads(m) for m in reversed(rclient.lrange(names.MACHINES_QUEUE, 0, -1))]
+    assert [m["headers"]["id"] for m in queued] == [s.command_id for s in sent[:5]]
+    assert sent[5].request_id == f"req-{sent[5].command_id}"
+    client.close()

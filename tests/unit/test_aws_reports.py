@@ -71,7 +71,7 @@ def test_another_providers_template_is_left_alone() -> None:
     work = Ec2Work(ec2=object(), cluster="c")  # any EC2 call would fail on this object
     event = {"request_id": "r1", "template_id": "onprem", "event_id": "acquire:r1",
              "machine_count": 2, "template": {"templateId": "onprem", "rack": "b7"}}
-    outcome = work.acquire(event)
+    outcome = work.acquire(event, [])
     assert (outcome.reports, outcome.failure) == ([], None)
-    broken = work.acquire({**event, "template": {"templateId": "t", "imageId": "ami-1"}})
+    broken = work.acquire({**event, "template": {"templateId": "t", "imageId": "ami-1"}}, [])
     assert broken.failure is not None and "vmType or vmTypes" in broken.failure["message"]
