@@ -75,6 +75,12 @@ def deps() -> Deps:
     return _deps
 
 
+def warm(d: Deps) -> None:
+    """Connect to the store and the read cache, and load the projector's scripts."""
+    d.store.has_requests()
+    d.projector.load_scripts()
+
+
 def _forget_after_fork() -> None:
     global _deps, _lock
     if _deps is not None:

@@ -52,6 +52,11 @@ class Projector:
         self._publish = client.register_script(_PUBLISH_SCRIPT)
         self._history = client.register_script(_HISTORY_SCRIPT)
 
+    def load_scripts(self) -> None:
+        """Load the scripts now (a pipeline loads what Redis does not hold before it runs)."""
+        for script in (self._cas, self._publish, self._history):
+            self.client.script_load(script.script)
+
     def project(self, docs: Iterable[ViewDoc]) -> int:
         """Write the views, add the feed events and history entries, in one round trip;
         returns how many views replaced an older one."""

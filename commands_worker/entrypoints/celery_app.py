@@ -12,6 +12,7 @@ hand-backs after which a message is dead-lettered instead of looping.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 from urllib.parse import urlparse
 
@@ -26,6 +27,7 @@ from shared.settings import Settings
 
 settings = Settings.from_env()
 logs.configure(settings.log_level)
+log = logging.getLogger("hostfactory.worker")
 
 
 def _transport_for(url: str) -> str | None:
@@ -88,6 +90,18 @@ app.conf.update(
 
 app.steps["consumer"].add(Housekeeping)
 use_inbox(lambda: bootstrap.deps().inbox)
+
+
+@signals.worker_process_init.connect  # type: ignore[untyped-decorator]
+def _warm(**_: Any) -> None:
+    """Each pool process opens its store and Redis connections and loads the projector's
+    scripts when it starts, not in its first batch: the first commands after a start waited
+    tens of milliseconds for that (bench.fresh). A failure here only leaves it to that batch."""
+    try:
+        bootstrap.warm(bootstrap.deps())
+    except Exception as exc:
+        log.warning("pool process not warmed; its first batch connects",
+                    extra={"event": "warm_failed", "error": str(exc)[:300]})
 
 
 @signals.import_modules.connect  # type: ignore[untyped-decorator]
