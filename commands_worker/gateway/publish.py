@@ -135,18 +135,19 @@ class RedisPublisher:
         await done
 
     def _start(self) -> None:
-        """Send all that is pending in one round trip, unless one is in flight: then what
-        arrives meanwhile waits for it, and goes in the next."""
+        """Start a round trip for what is pending, unless one is in flight: then what arrives
+        meanwhile waits for it, and goes in the next."""
         if self.pending and self.in_flight is None:
-            batch, self.pending = self.pending, []
-            self.in_flight = asyncio.ensure_future(self._trip(batch))
+            self.in_flight = asyncio.ensure_future(self._trip())
             self.in_flight.add_done_callback(self._done)
 
     def _done(self, _: asyncio.Task[None]) -> None:
         self.in_flight = None
         self._start()
 
-    async def _trip(self, batch: list[_Pending]) -> None:
+    async def _trip(self) -> None:
+        # Taken when the trip starts: what arrived since it was started goes in too.
+        batch, self.pending = self.pending, []
         try:
             await self._send(batch)
         except Exception as exc:  # the connection failed: none of these is sure

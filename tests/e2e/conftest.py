@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from tests.conftest import ROOT, Proc, free_port, http_ok, wait_for
 
@@ -84,3 +85,15 @@ def gateway_url(stack_env: dict[str, str], tmp_path: Path, query_url: str) -> It
     wait_for(lambda: http_ok(f"{url}/healthz"), 20, what="the gateway")
     yield url
     proc.stop()
+
+
+def reading_the_feed(redis_url: str, group: str) -> None:
+    """Wait until a provider process has made its consumer group: the group starts at the
+    feed's end, so an event published before it exists would never reach it. (Its consumer
+    appears only once a read returns, not while it blocks on an empty feed.)"""
+    feed = redis.Redis.from_url(redis_url)
+    wait_for(lambda: any(g["name"] == group.encode()
+                         for g in (feed.xinfo_groups("hf:v1:feed")
+                                   if feed.exists("hf:v1:feed") else [])),
+             30, what=f"the {group} group on the feed")
+    feed.close()

@@ -19,7 +19,7 @@ import pytest
 import redis
 
 from tests.conftest import TEST_FEED_KEY, Proc, free_port, http_ok, wait_for
-from tests.e2e.conftest import HostFactory
+from tests.e2e.conftest import HostFactory, reading_the_feed
 
 try:
     import boto3
@@ -92,12 +92,7 @@ def start_provider(stack_env: dict[str, str], endpoint: str, cluster: str, log: 
     argv = [sys.executable, "-m", "hfctl", "provider", "aws", "--cluster", cluster,
             "--consumer", "aws-1", "--follow", follow]
     proc = Proc(argv, {**stack_env, **aws_env(endpoint), **env}, log).start()
-    feed = redis.Redis.from_url(stack_env["REDIS_URL"])
-    wait_for(lambda: any(g["name"] == b"aws" and g["consumers"]
-                         for g in (feed.xinfo_groups("hf:v1:feed")
-                                   if feed.exists("hf:v1:feed") else [])),
-             30, what="the provider to read the feed")
-    feed.close()
+    reading_the_feed(stack_env["REDIS_URL"], "aws")
     return proc
 
 

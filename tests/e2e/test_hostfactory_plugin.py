@@ -18,13 +18,14 @@ from typing import Any
 import pytest
 
 from tests.conftest import Proc, free_port, wait_for
-from tests.e2e.conftest import SCRIPTS, HostFactory
+from tests.e2e.conftest import SCRIPTS, HostFactory, reading_the_feed
 
 
 @pytest.fixture
 def simulator(stack_env: dict[str, str], query_url: str, tmp_path: Path) -> Any:
     proc = Proc([sys.executable, "-m", "hfctl", "simulate", "--delay", "0.2"],
                 {**stack_env, "QUERY_URL": query_url}, tmp_path / "simulator.log").start()
+    reading_the_feed(stack_env["REDIS_URL"], "simulator")
     yield proc
     proc.stop()
 
