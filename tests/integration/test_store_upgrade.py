@@ -54,3 +54,21 @@ def test_an_older_store_is_upgraded_on_start(kind: str, tmp_path: Path,
     assert [m.return_request_id for m in machines] == ["ret-r1"]
     assert store.overdue_requests(1e12) == ["ret-r1"]  # an old request has no deadline
     store.engine.dispose()
+
+
+@pytest.mark.postgres
+def test_workers_starting_together_on_an_empty_store_all_start(postgres_url: str) -> None:
+    """A worker's pool processes, or several workers, start at once on an empty PostgreSQL
+    store: each creates the schema or finds it made, none fails. (Under REPEATABLE READ the
+    advisory lock's own statement took the snapshot before the wait: three of four failed
+    with "relation already exists".)"""
+    import subprocess
+    import sys
+
+    code = ("from commands_worker.adapters.sql.store import Store; "
+            f"Store.from_url({postgres_url!r}); print('started')")
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE) for _ in range(5)]
+    done = [p.communicate(timeout=60) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 5, [err[-300:] for _, err in done]
+    assert all(out.strip() == b"started" for out, _ in done)

@@ -107,12 +107,19 @@ dead_letters = sa.Table(
 
 
 def create_schema(engine: Engine) -> None:
-    """Create missing tables; several workers may start at once."""
-    with engine.begin() as conn:
-        if engine.dialect.name == "postgresql":
-            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(727274)")
-        metadata.create_all(conn, checkfirst=True)
-        _add_missing_columns(conn)
+    """Create missing tables; several workers (and a worker's pool processes) may start at
+    once. On PostgreSQL they queue on an advisory lock, in a READ COMMITTED transaction: under
+    the engine's REPEATABLE READ the snapshot is taken by the lock's own statement, before the
+    wait, so the tables the lock's last holder made stayed unseen and were created again
+    ("relation already exists": four processes started together, three failed)."""
+    with engine.connect() as opened:
+        conn = (opened.execution_options(isolation_level="READ COMMITTED")
+                if engine.dialect.name == "postgresql" else opened)
+        with conn.begin():
+            if engine.dialect.name == "postgresql":
+                conn.exec_driver_sql("SELECT pg_advisory_xact_lock(727274)")
+            metadata.create_all(conn, checkfirst=True)
+            _add_missing_columns(conn)
 
 
 def _add_missing_columns(conn: sa.Connection) -> None:
