@@ -51,7 +51,7 @@ class PluginConfig:
     query_url: str
     token: str | None
     # Set: commands go to the command gateway over HTTP (no broker client to load: the
-    # fastest send); unset: to the broker directly, through Celery.
+    # fastest send); unset: to the broker directly (shared.client).
     gateway_url: str | None
     gateway_token: str | None
     timeout_s: float
@@ -266,7 +266,7 @@ def _send_over_http(config: PluginConfig, task: str, kwargs: dict[str, Any]) -> 
                "Idempotency-Key": kwargs["command_id"]}
     if config.gateway_token:
         headers["Authorization"] = f"Bearer {config.gateway_token}"
-    data = json.dumps({k: v for k, v in kwargs.items() if v is not None}).encode()
+    data = orjson.dumps({k: v for k, v in kwargs.items() if v is not None})
     deadline = time.monotonic() + min(config.timeout_s, 10.0)
     try:
         status, reason, raw = _exchange(f"{config.gateway_url}/commands/{name}", data,

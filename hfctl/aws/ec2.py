@@ -299,9 +299,7 @@ def describe(ec2: Any, *, ids: list[str] | None = None,
              filters: list[dict[str, Any]] | None = None) -> Iterator[dict[str, Any]]:
     """Instances by id (in batches) or by filter (every page)."""
     if ids is not None:
-        for start in range(0, len(ids), BATCH):
-            yield from describe(ec2, filters=[
-                {"Name": "instance-id", "Values": ids[start:start + BATCH]}, *(filters or [])])
+        yield from _batched(ec2, "instance-id", ids, filters or [])
         return
     pages = ec2.get_paginator("describe_instances").paginate(
         Filters=filters or [], PaginationConfig={"PageSize": 1000})
@@ -310,38 +308,42 @@ def describe(ec2: Any, *, ids: list[str] | None = None,
             yield from reservation["Instances"]
 
 
+def _batched(ec2: Any, name: str, values: list[str],
+             filters: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """Instances whose ``name`` is one of ``values``, 200 values a call (EC2 bounds a
+    filter's values)."""
+    for start in range(0, len(values), BATCH):
+        yield from describe(ec2, filters=[
+            {"Name": name, "Values": values[start:start + BATCH]}, *filters])
+
+
+def _mine(cluster: str) -> dict[str, Any]:
+    return {"Name": f"tag:{CLUSTER_TAG}", "Values": [cluster]}
+
+
 # Every state but terminated: what a follow pass lists after its first.
 NOT_TERMINATED: Final = ("pending", "running", "shutting-down", "stopping", "stopped")
 
 
-def owned(ec2: Any, cluster: str, **tags: str) -> list[dict[str, Any]]:
-    filters = [{"Name": f"tag:{CLUSTER_TAG}", "Values": [cluster]}]
-    filters += [{"Name": f"tag:{k}", "Values": [v]} for k, v in tags.items()]
-    return list(describe(ec2, filters=filters))
+def owned(ec2: Any, cluster: str) -> list[dict[str, Any]]:
+    """Every instance of the cluster EC2 lists (terminated ones too, for an hour)."""
+    return list(describe(ec2, filters=[_mine(cluster)]))
 
 
 def owned_by_tag(ec2: Any, cluster: str, tag: str, values: list[str]) -> list[dict[str, Any]]:
-    """The cluster's instances whose ``tag`` is one of ``values`` (200 values a call: EC2's
-    bound on a filter's values)."""
-    found: list[dict[str, Any]] = []
-    for start in range(0, len(values), BATCH):
-        found += describe(ec2, filters=[
-            {"Name": f"tag:{CLUSTER_TAG}", "Values": [cluster]},
-            {"Name": f"tag:{tag}", "Values": values[start:start + BATCH]}])
-    return found
+    """The cluster's instances whose ``tag`` is one of ``values``."""
+    return list(_batched(ec2, f"tag:{tag}", values, [_mine(cluster)]))
 
 
 def owned_alive(ec2: Any, cluster: str) -> list[dict[str, Any]]:
     """The cluster's instances that are not terminated."""
     return list(describe(ec2, filters=[
-        {"Name": f"tag:{CLUSTER_TAG}", "Values": [cluster]},
-        {"Name": "instance-state-name", "Values": list(NOT_TERMINATED)}]))
+        _mine(cluster), {"Name": "instance-state-name", "Values": list(NOT_TERMINATED)}]))
 
 
 def owned_by_ids(ec2: Any, cluster: str, ids: list[str]) -> list[dict[str, Any]]:
     """Those of ``ids`` this cluster owns, as they stand."""
-    return list(describe(ec2, ids=ids, filters=[
-        {"Name": f"tag:{CLUSTER_TAG}", "Values": [cluster]}]))
+    return list(describe(ec2, ids=ids, filters=[_mine(cluster)]))
 
 
 def terminate(ec2: Any, cluster: str, ids: list[str]) -> tuple[list[dict[str, Any]], list[str]]:

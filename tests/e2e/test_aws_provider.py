@@ -337,7 +337,7 @@ def test_every_template_field_reaches_ec2(ec2_endpoint: str, ec2: Any, subnets: 
                                               "Values": [instance["InstanceId"]]}])["Volumes"]
     assert (volume["Size"], volume["VolumeType"], volume["Iops"]) == (40, "gp3", 3000)
     # The same event again launches nothing: the provider finds its instances by tag.
-    assert len(aws.owned(ec2, cluster, **{"hf:event-id": "acquire:req-full"})) == 2
+    assert len(aws.owned_by_tag(ec2, cluster, "hf:event-id", ["acquire:req-full"])) == 2
     # The provider reads no file an event names: a script the event does not carry (the
     # worker resolves it when it loads the templates file) refuses the launch.
     missing = awsprov.launch_spec({**template, "userDataScript": "/etc/shadow"})
