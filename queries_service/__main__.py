@@ -35,9 +35,10 @@ def _serve(settings: Settings) -> None:
 
 
 def _serve_granian(settings: Settings) -> None:
-    """Granian (a Rust HTTP server, hyper under ASGI): the same app, about 1.7 times the
-    requests a second uvicorn serves here. Its HTTP/1 parser bounds a request's head to
-    ``MAX_HEAD_BYTES`` (431), and answers an unparseable request 400, both without a body."""
+    """Granian (a Rust HTTP server, hyper) on its RSGI interface (``queries_service.rsgi``:
+    kept views answered there, the rest bridged to the ASGI app). Its HTTP/1 parser bounds a
+    request's head to ``MAX_HEAD_BYTES`` (431), and answers an unparseable request 400, both
+    without a body."""
     from granian import Granian
     from granian.constants import Interfaces, Loops
     from granian.http import HTTP1Settings
@@ -46,7 +47,7 @@ def _serve_granian(settings: Settings) -> None:
     from shared.asgi import HEAD_READ_TIMEOUT_S, MAX_HEAD_BYTES
 
     Granian("queries_service.asgi:app", address=settings.query_host, port=settings.query_port,
-            interface=Interfaces.ASGI, workers=settings.query_workers, loop=Loops.uvloop,
+            interface=Interfaces.RSGI, workers=settings.query_workers, loop=Loops.uvloop,
             runtime_threads=1, blocking_threads=1, websockets=False, backlog=4096,
             http1_settings=HTTP1Settings(max_buffer_size=MAX_HEAD_BYTES,
                                          header_read_timeout=int(HEAD_READ_TIMEOUT_S * 1000)),

@@ -17,7 +17,6 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import ASGIApp
 
 from queries_service.cache import CacheUnavailable, ReadCache
 from queries_service.endpoints import QueryApp
@@ -25,6 +24,7 @@ from queries_service.hot_views import FastPath, LocalViews
 from queries_service.metrics import Metrics
 from queries_service.parameters import BadParameter
 from queries_service.responses import UNREACHABLE, error
+from queries_service.rsgi import QueryService
 from shared.asgi import protected
 from shared.settings import Settings
 
@@ -108,7 +108,7 @@ async def _server_error(request: Request, exc: Exception) -> Response:
     return error(500, "internal_error", "the service failed; see its log")
 
 
-def create_app(settings: Settings | None = None, cache: ReadCache | None = None) -> ASGIApp:
+def create_app(settings: Settings | None = None, cache: ReadCache | None = None) -> QueryService:
     settings = settings or Settings.from_env()
     holder: dict[str, QueryApp] = {}
     local, metrics = LocalViews(), Metrics()
@@ -132,4 +132,6 @@ def create_app(settings: Settings | None = None, cache: ReadCache | None = None)
                     exception_handlers={HTTPException: _http_error, Exception: _server_error})
     # /requests/x/ is a 404 (JSON), not a bodyless redirect to /requests/x.
     app.router.redirect_slashes = False
-    return protected(FastPath(app, local, metrics.served), settings.query_api_tokens)
+    fast = FastPath(app, local, metrics.served)
+    return QueryService(protected(fast, settings.query_api_tokens), fast,
+                        settings.query_api_tokens)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -63,7 +64,8 @@ class QueryApp:
     async def _read(self, key: str, min_version: int = 0) -> bytes | None:
         """A view from this process if it is known current, else from Redis (then kept).
         Concurrent reads of one key share one Redis round trip: a thousand long-polls woken
-        by one projection cost one read, not a thousand."""
+        by one projection cost one read, not a thousand. The read is a task of its own, so a
+        poll let go (its client hung up) never takes the others' read with it."""
         doc = self.local.get(key)
         if doc is not None and (not min_version or doc_version(doc) >= min_version):
             return doc
@@ -72,22 +74,23 @@ class QueryApp:
             doc = await asyncio.shield(pending)
             if doc is None or doc_version(doc) >= min_version:
                 return doc
-        future: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
-        self._reading[key] = future
-        try:
-            stamp = self.local.stamp(key)
-            doc = await self.cache.get(key, min_version)
-            if doc is not None:
-                self.local.keep(key, doc, stamp)
-            future.set_result(doc)
-            return doc
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: a failed shared read is reported by each caller
-            raise
-        finally:
-            if self._reading.get(key) is future:
-                del self._reading[key]
+        reading = asyncio.ensure_future(self._fetch(key, min_version))
+        self._reading[key] = reading
+        reading.add_done_callback(functools.partial(self._read_done, key))
+        return await asyncio.shield(reading)
+
+    async def _fetch(self, key: str, min_version: int) -> bytes | None:
+        stamp = self.local.stamp(key)
+        doc = await self.cache.get(key, min_version)
+        if doc is not None:
+            self.local.keep(key, doc, stamp)
+        return doc
+
+    def _read_done(self, key: str, reading: asyncio.Future[bytes | None]) -> None:
+        if self._reading.get(key) is reading:
+            del self._reading[key]
+        if not reading.cancelled():
+            reading.exception()  # retrieved: a failed shared read is reported by each caller
 
     async def _wait_for(self, key: str, min_version: int, wait_s: int) -> bytes | None:
         """Hold the poll until the view reaches ``min_version`` or ``wait_s`` pass."""

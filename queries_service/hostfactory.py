@@ -16,7 +16,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from queries_service.cache import ReadCache
+from queries_service.cache import ReadCache, doc_version
 from queries_service.responses import JSON, error
 from shared import hostfactory as hf
 from shared import keys
@@ -49,10 +49,52 @@ def _command_of(request_id: str) -> str | None:
     return command_id if sep and prefix in ("req", "ret") and is_valid_id(command_id) else None
 
 
+class ShapedEntries:
+    """Each request's getRequestStatus entry, serialised, kept for the view version it was
+    made from: a poller asks for the same ids every few seconds, and parsing and shaping a
+    thousand views was most of the answer's time (bench/README.md). A view's key and version
+    name its content (the ETag rule); the clock matters only across the view's deadline, so an
+    entry made before the deadline is made again after it. Bounded by bytes: past the bound,
+    everything kept is dropped and kept anew."""
+
+    def __init__(self, max_bytes: int = 32 * 2**20) -> None:
+        self.max_bytes = max_bytes
+        self.size = 0
+        self.entries: dict[str, tuple[int, float | None, bytes]] = {}
+
+    def entry(self, key: str, doc: bytes, now: float) -> bytes:
+        version = doc_version(doc)
+        kept = self.entries.get(key)
+        if kept is not None and kept[0] == version and (kept[1] is None or now <= kept[1]):
+            return kept[2]
+        view = orjson.loads(doc)
+        shaped = orjson.dumps(hf.hf_request(view, now))
+        if not version:  # not a document the projector wrote: made anew every time
+            return shaped
+        deadline = view.get("deadline_at")
+        # Valid until the deadline passes; past it (or with none) for as long as the version.
+        until = float(deadline) if isinstance(deadline, (int, float)) and now <= deadline \
+            else None
+        if kept is not None:
+            self.size -= len(kept[2])
+        if self.size + len(shaped) > self.max_bytes:
+            self.entries.clear()
+            self.size = 0
+        self.entries[key] = (version, until, shaped)
+        self.size += len(shaped)
+        return shaped
+
+
+def refused_body(exc: BadBody) -> Response:
+    return error(exc.status, "length_required" if exc.status == 411 else "invalid_body",
+                 exc.problem)
+
+
 class HostFactoryAnswers:
     def __init__(self, cache: ReadCache, settings: Settings,
                  templates: Callable[[], Awaitable[list[dict[str, Any]]]]) -> None:
         self.cache = cache
+        self.shaped = ShapedEntries()
         self.templates = templates
         # An id sent moments ago is "running" (not "unknown") until its deadline could pass.
         self.grace_s = max(settings.request_timeout_s, settings.return_timeout_s)
@@ -62,7 +104,7 @@ class HostFactoryAnswers:
             body = await read_json_object(request, MAX_BODY_BYTES)
             asked = [e.get("requestId") for e in listed(body, "requests", MAX_STATUS_IDS)]
         except BadBody as exc:
-            return error(exc.status, "invalid_body", exc.problem)
+            return refused_body(exc)
         valid = [str(i) for i in asked if is_valid_id(i)]
         docs = dict(zip(valid, await self.cache.mget([keys.request_key(i) for i in valid]),
                         strict=True))
@@ -74,22 +116,23 @@ class HostFactoryAnswers:
         for ident in asked:
             doc = docs.get(ident) if isinstance(ident, str) else None
             if doc is not None:
-                answers.append(hf.hf_request(orjson.loads(doc), now))
+                answers.append(self.shaped.entry(keys.request_key(str(ident)), doc, now))
             elif not isinstance(ident, str) or not is_valid_id(ident):
-                answers.append({"requestId": ident, "status": "complete_with_error",
-                                "message": "not a valid request id", "machines": []})
+                answers.append(orjson.dumps({"requestId": ident, "status": "complete_with_error",
+                                             "message": "not a valid request id",
+                                             "machines": []}))
             else:
                 outcome = outcomes.get(ident)
-                answers.append(hf.hf_unknown(ident, now, self.grace_s,
-                                             orjson.loads(outcome) if outcome else None))
-        return Response(orjson.dumps({"requests": answers}), 200, media_type=JSON)
+                answers.append(orjson.dumps(hf.hf_unknown(
+                    ident, now, self.grace_s, orjson.loads(outcome) if outcome else None)))
+        return Response(b'{"requests":[' + b",".join(answers) + b"]}", 200, media_type=JSON)
 
     async def return_requests(self, request: Request) -> Response:
         try:
             body = await read_json_object(request, MAX_BODY_BYTES)
             hosts = listed(body, "machines", MAX_LISTED_HOSTS)
         except BadBody as exc:
-            return error(exc.status, "invalid_body", exc.problem)
+            return refused_body(exc)
         found = await self._machines_of(hosts)
         now = time.time()
         gone, unknown = [], 0

@@ -20,13 +20,13 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from queries_service.responses import etag, not_modified
 from shared import keys
 
-_JSON: Final = (b"content-type", b"application/json")
+_JSON: Final = ("content-type", "application/json")
 # Listing pages (``GET /requests?…``) are kept under this prefix and the raw query string.
 # Any request's view changing may change any page, so one announcement drops them all.
 PAGE_PREFIX: Final = "requests?"
 _REQUEST_VIEWS: Final = (keys.request_key(""), keys.request_summary_key(""))
 MAX_PAGES: Final = 2_000
-_NO_CACHE: Final = (b"cache-control", b"no-cache")
+_NO_CACHE: Final = ("cache-control", "no-cache")
 
 
 class LocalViews:
@@ -129,20 +129,20 @@ _ROUTES: Final = (
 )
 
 
-def fast_key(path: str, query: bytes) -> tuple[str, str] | None:
+def fast_key(path: str, query: str) -> tuple[str, str] | None:
     """The local key a GET can be answered from without the framework, if any."""
     if path == "/templates":
-        return "list_templates", "templates?" + query.decode("latin-1")
+        return "list_templates", "templates?" + query
     if path == "/requests":
-        return "list_requests", PAGE_PREFIX + query.decode("latin-1")
-    if query not in (b"", b"include_machines=true", b"include_machines=false"):
+        return "list_requests", PAGE_PREFIX + query
+    if query not in ("", "include_machines=true", "include_machines=false"):
         return None
     for prefix, route, key_of in _ROUTES:
         if path.startswith(prefix):
             ident = path[len(prefix):]
             if not ident or "/" in ident:
                 return None
-            if query == b"include_machines=false":
+            if query == "include_machines=false":
                 if route != "get_request":
                     return None
                 return route, keys.request_summary_key(ident)
@@ -152,54 +152,71 @@ def fast_key(path: str, query: bytes) -> tuple[str, str] | None:
     return None
 
 
+# A kept document's answer head: the document it was made for, its headers (as ASGI wants
+# them, and as granian's RSGI wants them) and its ETag.
+_Head = tuple[bytes, list[tuple[bytes, bytes]], list[tuple[str, str]], str | None]
+
+
 class FastPath:
-    """Answers repeated GETs from ``LocalViews``; everything else goes to the app."""
+    """Answers repeated GETs from ``LocalViews``; everything else goes to the app. Served on
+    ASGI (``__call__``) and, by ``queries_service.rsgi``, on granian's RSGI (``lookup`` and
+    ``answer``)."""
 
     def __init__(self, app: ASGIApp, local: LocalViews,
                  count: Callable[[str, int, float], None]) -> None:
         self.app = app
         self.local = local
         self.count = count
-        # A kept document's answer head (its headers, its ETag), made once per document:
-        # valid while the document kept is this very object.
-        self._heads: dict[str, tuple[bytes, list[tuple[bytes, bytes]], str | None]] = {}
+        # Made once per document: valid while the document kept is this very object.
+        self._heads: dict[str, _Head] = {}
+
+    def lookup(self, path: str, query: str) -> tuple[str, str, bytes] | None:
+        """The route, key and kept document that answer a GET of ``path?query``, if any."""
+        if not self.local.enabled:
+            return None
+        found = fast_key(path, query)
+        if found is None:
+            return None
+        doc = self.local.get(found[1])
+        return None if doc is None else (found[0], found[1], doc)
+
+    def answer(self, route: str, key: str, doc: bytes, if_none_match: str | None
+               ) -> tuple[int, _Head]:
+        """The status and head of the answer (304 when the poller holds this version)."""
+        head = self._head(route, key, doc)
+        tag = head[3]
+        if tag is not None and if_none_match is not None and not_modified(if_none_match, tag):
+            return 304, head
+        return 200, head
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "GET" and self.local.enabled:
             started = time.perf_counter()
-            found = fast_key(scope["path"], scope["query_string"])
-            doc = self.local.get(found[1]) if found else None
-            if found is not None and doc is not None:
-                await self._answer(found, doc, scope, send, started)
+            hit = self.lookup(scope["path"], scope["query_string"].decode("latin-1"))
+            if hit is not None:
+                asked = next((v for k, v in scope["headers"] if k == b"if-none-match"), None)
+                status, (doc, headers, _, _) = self.answer(
+                    *hit, None if asked is None else asked.decode("latin-1"))
+                if status == 304:
+                    doc, headers = b"", [*headers[:-1], (b"content-length", b"0")]
+                await send({"type": "http.response.start", "status": status, "headers": headers})
+                await send({"type": "http.response.body", "body": doc})
+                self.count(hit[0], status, time.perf_counter() - started)
                 return
         await self.app(scope, receive, send)
 
-    def _head(self, route: str, key: str, doc: bytes) -> tuple[list[tuple[bytes, bytes]],
-                                                                str | None]:
+    def _head(self, route: str, key: str, doc: bytes) -> _Head:
         made = self._heads.get(key)
         if made is not None and made[0] is doc:
-            return made[1], made[2]
-        headers = [_JSON, _NO_CACHE]
+            return made
+        named = [_JSON, _NO_CACHE]
         tag = None
         if route not in ("list_templates", "list_requests"):
             tag = etag(key, doc)
-            headers.append((b"etag", tag.encode()))
-        headers.append((b"content-length", str(len(doc)).encode()))
+            named.append(("etag", tag))
+        named.append(("content-length", str(len(doc))))
+        head = (doc, [(k.encode(), v.encode()) for k, v in named], named, tag)
         if len(self._heads) >= 2 * self.local.max_entries:
             self._heads.clear()
-        self._heads[key] = (doc, headers, tag)
-        return headers, tag
-
-    async def _answer(self, found: tuple[str, str], doc: bytes, scope: Scope,
-                      send: Send, started: float) -> None:
-        route, key = found
-        headers, tag = self._head(route, key, doc)
-        status = 200
-        if tag is not None:
-            asked = next((v for k, v in scope["headers"] if k == b"if-none-match"), None)
-            if asked is not None and not_modified(asked.decode("latin-1"), tag):
-                status, doc = 304, b""
-                headers = [*headers[:-1], (b"content-length", b"0")]
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": doc})
-        self.count(route, status, time.perf_counter() - started)
+        self._heads[key] = head
+        return head

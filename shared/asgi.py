@@ -76,11 +76,19 @@ class BadBody(Exception):
         self.problem = problem
 
 
+BODY_LENGTH_REQUIRED: Final = ("send the body with a Content-Length header (chunked bodies are "
+                          "not accepted)")
+
+
 async def read_json_object(request: Request, limit: int,
                            timeout_s: float = BODY_READ_TIMEOUT_S) -> dict[str, Any]:
-    """``read_json`` of a Starlette request."""
-    return await read_json(lambda: asgi_body(request.receive, limit),
-                           request.headers.get("content-length"), limit, timeout_s)
+    """``read_json`` of a Starlette request; 411 for a body without a declared length (on
+    granian's RSGI interface a chunked body is read whole and unbounded, and a malformed or
+    cut one can end quietly: what is not declared is not read)."""
+    declared = request.headers.get("content-length")
+    if declared is None:
+        raise BadBody(411, BODY_LENGTH_REQUIRED)
+    return await read_json(lambda: asgi_body(request.receive, limit), declared, limit, timeout_s)
 
 
 async def read_json(read: Callable[[], Awaitable[bytes]], declared: str | None, limit: int,

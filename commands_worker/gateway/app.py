@@ -24,6 +24,7 @@ from pydantic import ValidationError
 from commands_worker.gateway.publish import KeyReused, Publisher, publisher_for
 from shared import names
 from shared.asgi import (
+    BODY_LENGTH_REQUIRED,
     BadBody,
     Message,
     Scope,
@@ -65,8 +66,7 @@ READING: Final = frozenset({"GET", "HEAD"})
 # A command's body must declare its length: a chunked one could be cut short or badly framed
 # without granian's RSGI interface telling (its chunk iterator just ends), and an incomplete
 # command must never be taken for a complete one.
-LENGTH_REQUIRED: Final = refused(411, "length_required", "send the command with a "
-                                 "Content-Length header (chunked bodies are not accepted)")
+LENGTH_REQUIRED: Final = refused(411, "length_required", BODY_LENGTH_REQUIRED)
 
 
 def _problems(exc: ValidationError) -> list[dict[str, str]]:

@@ -128,3 +128,34 @@ def test_machines_said_not_to_come_fail_the_request_with_the_providers_reason() 
     # While the launched machine is still coming up, the request is still running.
     running = hf.hf_request({**view, "machines": [{**machine, "status": "pending"}]}, now)
     assert running["status"] == "running" and "will not come" in running["message"]
+
+
+def test_a_kept_status_entry_follows_its_view_and_its_deadline() -> None:
+    """The query service keeps each request's getRequestStatus entry for the view version it
+    was made from: the same answer as shaping anew, before the deadline and after it, and a
+    new version is shaped anew."""
+    import orjson
+
+    from queries_service.hostfactory import ShapedEntries
+
+    def view(version: int, status: str) -> bytes:
+        return orjson.dumps({"version": version, "request_id": "req-1", "kind": hf.ACQUIRE,
+                             "max_number": 1, "deadline_at": 1_000.0, "machines": [
+                                 {"machine_id": "m1", "name": "h1", "private_ip": "10.0.0.1",
+                                  "status": status}]})
+
+    shaped = ShapedEntries()
+    key = "hf:v1:request:req-1"
+    for doc, now in ((view(1, "pending"), 900.0), (view(1, "pending"), 999.0),
+                     (view(1, "pending"), 1_001.0), (view(1, "pending"), 5_000.0),
+                     (view(2, "running"), 5_001.0), (view(2, "running"), 9_000.0)):
+        assert orjson.loads(shaped.entry(key, doc, now)) == hf.hf_request(orjson.loads(doc), now)
+    assert orjson.loads(shaped.entry(key, view(1, "pending"), 999.0))["status"] == "running"
+    assert orjson.loads(shaped.entry(key, view(1, "pending"), 1_001.0))["status"] == \
+        "complete_with_error"
+    first = shaped.entry(key, view(3, "running"), 10.0)
+    assert shaped.entry(key, view(3, "running"), 20.0) is first  # kept, not made again
+    small = ShapedEntries(max_bytes=len(first) + 10)
+    small.entry(key, view(3, "running"), 10.0)
+    small.entry("hf:v1:request:req-2", view(3, "running").replace(b"req-1", b"req-2"), 10.0)
+    assert small.size <= small.max_bytes and list(small.entries) == ["hf:v1:request:req-2"]
