@@ -53,7 +53,7 @@ class Projector:
         self._history = client.register_script(_HISTORY_SCRIPT)
 
     def load_scripts(self) -> None:
-        """Load the scripts now (a pipeline loads what Redis does not hold before it runs)."""
+        """Load the scripts into Redis (at start, and again when Redis says it lost them)."""
         for script in (self._cas, self._publish, self._history):
             self.client.script_load(script.script)
 
@@ -64,21 +64,34 @@ class Projector:
         if not (views or events or told):
             return 0
         try:
-            pipe = self.client.pipeline(transaction=False)
-            # Views first: a provider that reads an event finds its request's view.
-            for first in range(0, len(views), _DOCS_PER_CALL):
-                self._write_views(pipe, views[first:first + _DOCS_PER_CALL])
-            view_calls = len(pipe.command_stack)
-            for first in range(0, len(events), _DOCS_PER_CALL):
-                self._publish_events(pipe, events[first:first + _DOCS_PER_CALL])
-            for batch in told:
-                self._add_history(pipe, batch)
-            return sum(int(r) for r in pipe.execute()[:view_calls])
+            try:
+                return self._write(views, events, told)
+            except redis.exceptions.NoScriptError:
+                # Redis restarted, or a replica without our scripts was promoted: every
+                # script is loaded and the whole pipeline runs again (each call is a
+                # compare-and-set or marked once: running one twice changes nothing).
+                self.load_scripts()
+                return self._write(views, events, told)
         except redis.RedisError as exc:
             # Unreachable, a failover that demoted the primary under us (ReadOnlyError), or
             # full (OutOfMemoryError): the outbox keeps the documents, and the next attempt
             # finds the new primary or the room.
             raise CacheUnavailable(str(exc)) from exc
+
+    def _write(self, views: list[ViewDoc], events: list[ViewDoc], told: list[ViewDoc]) -> int:
+        """One pipeline of ``EVALSHA`` calls. Not redis-py's ``Script`` objects: a pipeline
+        holding them asks Redis which scripts it has (``SCRIPT EXISTS``) before it runs, a
+        second round trip in every projection."""
+        pipe = self.client.pipeline(transaction=False)
+        # Views first: a provider that reads an event finds its request's view.
+        for first in range(0, len(views), _DOCS_PER_CALL):
+            self._write_views(pipe, views[first:first + _DOCS_PER_CALL])
+        view_calls = len(pipe.command_stack)
+        for first in range(0, len(events), _DOCS_PER_CALL):
+            self._publish_events(pipe, events[first:first + _DOCS_PER_CALL])
+        for batch in told:
+            self._add_history(pipe, batch)
+        return sum(int(r) for r in pipe.execute()[:view_calls])
 
     def trim_feed(self) -> int:
         """Trim the feed toward its bound, never past what a provider has not acknowledged."""
@@ -94,7 +107,7 @@ class Projector:
         for request_id, sequence, member in orjson.loads(batch.body):
             index = sets.setdefault(keys.history_key(request_id), len(sets) + 1)
             args += [index, sequence, member]
-        self._history(keys=list(sets), args=args, client=pipe)
+        pipe.evalsha(self._history.sha, len(sets), *sets, *args)
 
     def _write_views(self, pipe: redis.client.Pipeline, views: list[ViewDoc]) -> None:
         script_keys: list[str] = []
@@ -103,7 +116,7 @@ class Projector:
             doc_keys, doc_args = _keys_and_args(doc)
             script_keys += doc_keys
             args += doc_args
-        self._cas(keys=script_keys, args=args, client=pipe)
+        pipe.evalsha(self._cas.sha, len(script_keys), *script_keys, *args)
 
     def _publish_events(self, pipe: redis.client.Pipeline, events: list[ViewDoc]) -> None:
         args: list[str | bytes | int] = [self.feed_maxlen, max(events[0].ttl_s, 60) * 1000]
@@ -113,8 +126,8 @@ class Projector:
                    if self.signing_key else "")
             republish = "1" if event.version == REPUBLISH else "0"
             args += [event_id, event.status, event.body, sig, republish]
-        self._publish(keys=[keys.FEED_STREAM_KEY, *(e.key for e in events)], args=args,
-                      client=pipe)
+        event_keys = [keys.FEED_STREAM_KEY, *(e.key for e in events)]
+        pipe.evalsha(self._publish.sha, len(event_keys), *event_keys, *args)
 
 
 def _sorted_out(docs: Iterable[ViewDoc]) -> tuple[list[ViewDoc], list[ViewDoc], list[ViewDoc]]:

@@ -61,3 +61,24 @@ def test_history_entries_are_added_once_and_bounded(rclient: redis.Redis) -> Non
     kept: Any = rclient.zrange(keys.history_key("r1"), 0, -1, withscores=True)
     assert len(kept) == HISTORY_MAX_ENTRIES
     assert [int(score) for _, score in kept] == list(range(3, HISTORY_MAX_ENTRIES + 3))
+
+
+def test_projection_survives_redis_forgetting_its_scripts(rclient: redis.Redis) -> None:
+    """A restarted Redis, or a promoted replica, holds none of the projector's scripts: the
+    views, the feed event and the history entry still arrive, once each."""
+    from commands_worker.service_layer.documents import history_doc
+    from commands_worker.service_layer.ports import HistoryEntry
+
+    projector = Projector(rclient)
+    projector.load_scripts()
+    projector.project(request_docs(req(1, "pending"), []))
+    rclient.script_flush()
+    event = ViewDoc(keys.feed_published_key("e1"), 1, b'{"request_id":"r1"}', ttl_s=60,
+                    status="acquire")
+    told = history_doc([HistoryEntry("r1", "c1", "commands.create_request", "applied", 1.0,
+                                     id=1)])
+    assert projector.project([*request_docs(req(2, "complete"), []), event, told]) == 2
+    assert orjson.loads(rclient.get(keys.request_key("r1")) or b"")["status"] == "complete"
+    assert rclient.xlen(keys.FEED_STREAM_KEY) == 1
+    assert rclient.zcard(keys.history_key("r1")) == 1
+    assert rclient.script_exists(projector._cas.sha) == [True]
