@@ -33,11 +33,11 @@ from shared.brokers import CONFIRM_TIMEOUT_S
 log = logging.getLogger("hostfactory.worker")
 
 FLUSH_EVERY: Final = 64
-# How long a message waits for company when a pool process is free. Batches grow with the
-# load anyway (while every process is busy, messages gather); 4 ms here was a third of the
-# projection lag at 150 commands/s (bench.lag: p50 15.5 -> 10.0 ms), and 1 ms costs no
-# throughput (bench: SQLite -c 2 3.57x the bare drain).
-FLUSH_INTERVAL_S: Final = 0.001
+# How long a message waits for company when a pool process is free: none, past the event
+# loop's turn (the messages of one read go together). Batches grow with the load anyway:
+# while every process is busy, messages gather. 4 ms here was a third of the projection lag
+# at 150 commands/s (bench.lag: p50 15.5 -> 10.0 ms); 1 ms was still ~1 ms of it.
+FLUSH_INTERVAL_S: Final = 0.0
 
 
 @dataclass
