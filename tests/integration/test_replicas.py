@@ -27,8 +27,11 @@ CREATE, UPDATE = "commands.create_request", "commands.update_machine_status"
 class RedisServer:
     def __init__(self, tmp: Path, *extra: str) -> None:
         self.port = free_port()
+        # No 5 s wait before a replica's first (diskless) sync: Redis's default holds every
+        # replica, failover and restart of these tests that long.
         self.argv = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-                     "--save", "", "--appendonly", "no", "--dir", str(tmp), *extra]
+                     "--save", "", "--appendonly", "no", "--dir", str(tmp),
+                     "--repl-diskless-sync-delay", "0", *extra]
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
