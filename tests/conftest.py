@@ -245,8 +245,11 @@ def start_worker(stack_env: dict[str, str], tmp_path: Path,
         return proc
 
     yield start
+    # The test is over: killed, not stopped (a warm shutdown waits a second for the pool's
+    # threads, times every worker of the suite). Tests of shutdown stop their workers
+    # themselves; what a killed worker held is flushed with the test's database.
     for proc in started:
-        proc.stop()
+        proc.kill()
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@
 (it is held back a second); each report waits on its own jittered retry timer, so a
 ``running`` often comes back before its ``pending``. Every report is applied, or superseded
 where overtaken (the older report), never rejected or dead-lettered, and every machine ends
-``running``: on SQLite and PostgreSQL, three rounds each."""
+``running``: on SQLite and PostgreSQL, two rounds each."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import redis
 from tests.conftest import Proc, wait_for
 
 pytestmark = [pytest.mark.redis, pytest.mark.worker]
-MACHINES, ROUNDS = 200, 3
+MACHINES, ROUNDS = 200, 2
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
