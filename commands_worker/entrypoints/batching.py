@@ -2,8 +2,9 @@
 
 Celery hands each message to a pool process on its own: about a millisecond of overhead per
 message before any work, and one store transaction per command. Here the consumer (the
-worker's main process) gathers the messages of both command tasks for a few milliseconds (or
-until ``FLUSH_EVERY``) and sends them to a pool process together (``batch_runner``): one store
+worker's main process) gathers the messages of both command tasks that one read brings, and
+more while every pool process is busy (up to ``FLUSH_EVERY``), and sends them to a pool process
+together (``batch_runner``): one store
 transaction in which each command is undone alone if refused, one Redis pipeline for every
 view, one pipeline for every acknowledgement. No guarantee is weakened: a message is
 acknowledged only after its command is committed and projected; a pool process that dies
