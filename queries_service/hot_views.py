@@ -181,13 +181,14 @@ class FastPath:
         return None if doc is None else (found[0], found[1], doc)
 
     def answer(self, route: str, key: str, doc: bytes, if_none_match: str | None
-               ) -> tuple[int, _Head]:
-        """The status and head of the answer (304 when the poller holds this version)."""
-        head = self._head(route, key, doc)
-        tag = head[3]
+               ) -> tuple[int, bytes, list[tuple[bytes, bytes]], list[tuple[str, str]]]:
+        """The status, body and headers (ASGI's, RSGI's) of the answer: 304, without a body,
+        when the poller holds this version."""
+        _, raw, named, tag = self._head(route, key, doc)
         if tag is not None and if_none_match is not None and not_modified(if_none_match, tag):
-            return 304, head
-        return 200, head
+            return (304, b"", [*raw[:-1], (b"content-length", b"0")],
+                    [*named[:-1], ("content-length", "0")])
+        return 200, doc, raw, named
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "GET" and self.local.enabled:
@@ -195,10 +196,8 @@ class FastPath:
             hit = self.lookup(scope["path"], scope["query_string"].decode("latin-1"))
             if hit is not None:
                 asked = next((v for k, v in scope["headers"] if k == b"if-none-match"), None)
-                status, (doc, headers, _, _) = self.answer(
+                status, doc, headers, _ = self.answer(
                     *hit, None if asked is None else asked.decode("latin-1"))
-                if status == 304:
-                    doc, headers = b"", [*headers[:-1], (b"content-length", b"0")]
                 await send({"type": "http.response.start", "status": status, "headers": headers})
                 await send({"type": "http.response.body", "body": doc})
                 self.count(hit[0], status, time.perf_counter() - started)

@@ -56,14 +56,12 @@ class QueryService:
     async def __rsgi__(self, scope: Any, protocol: Any) -> None:
         if scope.proto != "http":
             return
-        if scope.method == "GET" and self._authorized(scope):
+        if scope.method == "GET":
             started = time.perf_counter()
             hit = self.fast.lookup(scope.path, scope.query_string)
-            if hit is not None:
-                status, (doc, _, headers, _) = self.fast.answer(
+            if hit is not None and self._authorized(scope):
+                status, doc, _, headers = self.fast.answer(
                     *hit, scope.headers.get("if-none-match"))
-                if status == 304:
-                    doc, headers = b"", [*headers[:-1], ("content-length", "0")]
                 with contextlib.suppress(RuntimeError):  # the client went away
                     protocol.response_bytes(status, headers, doc)
                 self.fast.count(hit[0], status, time.perf_counter() - started)

@@ -76,8 +76,8 @@ class BadBody(Exception):
         self.problem = problem
 
 
-BODY_LENGTH_REQUIRED: Final = ("send the body with a Content-Length header (chunked bodies are "
-                          "not accepted)")
+BODY_LENGTH_REQUIRED: Final = ("send the body with a Content-Length header (chunked bodies "
+                                "are not accepted)")
 
 
 async def read_json_object(request: Request, limit: int,
