@@ -25,7 +25,6 @@ from queries_service.metrics import Metrics
 from queries_service.parameters import BadParameter
 from queries_service.responses import UNREACHABLE, error
 from queries_service.rsgi import QueryService
-from shared.asgi import protected
 from shared.settings import Settings
 
 # Path -> the QueryApp method that answers it (also the route's name in the metrics).
@@ -132,6 +131,4 @@ def create_app(settings: Settings | None = None, cache: ReadCache | None = None)
                     exception_handlers={HTTPException: _http_error, Exception: _server_error})
     # /requests/x/ is a 404 (JSON), not a bodyless redirect to /requests/x.
     app.router.redirect_slashes = False
-    fast = FastPath(app, local, metrics.served)
-    return QueryService(protected(fast, settings.query_api_tokens), fast,
-                        settings.query_api_tokens)
+    return QueryService(FastPath(app, local, metrics.served), settings.query_api_tokens)

@@ -19,21 +19,23 @@ import logging
 import sys
 import time
 from collections.abc import MutableMapping
-from typing import Any, Final
+from typing import Any
 
 from queries_service.hot_views import FastPath
-from shared.asgi import ASGIApp, Message, bearer_allowed
+from shared.asgi import ASGIApp, Message, bearer_allowed, protected
 
 log = logging.getLogger("hostfactory.queries")
-OPEN_PATHS: Final = frozenset({"/healthz", "/readyz"})
 
 
 class QueryService:
     """The query service: an ASGI app (``__call__``: tests, uvicorn) and an RSGI app
     (``__rsgi__``: granian), the same answers either way."""
 
-    def __init__(self, app: ASGIApp, fast: FastPath, tokens: tuple[str, ...]) -> None:
-        self.app = app  # the whole ASGI stack: bearer tokens, the fast path, Starlette
+    def __init__(self, fast: FastPath, tokens: tuple[str, ...]) -> None:
+        # The ASGI stack: bearer tokens, the fast path, Starlette. What crosses the bridge has
+        # missed the fast path already: bearer tokens and Starlette only.
+        self.app = protected(fast, tokens)
+        self.bridged = protected(fast.app, tokens)
         self.fast = fast
         self.tokens = [t.encode() for t in tokens]
         self._lifespan: _Lifespan | None = None
@@ -42,7 +44,7 @@ class QueryService:
         await self.app(scope, receive, send)
 
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._lifespan = _Lifespan(self.app)
+        self._lifespan = _Lifespan(self.bridged)
         try:
             loop.run_until_complete(self._lifespan.startup())
         except Exception:
@@ -66,7 +68,7 @@ class QueryService:
                     protocol.response_bytes(status, headers, doc)
                 self.fast.count(hit[0], status, time.perf_counter() - started)
                 return
-        await _Exchange(scope, protocol, self._lifespan).run(self.app)
+        await _Exchange(scope, protocol, self._lifespan).run(self.bridged)
 
     def _authorized(self, scope: Any) -> bool:
         """Whether the fast path may answer (else the ASGI stack answers, 401 included)."""
