@@ -131,4 +131,5 @@ def create_app(settings: Settings | None = None, cache: ReadCache | None = None)
                     exception_handlers={HTTPException: _http_error, Exception: _server_error})
     # /requests/x/ is a 404 (JSON), not a bodyless redirect to /requests/x.
     app.router.redirect_slashes = False
-    return QueryService(FastPath(app, local, metrics.served), settings.query_api_tokens)
+    return QueryService(FastPath(app, local, metrics.served), settings.query_api_tokens, holder,
+                        settings.query_max_wait_s)

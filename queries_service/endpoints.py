@@ -56,7 +56,7 @@ class QueryApp:
         key = (keys.request_key(ident) if p["include_machines"]
                else keys.request_summary_key(ident))
         if p["wait"] and p["min_version"]:
-            doc = await self._wait_for(key, p["min_version"], p["wait"])
+            doc = await self.wait_for(key, p["min_version"], p["wait"])
         else:
             doc = await self._read(key, p["min_version"])
         return document(request, key, doc, "request", ident)
@@ -92,7 +92,7 @@ class QueryApp:
         if not reading.cancelled():
             reading.exception()  # retrieved: a failed shared read is reported by each caller
 
-    async def _wait_for(self, key: str, min_version: int, wait_s: int) -> bytes | None:
+    async def wait_for(self, key: str, min_version: int, wait_s: int) -> bytes | None:
         """Hold the poll until the view reaches ``min_version`` or ``wait_s`` pass."""
         deadline = asyncio.get_running_loop().time() + wait_s
         with self.notifier.waiting(key, min_version) as event:

@@ -3,7 +3,8 @@ kept views, everything else handed to the ASGI application through a small bridg
 
 Measured (bench/README.md, "Speed, third round"): granian spends less of a core per request on
 RSGI than on ASGI (33 against 42 µs for a fixed answer), and a repeated poll is most of what
-the service answers. The bridge gives the ASGI app what it needs here: the whole body in one
+the service answers. A well-formed long-poll of one request is held and answered here too,
+by the endpoints' own wait. The bridge gives the ASGI app what it needs here: the whole body in one
 message (the endpoints that read one check its declared length first, and take none without
 it), a disconnect once the client is gone (a GET whose client hangs up is cancelled: a
 long-poll is not held for nobody), one ``response_bytes`` for a whole answer and a
@@ -19,24 +20,64 @@ import logging
 import sys
 import time
 from collections.abc import MutableMapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, Final
 
+from queries_service.cache import CacheUnavailable
 from queries_service.hot_views import FastPath
+from queries_service.parameters import MIN_VERSION, WAIT, BadParameter
+from queries_service.responses import UNREACHABLE, error
+from shared import keys
 from shared.asgi import ASGIApp, Message, bearer_allowed, protected
+from shared.ids import is_valid_id
+
+if TYPE_CHECKING:
+    from queries_service.endpoints import QueryApp
 
 log = logging.getLogger("hostfactory.queries")
+_POLL_FLAGS: Final = {"true": True, "false": False}
+
+
+def long_poll(path: str, query: str, max_wait_s: int) -> tuple[str, str, int, int] | None:
+    """The key, request id, ``min_version`` and ``wait`` of a well-formed long-poll of one
+    request (``GET /requests/{id}?min_version=N&wait=S``, ``include_machines`` optional), or
+    None: whatever else (a repeated or unknown parameter, an encoded or out-of-range value)
+    is left to the application, which answers or refuses it by the same rules."""
+    if not path.startswith("/requests/"):
+        return None
+    ident = path[len("/requests/"):]
+    if "/" in ident or not is_valid_id(ident):
+        return None
+    given: dict[str, str] = {}
+    for part in query.split("&"):
+        name, eq, value = part.partition("=")
+        if not eq or name in given or not value:
+            return None
+        given[name] = value
+    flag = _POLL_FLAGS.get(given.pop("include_machines", "true"))
+    try:
+        min_version = MIN_VERSION.parse(given.pop("min_version", None), max_wait_s)
+        wait = WAIT.parse(given.pop("wait", None), max_wait_s)
+    except BadParameter:
+        return None
+    if given or flag is None or not min_version or not wait:
+        return None
+    key = keys.request_key(ident) if flag else keys.request_summary_key(ident)
+    return key, ident, min_version, wait
 
 
 class QueryService:
     """The query service: an ASGI app (``__call__``: tests, uvicorn) and an RSGI app
     (``__rsgi__``: granian), the same answers either way."""
 
-    def __init__(self, fast: FastPath, tokens: tuple[str, ...]) -> None:
+    def __init__(self, fast: FastPath, tokens: tuple[str, ...],
+                 holder: dict[str, QueryApp], max_wait_s: int) -> None:
         # The ASGI stack: bearer tokens, the fast path, Starlette. What crosses the bridge has
         # missed the fast path already: bearer tokens and Starlette only.
         self.app = protected(fast, tokens)
         self.bridged = protected(fast.app, tokens)
         self.fast = fast
+        self.holder = holder  # the endpoints, once the lifespan has made them
+        self.max_wait_s = max_wait_s
         self.tokens = [t.encode() for t in tokens]
         self._lifespan: _Lifespan | None = None
 
@@ -68,12 +109,68 @@ class QueryService:
                     protocol.response_bytes(status, headers, doc)
                 self.fast.count(hit[0], status, time.perf_counter() - started)
                 return
+            poll = long_poll(scope.path, scope.query_string, self.max_wait_s)
+            if poll is not None and "app" in self.holder and self._authorized(scope):
+                await self._long_poll(scope, protocol, *poll)
+                return
         await _Exchange(scope, protocol, self._lifespan).run(self.bridged)
+
+    async def _long_poll(self, scope: Any, protocol: Any, key: str, ident: str,
+                         min_version: int, wait_s: int) -> None:
+        """A long-poll answered here, as ``QueryApp.get_request`` answers it: held until the
+        view reaches ``min_version`` or the wait runs out, let go at once if its client hangs
+        up. Starlette and the bridge were over a quarter of the service's CPU on polls woken
+        by projections (py-spy, bench.lag at 150 commands/s)."""
+        started = time.perf_counter()
+        held = asyncio.ensure_future(self.holder["app"].wait_for(key, min_version, wait_s))
+        gone = asyncio.ensure_future(protocol.client_disconnect())
+        try:
+            await asyncio.wait([held, gone], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+        if not held.done():
+            held.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await held
+            return
+        status, body, headers = self._poll_answer(scope, held, key, ident)
+        with contextlib.suppress(RuntimeError):  # the client went away
+            protocol.response_bytes(status, headers, body)
+        self.fast.count("get_request", status, time.perf_counter() - started)
 
     def _authorized(self, scope: Any) -> bool:
         """Whether the fast path may answer (else the ASGI stack answers, 401 included)."""
         return not self.tokens or bearer_allowed(
             self.tokens, scope.headers.get("authorization", "").encode("latin-1"))
+
+
+    def _poll_answer(self, scope: Any, held: asyncio.Future[bytes | None], key: str,
+                     ident: str) -> tuple[int, bytes, list[tuple[str, str]]]:
+        """What ``_route`` and ``document`` make of a poll's outcome, and log of it."""
+        said = {"path": scope.path[:300],
+                "correlation_id": scope.headers.get("x-correlation-id", "")[:200] or None}
+        try:
+            doc = held.result()
+        except CacheUnavailable as exc:
+            log.warning("read cache unreachable", extra={
+                "event": "cache_unavailable", "route": "get_request", "error": str(exc)})
+            log.warning("request refused", extra={
+                "event": "request_refused", "status": 503, "route": "get_request", **said})
+            return _error(503, "cache_unavailable", UNREACHABLE)
+        except Exception:
+            log.exception("request failed", extra={"event": "request_failed", **said})
+            return _error(500, "internal_error", "the service failed; see its log")
+        if doc is None:
+            return _error(404, "not_found", f"no request {ident!r}")
+        status, body, _, headers = self.fast.answer(
+            "get_request", key, doc, scope.headers.get("if-none-match"))
+        return status, body, headers
+
+
+def _error(status: int, name: str, detail: Any) -> tuple[int, bytes, list[tuple[str, str]]]:
+    response = error(status, name, detail)
+    return status, bytes(response.body), [(k.decode("latin-1"), v.decode("latin-1"))
+                                          for k, v in response.raw_headers]
 
 
 class _Exchange:

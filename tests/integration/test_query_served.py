@@ -91,6 +91,41 @@ def test_a_long_poll_is_answered_when_the_view_moves(
     assert answer.status_code == 200 and answer.json()["version"] == 2
 
 
+def test_every_ending_of_a_long_poll_is_answered_alike(
+        served: tuple[str, Proc], rclient: redis.Redis) -> None:
+    """On granian a well-formed long-poll is answered by the service itself, not across the
+    bridge: the same answers as the ASGI app gives on uvicorn, whichever way it ends."""
+    url, _ = served
+    put_request(rclient, 5, machines=2)
+    tag = httpx.get(f"{url}/requests/r5", headers=AUTH).headers["etag"]
+    poll = f"{url}/requests/r5?min_version=2&wait=1"
+    assert httpx.get(poll).status_code == 401
+    assert httpx.get(poll, headers={"Authorization": "Bearer wrong"}).status_code == 401
+    started = time.monotonic()
+    stale = httpx.get(poll, headers=AUTH, timeout=10)  # the wait runs out: the view as it is
+    assert 0.9 < time.monotonic() - started < 3
+    assert (stale.status_code, stale.headers["etag"]) == (200, tag)
+    assert stale.content == rclient.get("hf:v1:request:r5")
+    unchanged = httpx.get(poll, headers={**AUTH, "If-None-Match": tag}, timeout=10)
+    assert (unchanged.status_code, unchanged.content) == (304, b"")
+    unknown = httpx.get(f"{url}/requests/nope?wait=1&min_version=1", headers=AUTH, timeout=10)
+    assert unknown.status_code == 404
+    assert unknown.json() == {"error": "not_found", "detail": "no request 'nope'"}
+    put_request(rclient, 5, status="complete", version=3, machines=2)
+    summary = httpx.get(f"{url}/requests/r5?include_machines=false&min_version=3&wait=5",
+                        headers=AUTH, timeout=10)
+    assert summary.status_code == 200 and summary.json()["version"] == 3
+    assert "machines" not in summary.json()
+    for query, name in (("min_version=1&wait=99999", "wait"), ("min_version=-1&wait=1",
+                                                             "min_version"),
+                        ("min_version=1&wait=1&include_machines=maybe", "include_machines")):
+        refused = httpx.get(f"{url}/requests/r5?{query}", headers=AUTH, timeout=10)
+        assert refused.status_code == 422, query
+        assert refused.json()["detail"]["parameter"] == name
+    metrics = httpx.get(f"{url}/metrics", headers=AUTH).text
+    assert 'hf_query_requests_total{code="304",route="get_request"}' in metrics
+
+
 def test_bodies_errors_and_what_else_crosses_the_bridge(
         served: tuple[str, Proc], rclient: redis.Redis) -> None:
     url, _ = served

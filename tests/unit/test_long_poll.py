@@ -39,7 +39,7 @@ def test_an_announcement_during_the_read_wakes_the_poll() -> None:
     async def scenario() -> bytes | None:
         cache = SlowCache()
         app = QueryApp(cache, Settings.from_env({}), LocalViews(), Metrics())  # type: ignore[arg-type]
-        poll = asyncio.create_task(app._wait_for(KEY, min_version=2, wait_s=10))
+        poll = asyncio.create_task(app.wait_for(KEY, min_version=2, wait_s=10))
         await cache.reading.wait()              # the poll's first read is in flight
         app.notifier.dispatch(f"{KEY} 2".encode())  # the new version is announced meanwhile
         cache.release.set()                     # the read returns the old version
