@@ -168,21 +168,15 @@ class Channel(kredis.Channel):  # type: ignore[misc]
         self.consumer_id = uuid.uuid4().hex
         self._scripts: dict[str, str] = {}
         self._block_next = False
-        self._block_turn = 0
         self._pending: tuple[str, str] = ("", "")
         self._stranded: list[tuple[str, bytes]] = []
         self._registered_queues: tuple[str, ...] = ()
         self._sync_client: Any = None
-        # Threads blocking on the queues other than the first (with an event loop only), and
-        # what they moved into our in-flight lists, handed to the loop's thread.
-        self._watchers: dict[str, _Watcher] = {}
-        self._woken: collections.deque[tuple[str, bytes]] = collections.deque()
+        self.watching = _Watching(self)
 
     def _create_client(self, asynchronous: bool = False) -> Any:
-        """One client for the channel's pool, not a new one per use: kombu built a client for
-        every acknowledgement, claim and lease renewal, and a redis-py client copies its
-        table of response callbacks when made (15 % of the consumer's CPU at 150
-        commands/s, by py-spy). Made again if the channel's pool is replaced."""
+        """One client for the channel's pool (made again if the pool is replaced): kombu made
+        one per acknowledgement, claim and renewal, 15 % of the consumer's CPU (py-spy)."""
         if asynchronous:
             return super()._create_client(asynchronous=True)
         pool = self.pool
@@ -225,7 +219,7 @@ class Channel(kredis.Channel):  # type: ignore[misc]
         self._in_poll = conn
         self._brpop_sent_at = time.monotonic()
         if self._block_next:
-            key, block_s = self._block_on(queues)
+            key, block_s = self.watching.block_on(queues)
             self._pending = ("BLMOVE", key)
             conn.send_command("BLMOVE", key, keys.inflight_key(self.consumer_id, key),
                               "RIGHT", "LEFT", block_s)
@@ -265,42 +259,6 @@ class Channel(kredis.Channel):  # type: ignore[misc]
             except Exception as exc:  # kombu could not even build a message from it
                 self._undeliverable(item, queue, exc)
         return True
-
-    def _block_on(self, queues: list[str]) -> tuple[str, float]:
-        """The queue this connection blocks on, and for how long: the first (by name) while
-        threads watch the others, else each in turn for a moment."""
-        wake = getattr(self.connection, "wake", None)
-        if wake is None or len(queues) == 1:
-            key = queues[self._block_turn % len(queues)]
-            self._block_turn += 1
-            return key, BLOCK_S if len(queues) > 1 else FIRST_BLOCK_S
-        first, *others = sorted(queues)
-        if set(self._watchers) != set(others):
-            self._stop_watchers()
-            self._watchers = {key: _Watcher(self, key, wake) for key in others}
-            for watcher in self._watchers.values():
-                watcher.start()
-        return first, FIRST_BLOCK_S
-
-    def _stop_watchers(self) -> None:
-        for watcher in self._watchers.values():
-            watcher.stopped = True
-            watcher.free.set()
-        self._watchers = {}
-
-    def deliver_woken(self) -> None:
-        """Claim and deliver what the watchers moved (on the loop's thread), while prefetch
-        allows; what it does not wait in our in-flight lists, recorded under our lease."""
-        while self._woken:
-            self._stranded.append(self._woken.popleft())
-        if not self._stranded or self.closed or not self.qos.can_consume():
-            return
-        for dest, item in self._claim_stranded():
-            self._queue_cycle.rotate(dest)
-            try:
-                self.connection._deliver(loads(item), dest)
-            except Exception as exc:
-                self._undeliverable(item, dest, exc)
 
     def _undeliverable(self, item: bytes, queue: str, exc: Exception) -> None:
         """Park a recorded message kombu cannot turn into a message (a body that is not
@@ -354,9 +312,7 @@ class Channel(kredis.Channel):  # type: ignore[misc]
                 _log_refused("a claim", exc)
                 break
             self._stranded.pop(0)
-            watcher = self._watchers.get(key)
-            if watcher is not None:
-                watcher.free.set()  # it may take the next one
+            self.watching.claimed(key)
             if result == 1:
                 claimed.append((key, item))
         return claimed
@@ -390,7 +346,7 @@ class Channel(kredis.Channel):  # type: ignore[misc]
                               [keys.consumer_lease_key(""), keys.inflight_key("", "")[:-1]]))
 
     def close(self) -> None:
-        self._stop_watchers()
+        self.watching.stop()
         if not self._closing:
             try:
                 with self.conn_or_acquire() as client:
@@ -399,6 +355,60 @@ class Channel(kredis.Channel):  # type: ignore[misc]
             except Exception:
                 pass
         super().close()
+
+
+class _Watching:
+    """A channel's queue watchers (with an event loop only): threads blocking on the queues
+    other than the first, and what they moved into its in-flight lists, handed to the loop's
+    thread."""
+
+    def __init__(self, channel: Channel) -> None:
+        self.channel = channel
+        self.threads: dict[str, _Watcher] = {}
+        self.woken: collections.deque[tuple[str, bytes]] = collections.deque()
+        self._turn = 0
+
+    def block_on(self, queues: list[str]) -> tuple[str, float]:
+        """The queue the channel's connection blocks on, and for how long: the first (by
+        name) while threads watch the others, else each in turn for a moment."""
+        wake = getattr(self.channel.connection, "wake", None)
+        if wake is None or len(queues) == 1:
+            self._turn += 1
+            return (queues[(self._turn - 1) % len(queues)],
+                    BLOCK_S if len(queues) > 1 else FIRST_BLOCK_S)
+        first, *others = sorted(queues)
+        if set(self.threads) != set(others):
+            self.stop()
+            self.threads = {key: _Watcher(self.channel, key, wake) for key in others}
+            for watcher in self.threads.values():
+                watcher.start()
+        return first, FIRST_BLOCK_S
+
+    def claimed(self, key: str) -> None:
+        watcher = self.threads.get(key)
+        if watcher is not None:
+            watcher.free.set()  # it may take the next one
+
+    def stop(self) -> None:
+        for watcher in self.threads.values():
+            watcher.stopped = True
+            watcher.free.set()
+        self.threads = {}
+
+    def deliver(self) -> None:
+        """Claim and deliver what the watchers moved (on the loop's thread), while prefetch
+        allows; what it does not wait in our in-flight lists, recorded under our lease."""
+        channel = self.channel
+        while self.woken:
+            channel._stranded.append(self.woken.popleft())
+        if not channel._stranded or channel.closed or not channel.qos.can_consume():
+            return
+        for dest, item in channel._claim_stranded():
+            channel._queue_cycle.rotate(dest)
+            try:
+                channel.connection._deliver(loads(item), dest)
+            except Exception as exc:
+                channel._undeliverable(item, dest, exc)
 
 
 class _Watcher(threading.Thread):
@@ -432,7 +442,7 @@ class _Watcher(threading.Thread):
             if item is None:
                 continue
             self.free.clear()
-            self.channel._woken.append((self.key, item))
+            self.channel.watching.woken.append((self.key, item))
             self.wake()
             try:
                 client.hset(keys.CONSUMERS_KEY, self.channel.consumer_id,
@@ -492,8 +502,8 @@ class Transport(kredis.Transport):  # type: ignore[misc]
 
     def _deliver_woken(self) -> None:
         for channel in self.cycle._channels:
-            if channel._woken or channel._stranded:
-                channel.deliver_woken()
+            if channel.watching.woken or channel._stranded:
+                channel.watching.deliver()
 
     def close_connection(self, connection: Any) -> None:
         super().close_connection(connection)
