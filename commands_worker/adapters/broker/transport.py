@@ -417,8 +417,9 @@ class _Watcher(threading.Thread):
     claimed it: it holds one message at most. Stops (``stopped``) within one block.
 
     A message it moves after its channel stopped (closed, or its connection lost) is never
-    claimed: the consumer is registered again with it, without a lease, so the next
-    recovery by any worker hands it back (recovery forgets a consumer it found dead)."""
+    claimed: unclaimed for a block, the consumer is registered again with it, without a
+    lease, so the next recovery by any worker hands it back (recovery forgets a consumer it
+    found dead)."""
 
     def __init__(self, channel: Channel, key: str, wake: Any) -> None:
         super().__init__(name=f"watch {key}", daemon=True)
@@ -432,6 +433,7 @@ class _Watcher(threading.Thread):
         client = self.channel.Client(connection_pool=self.channel.pool)
         while not self.stopped and not self.channel.closed:
             if not self.free.wait(WATCHED_BLOCK_S):
+                self._register(client)  # a message unclaimed this long: the loop stopped
                 continue
             try:
                 item = client.blmove(self.key, self.inflight, WATCHED_BLOCK_S, "RIGHT", "LEFT")
@@ -439,17 +441,18 @@ class _Watcher(threading.Thread):
                 log.debug("queue watcher: %r", exc)
                 time.sleep(WATCHER_RETRY_S)
                 continue
-            if item is None:
-                continue
-            self.free.clear()
-            self.channel.watching.woken.append((self.key, item))
-            self.wake()
-            try:
-                client.hset(keys.CONSUMERS_KEY, self.channel.consumer_id,
-                            json.dumps(list(self.channel._registered_queues)))
-            except Exception as exc:  # registered already unless the channel stopped
-                log.debug("queue watcher: %r", exc)
+            if item is not None:
+                self.free.clear()
+                self.channel.watching.woken.append((self.key, item))
+                self.wake()
         client.close()
+
+    def _register(self, client: Any) -> None:
+        try:
+            client.hset(keys.CONSUMERS_KEY, self.channel.consumer_id,
+                        json.dumps(list(self.channel._registered_queues)))
+        except Exception as exc:  # tried again a block later
+            log.debug("queue watcher: %r", exc)
 
 
 class _Doorbell:
