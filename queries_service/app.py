@@ -4,7 +4,6 @@ them (bearer tokens outermost, then the fast path for views known current, then 
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -23,7 +22,7 @@ from queries_service.endpoints import QueryApp
 from queries_service.hot_views import FastPath, LocalViews
 from queries_service.metrics import Metrics
 from queries_service.parameters import BadParameter
-from queries_service.responses import UNREACHABLE, error
+from queries_service.responses import error, failed, refused, unreachable
 from queries_service.rsgi import QueryService
 from shared.settings import Settings
 
@@ -47,7 +46,6 @@ ROUTES: Final = (
     ("/hostfactory/templates", "hostfactory.available_templates"),
 )
 Endpoint = Callable[[Request], Awaitable[Response]]
-log = logging.getLogger("hostfactory.queries")
 
 
 def _route(holder: dict[str, QueryApp], path: str, name: str, method: str = "GET") -> Route:
@@ -65,25 +63,15 @@ def _route(holder: dict[str, QueryApp], path: str, name: str, method: str = "GET
             response = error(422, "invalid_parameter", {"parameter": exc.name,
                                                         "problem": exc.problem})
         except CacheUnavailable as exc:
-            log.warning("read cache unreachable", extra={"event": "cache_unavailable",
-                                                         "route": name, "error": str(exc)})
-            response = error(503, "cache_unavailable", UNREACHABLE)
+            response = unreachable(name, exc)
         query_app.metrics.served(name, response.status_code, time.perf_counter() - started)
         assert isinstance(response, Response)
         if response.status_code >= 400 and response.status_code != 404:
-            _refused(request, response.status_code, name)
+            refused(response.status_code, name, request.url.path,
+                    request.headers.get("x-correlation-id", ""))
         return response
 
     return Route(path, endpoint, methods=[method], name=name)
-
-
-def _refused(request: Request, status: int, route: str) -> None:
-    """Every request refused or failed, with the poller's ``X-Correlation-ID`` (404s, the
-    answer to a poll that came early, are counted in the metrics, not logged)."""
-    log.log(logging.ERROR if status >= 500 else logging.WARNING, "request refused", extra={
-        "event": "request_refused", "status": status, "route": route,
-        "path": request.url.path[:300],
-        "correlation_id": request.headers.get("x-correlation-id", "")[:200] or None})
 
 
 async def _sync_every_second(metrics: Metrics) -> None:
@@ -101,10 +89,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _server_error(request: Request, exc: Exception) -> Response:
-    log.error("request failed", exc_info=exc, extra={
-        "event": "request_failed", "path": request.url.path[:300],
-        "correlation_id": request.headers.get("x-correlation-id", "")[:200] or None})
-    return error(500, "internal_error", "the service failed; see its log")
+    return failed(exc, request.url.path, request.headers.get("x-correlation-id", ""))
 
 
 def create_app(settings: Settings | None = None, cache: ReadCache | None = None) -> QueryService:

@@ -19,21 +19,24 @@ import contextlib
 import logging
 import sys
 import time
-from collections.abc import MutableMapping
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Awaitable, MutableMapping
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from queries_service.cache import CacheUnavailable
 from queries_service.hot_views import FastPath
 from queries_service.parameters import MIN_VERSION, WAIT, BadParameter
-from queries_service.responses import UNREACHABLE, error
+from queries_service.responses import error, failed, refused, unreachable
 from shared import keys
 from shared.asgi import ASGIApp, Message, bearer_allowed, protected
 from shared.ids import is_valid_id
 
 if TYPE_CHECKING:
+    from starlette.responses import Response
+
     from queries_service.endpoints import QueryApp
 
 log = logging.getLogger("hostfactory.queries")
+T = TypeVar("T")
 _POLL_FLAGS: Final = {"true": True, "false": False}
 
 
@@ -122,16 +125,8 @@ class QueryService:
         up. Starlette and the bridge were over a quarter of the service's CPU on polls woken
         by projections (py-spy, bench.lag at 150 commands/s)."""
         started = time.perf_counter()
-        held = asyncio.ensure_future(self.holder["app"].wait_for(key, min_version, wait_s))
-        gone = asyncio.ensure_future(protocol.client_disconnect())
-        try:
-            await asyncio.wait([held, gone], return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            gone.cancel()
-        if not held.done():
-            held.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await held
+        held = await _unless_gone(protocol, self.holder["app"].wait_for(key, min_version, wait_s))
+        if held is None:
             return
         status, body, headers = self._poll_answer(scope, held, key, ident)
         with contextlib.suppress(RuntimeError):  # the client went away
@@ -147,30 +142,41 @@ class QueryService:
     def _poll_answer(self, scope: Any, held: asyncio.Future[bytes | None], key: str,
                      ident: str) -> tuple[int, bytes, list[tuple[str, str]]]:
         """What ``_route`` and ``document`` make of a poll's outcome, and log of it."""
-        said = {"path": scope.path[:300],
-                "correlation_id": scope.headers.get("x-correlation-id", "")[:200] or None}
+        correlation_id = scope.headers.get("x-correlation-id", "")
         try:
             doc = held.result()
         except CacheUnavailable as exc:
-            log.warning("read cache unreachable", extra={
-                "event": "cache_unavailable", "route": "get_request", "error": str(exc)})
-            log.warning("request refused", extra={
-                "event": "request_refused", "status": 503, "route": "get_request", **said})
-            return _error(503, "cache_unavailable", UNREACHABLE)
-        except Exception:
-            log.exception("request failed", extra={"event": "request_failed", **said})
-            return _error(500, "internal_error", "the service failed; see its log")
+            refused(503, "get_request", scope.path, correlation_id)
+            return _parts(unreachable("get_request", exc))
+        except Exception as exc:
+            return _parts(failed(exc, scope.path, correlation_id))
         if doc is None:
-            return _error(404, "not_found", f"no request {ident!r}")
+            return _parts(error(404, "not_found", f"no request {ident!r}"))
         status, body, _, headers = self.fast.answer(
             "get_request", key, doc, scope.headers.get("if-none-match"))
         return status, body, headers
 
 
-def _error(status: int, name: str, detail: Any) -> tuple[int, bytes, list[tuple[str, str]]]:
-    response = error(status, name, detail)
-    return status, bytes(response.body), [(k.decode("latin-1"), v.decode("latin-1"))
-                                          for k, v in response.raw_headers]
+async def _unless_gone(protocol: Any, work: Awaitable[T]) -> asyncio.Future[T] | None:
+    """``work`` run to its end, or cancelled the moment the client hangs up (then None)."""
+    task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(protocol.client_disconnect())
+    try:
+        await asyncio.wait([task, gone], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+    if task.done():
+        return task
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return None
+
+
+def _parts(response: Response) -> tuple[int, bytes, list[tuple[str, str]]]:
+    """A Starlette response as RSGI's ``response_bytes`` takes it."""
+    return response.status_code, bytes(response.body), [
+        (k.decode("latin-1"), v.decode("latin-1")) for k, v in response.raw_headers]
 
 
 class _Exchange:
@@ -203,18 +209,9 @@ class _Exchange:
                 return
             # A GET may be a long-poll: when its client hangs up, the poll is let go at once
             # rather than held (a task and a waiter) until its wait runs out.
-            served = asyncio.ensure_future(app(self.scope, self.receive, self.send))
-            gone = asyncio.ensure_future(self.protocol.client_disconnect())
-            try:
-                await asyncio.wait([served, gone], return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                gone.cancel()
-            if not served.done():
-                served.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await served
-                return
-            served.result()
+            served = await _unless_gone(self.protocol, app(self.scope, self.receive, self.send))
+            if served is not None:
+                served.result()
         except Exception:
             # Starlette answered 500 and logged it (the app's handler) before raising again.
             if self.start is None:

@@ -189,3 +189,27 @@ def test_the_service_stops_cleanly(served: tuple[str, Proc]) -> None:
     proc.stop()
     assert proc.proc is not None and proc.proc.returncode in (0, -signal.SIGTERM)
     assert "Traceback" not in proc.output()
+
+
+@pytest.mark.parametrize("server", ["granian", "uvicorn"])
+def test_a_long_poll_with_no_redis_is_a_503_and_said_in_the_log(
+        server: str, stack_env: dict[str, str], tmp_path: Path) -> None:
+    port = free_port()
+    proc = Proc([sys.executable, "-m", "queries_service"],
+                {**stack_env, "REDIS_URL": "redis://127.0.0.1:1/0", "QUERY_PORT": str(port),
+                 "QUERY_SERVER": server}, tmp_path / "queries.log").start()
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_for(lambda: http_ok(f"{url}/healthz"), 20, what="the query service")
+        answer = httpx.get(f"{url}/requests/r1?min_version=1&wait=1",
+                           headers={"X-Correlation-ID": "poll-9"}, timeout=10)
+        assert answer.status_code == 503
+        assert answer.json() == {"error": "cache_unavailable",
+                                 "detail": "the read cache does not answer"}
+        wait_for(lambda: "poll-9" in proc.output(), 5, what="the refusal in the log")
+        [line] = [said for said in proc.output().splitlines() if "poll-9" in said]
+        said = orjson.loads(line)
+        assert (said["event"], said["status"], said["route"]) == (
+            "request_refused", 503, "get_request")
+    finally:
+        proc.stop()
