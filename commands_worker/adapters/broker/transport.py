@@ -251,6 +251,10 @@ class Channel(kredis.Channel):  # type: ignore[misc]
         delivered = self._received(kind, key, reply) + self._claim_stranded()
         if not delivered:
             raise virtual.Empty()
+        self.deliver_all(delivered)
+        return True
+
+    def deliver_all(self, delivered: list[tuple[str, bytes]]) -> None:
         for dest, item in delivered:
             queue = dest.rsplit(self.sep, 1)[0]
             self._queue_cycle.rotate(queue)
@@ -258,7 +262,6 @@ class Channel(kredis.Channel):  # type: ignore[misc]
                 self.connection._deliver(loads(item), queue)
             except Exception as exc:  # kombu could not even build a message from it
                 self._undeliverable(item, queue, exc)
-        return True
 
     def _undeliverable(self, item: bytes, queue: str, exc: Exception) -> None:
         """Park a recorded message kombu cannot turn into a message (a body that is not
@@ -401,14 +404,8 @@ class _Watching:
         channel = self.channel
         while self.woken:
             channel._stranded.append(self.woken.popleft())
-        if not channel._stranded or channel.closed or not channel.qos.can_consume():
-            return
-        for dest, item in channel._claim_stranded():
-            channel._queue_cycle.rotate(dest)
-            try:
-                channel.connection._deliver(loads(item), dest)
-            except Exception as exc:
-                channel._undeliverable(item, dest, exc)
+        if channel._stranded and not channel.closed and channel.qos.can_consume():
+            channel.deliver_all(channel._claim_stranded())
 
 
 class _Watcher(threading.Thread):
