@@ -128,6 +128,23 @@ def test_refusals_are_one_object_and_exit_1(hostfactory: HostFactory, worker: Pr
     assert done.returncode == 1 and "not JSON" in json.loads(done.stdout)["message"]
 
 
+def test_a_missing_hfctl_is_still_one_object_and_exit_1(tmp_path: Path) -> None:
+    """A script whose hfctl cannot be found (not installed, a wrong HFCQRS_HFCTL) answers
+    HostFactory as any other failure does, not with an empty stdout and the shell's 127."""
+    (tmp_path / "in.json").write_text("{}")
+    scripts = sorted(SCRIPTS.glob("*.sh"))
+    assert len(scripts) == 5
+    for script in scripts:
+        done = subprocess.run([str(script), "-f", str(tmp_path / "in.json")],
+                              env={"PATH": "/usr/bin:/bin",
+                                   "HFCQRS_HFCTL": str(tmp_path / "nowhere")},
+                              capture_output=True, timeout=30, check=False)
+        lines = done.stdout.decode().splitlines()
+        assert (done.returncode, len(lines)) == (1, 1), (script.name, done)
+        assert "hfctl not found" in json.loads(lines[0])["message"]
+        assert b"hfctl not found" in done.stderr
+
+
 def test_the_http_timeout_is_a_deadline_for_the_whole_call(hostfactory: HostFactory) -> None:
     """A server that answers one byte a second: the script gives up by HF_CQRS_HTTP_TIMEOUT_S
     (3 s here), with one JSON object and exit 1, not after every byte arrived."""
