@@ -33,10 +33,14 @@ def not_modified(if_none_match: str, tag: str) -> bool:
     return tag in if_none_match
 
 
+def not_found(what: str, ident: str) -> Response:
+    return error(404, "not_found", f"no {what} {ident!r}")
+
+
 def document(request: Request, key: str, doc: bytes | None, what: str, ident: str) -> Response:
     """A stored view as it is, with its ETag; 304 when the poller has it, 404 when unknown."""
     if doc is None:
-        return error(404, "not_found", f"no {what} {ident!r}")
+        return not_found(what, ident)
     tag = etag(key, doc)
     headers = {"etag": tag, "cache-control": "no-cache"}
     if not_modified(request.headers.get("if-none-match", ""), tag):

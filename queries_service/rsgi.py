@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 from queries_service.cache import CacheUnavailable
 from queries_service.hot_views import FastPath
 from queries_service.parameters import MIN_VERSION, WAIT, BadParameter
-from queries_service.responses import error, failed, refused, unreachable
+from queries_service.responses import failed, not_found, refused, unreachable
 from shared import keys
 from shared.asgi import ASGIApp, Message, bearer_allowed, protected
 from shared.ids import is_valid_id
@@ -108,9 +108,7 @@ class QueryService:
             if hit is not None and self._authorized(scope):
                 status, doc, _, headers = self.fast.answer(
                     *hit, scope.headers.get("if-none-match"))
-                with contextlib.suppress(RuntimeError):  # the client went away
-                    protocol.response_bytes(status, headers, doc)
-                self.fast.count(hit[0], status, time.perf_counter() - started)
+                self._send(protocol, hit[0], status, headers, doc, started)
                 return
             poll = long_poll(scope.path, scope.query_string, self.max_wait_s)
             if poll is not None and "app" in self.holder and self._authorized(scope):
@@ -129,15 +127,19 @@ class QueryService:
         if held is None:
             return
         status, body, headers = self._poll_answer(scope, held, key, ident)
+        self._send(protocol, "get_request", status, headers, body, started)
+
+    def _send(self, protocol: Any, route: str, status: int, headers: list[tuple[str, str]],
+              body: bytes, started: float) -> None:
+        """Answer in one ``response_bytes``, and count it as the app counts its answers."""
         with contextlib.suppress(RuntimeError):  # the client went away
             protocol.response_bytes(status, headers, body)
-        self.fast.count("get_request", status, time.perf_counter() - started)
+        self.fast.count(route, status, time.perf_counter() - started)
 
     def _authorized(self, scope: Any) -> bool:
         """Whether the fast path may answer (else the ASGI stack answers, 401 included)."""
         return not self.tokens or bearer_allowed(
             self.tokens, scope.headers.get("authorization", "").encode("latin-1"))
-
 
     def _poll_answer(self, scope: Any, held: asyncio.Future[bytes | None], key: str,
                      ident: str) -> tuple[int, bytes, list[tuple[str, str]]]:
@@ -151,7 +153,7 @@ class QueryService:
         except Exception as exc:
             return _parts(failed(exc, scope.path, correlation_id))
         if doc is None:
-            return _parts(error(404, "not_found", f"no request {ident!r}"))
+            return _parts(not_found("request", ident))
         status, body, _, headers = self.fast.answer(
             "get_request", key, doc, scope.headers.get("if-none-match"))
         return status, body, headers
