@@ -151,6 +151,38 @@ def test_a_message_a_watcher_takes_for_a_forgotten_consumer_comes_back(
     assert not watcher.is_alive()
 
 
+def test_a_message_that_arrives_as_a_watcher_stops_is_not_lost(
+        connection: Connection, rclient: redis.Redis) -> None:
+    """A channel closes (a worker stopping, or reconnecting) while its queue watcher blocks on
+    a queue, and a producer pushes a command just after the close has handed back what the
+    consumer held. The watcher must not take it into an in-flight list that no one will
+    recover: the close stops its watchers, and waits until none can move a message any
+    more, before it hands back. (Before, the watcher's block took it, and it stayed in the
+    in-flight list of a consumer already forgotten: lost.)"""
+    channel = connection.channel()
+    channel._register_consumer(channel.client, ["t.q"])
+    watcher = channel.watching.threads["t.q"] = _Watcher(channel, "t.q", lambda: None)
+    watcher.start()
+    wait_for(lambda: rclient.info("clients")["blocked_clients"] >= 1, 5,
+             what="the watcher blocked on the empty queue")
+    recover = channel.recover_orphans
+
+    def recover_then_a_push(client: Any) -> int:
+        moved = int(recover(client))
+        rclient.lpush("t.q", b'{"late": true}')
+        time.sleep(0.3)  # the push is served to any block still waiting on the queue
+        return moved
+
+    channel.recover_orphans = recover_then_a_push
+    started = time.monotonic()
+    channel.close()
+    assert time.monotonic() - started < 0.3 + 0.5  # the watcher was woken, not waited out
+    watcher.join(3)
+    assert not watcher.is_alive()
+    assert rclient.lrange("t.q", 0, -1) == [b'{"late": true}']
+    assert not [k for k in rclient.scan_iter(keys.inflight_key("*", "*")) if rclient.llen(k)]
+
+
 def _keep_awake(url: str, done: threading.Event) -> None:
     """Another client of the same Redis, a ping every millisecond."""
     client = redis.Redis.from_url(url)

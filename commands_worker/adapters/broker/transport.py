@@ -393,10 +393,23 @@ class _Watching:
             watcher.free.set()  # it may take the next one
 
     def stop(self) -> None:
-        for watcher in self.threads.values():
+        """Stop the watchers, and return once none can move a message any more: a block
+        still waiting could otherwise take a message into an in-flight list after a close
+        has handed those back, and no one would recover it. Each block is cut short with
+        ``CLIENT UNBLOCK`` (an ACL that refuses it makes the wait one block at most)."""
+        watchers, self.threads = list(self.threads.values()), {}
+        for watcher in watchers:
             watcher.stopped = True
             watcher.free.set()
-        self.threads = {}
+        if not watchers:
+            return
+        with contextlib.suppress(Exception):  # Redis away: its blocks end with it
+            client = self.channel.client
+            for watcher in watchers:
+                if watcher.client_id is not None:
+                    client.client_unblock(watcher.client_id)
+        for watcher in watchers:
+            watcher.join(WATCHED_BLOCK_S + WATCHER_RETRY_S)
 
     def deliver(self) -> None:
         """Claim and deliver what the watchers moved (on the loop's thread), while prefetch
@@ -413,10 +426,11 @@ class _Watcher(threading.Thread):
     channel's in-flight list for it, then wakes the loop and waits until the loop has
     claimed it: it holds one message at most. Stops (``stopped``) within one block.
 
-    A message it moves after its channel stopped (closed, or its connection lost) is never
-    claimed: unclaimed for a block, the consumer is registered again with it, without a
-    lease, so the next recovery by any worker hands it back (recovery forgets a consumer it
-    found dead)."""
+    A channel's close stops its watchers and waits for them before it hands back what the
+    consumer holds (``_Watching.stop``). A message a watcher moves for a consumer given up
+    for dead without a close (its lease lapsed: a stall, a connection lost) is never claimed:
+    unclaimed for a block, the consumer is registered again with it, without a lease, so the
+    next recovery by any worker hands it back (recovery forgets a consumer it found dead)."""
 
     def __init__(self, channel: Channel, key: str, wake: Any) -> None:
         super().__init__(name=f"watch {key}", daemon=True)
@@ -425,17 +439,26 @@ class _Watcher(threading.Thread):
         self.free = threading.Event()
         self.free.set()
         self.stopped = False
+        # Its connection's id in Redis, for ``CLIENT UNBLOCK`` (None until it has one).
+        self.client_id: int | None = None
 
     def run(self) -> None:
-        client = self.channel.Client(connection_pool=self.channel.pool)
+        # A connection of its own (not one from the pool per call), so its id stays known.
+        client = self.channel.Client(connection_pool=self.channel.pool,
+                                     single_connection_client=True)
         while not self.stopped and not self.channel.closed:
             if not self.free.wait(WATCHED_BLOCK_S):
                 self._register(client)  # a message unclaimed this long: the loop stopped
                 continue
             try:
+                if self.client_id is None:
+                    self.client_id = client.client_id()
+                if self.stopped:
+                    break
                 item = client.blmove(self.key, self.inflight, WATCHED_BLOCK_S, "RIGHT", "LEFT")
             except Exception as exc:  # Redis away or refusing: the loop's connection says so
                 log.debug("queue watcher: %r", exc)
+                self.client_id = None  # a new connection will have another
                 time.sleep(WATCHER_RETRY_S)
                 continue
             if item is not None:
