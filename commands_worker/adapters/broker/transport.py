@@ -439,8 +439,10 @@ class _Watcher(threading.Thread):
         self.free = threading.Event()
         self.free.set()
         self.stopped = False
-        # Its connection's id in Redis, for ``CLIENT UNBLOCK`` (None until it has one).
+        # Its connection's id in Redis, for ``CLIENT UNBLOCK`` (None until it has one), and
+        # whether to ask for it (an ACL may refuse ``CLIENT ID``: then it is waited out).
         self.client_id: int | None = None
+        self.ask_id = True
 
     def run(self) -> None:
         # A connection of its own (not one from the pool per call), so its id stays known.
@@ -451,8 +453,8 @@ class _Watcher(threading.Thread):
                 self._register(client)  # a message unclaimed this long: the loop stopped
                 continue
             try:
-                if self.client_id is None:
-                    self.client_id = client.client_id()
+                if self.client_id is None and self.ask_id:
+                    self.client_id = self._own_id(client)
                 if self.stopped:
                     break
                 item = client.blmove(self.key, self.inflight, WATCHED_BLOCK_S, "RIGHT", "LEFT")
@@ -466,6 +468,13 @@ class _Watcher(threading.Thread):
                 self.channel.watching.woken.append((self.key, item))
                 self.wake()
         client.close()
+
+    def _own_id(self, client: Any) -> int | None:
+        try:
+            return int(client.client_id())
+        except ResponseError:  # refused (NOPERM): never asked again
+            self.ask_id = False
+            return None
 
     def _register(self, client: Any) -> None:
         try:
