@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import fcntl
 import os
-from typing import Any
+import sqlite3
+import time
+from typing import Any, Final
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -14,11 +16,11 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from commands_worker.domain.errors import ConcurrentUpdate, StoreUnavailable
 
+BUSY_TIMEOUT_S: Final = 30.0
 _SQLITE_PRAGMAS = (
-    "PRAGMA journal_mode=WAL",
     # FULL: a command acknowledged to the broker survives a power cut, not only a crash.
     "PRAGMA synchronous=FULL",
-    "PRAGMA busy_timeout=30000",
+    f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}",
     "PRAGMA foreign_keys=ON",
 )
 
@@ -39,13 +41,14 @@ def _sqlite_engine(url: str) -> Engine:
         from pathlib import Path
 
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-    engine = sa.create_engine(url, connect_args={"timeout": 30})
+    engine = sa.create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_S})
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         # pysqlite's own transaction handling would defer the write lock; we take it up front.
         dbapi_conn.isolation_level = None
         cursor = dbapi_conn.cursor()
+        _wal(cursor)
         for pragma in _SQLITE_PRAGMAS:
             cursor.execute(pragma)
         cursor.close()
@@ -56,6 +59,22 @@ def _sqlite_engine(url: str) -> Engine:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+def _wal(cursor: Any) -> None:
+    """Write-ahead logging (kept by the file once set). Switching a file to it upgrades a read
+    to a write, and SQLite answers "database is locked" at once, without its busy timeout,
+    while another connection writes: a worker's processes opening a new store together
+    crashed on it (a worker that never started). Retried here until the busy timeout."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 _RACE_SQLSTATES = frozenset({"40001", "40P01"})  # serialization failure, deadlock
