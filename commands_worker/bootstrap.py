@@ -11,6 +11,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import orjson
@@ -25,6 +26,7 @@ from commands_worker.adapters.templates_file import (
     TemplatesFileError,
     load_templates_file,
 )
+from commands_worker.domain.errors import StoreUnavailable
 from commands_worker.service_layer import documents
 from commands_worker.service_layer.executor import Executor
 from shared import brokers, keys
@@ -49,6 +51,8 @@ class Deps:
 
 _deps: Deps | None = None
 _lock = threading.Lock()
+STORE_WAIT_S = 1.0
+STORE_WAIT_SAY_S = 5.0
 
 
 def build(settings: Settings | None = None) -> Deps:
@@ -73,6 +77,26 @@ def deps() -> Deps:
             if _deps is None:
                 _deps = build()
     return _deps
+
+
+def deps_when_the_store_answers(between: Callable[[], None]) -> Deps:
+    """``deps()``, waiting while the store does not answer (a worker started before its
+    database, or during a failover), and saying so every few seconds: the worker takes no
+    command meanwhile. ``between`` runs after each try (it raises to stop the wait: a
+    shutdown asked for). Anything else that stops the build still fails the start."""
+    said = 0.0
+    while True:
+        try:
+            return deps()
+        except StoreUnavailable as exc:
+            if time.monotonic() - said >= STORE_WAIT_SAY_S:
+                said = time.monotonic()
+                log.warning("the store does not answer; the worker waits for it before it "
+                            "takes commands", extra={"event": "store_waiting",
+                                                     "error": str(exc)[:300]})
+        for _ in range(int(STORE_WAIT_S / 0.1)):  # a stop asked for is heard within 0.1 s
+            between()
+            time.sleep(0.1)
 
 
 def warm(d: Deps) -> None:

@@ -15,6 +15,7 @@ from functools import partial
 from typing import Any
 
 from celery import bootsteps
+from celery.worker import state as worker_state
 
 from commands_worker import bootstrap
 from commands_worker.adapters import metrics
@@ -112,6 +113,9 @@ class Housekeeping(bootsteps.StartStopStep):  # type: ignore[misc]
         self.templates_stamp: tuple[int, int, int] | None = None
 
     def start(self, parent: Any) -> None:
+        # Before the consumer's loop runs: no command is taken while the store is away (a
+        # warm or cold shutdown asked for meanwhile is Celery's to carry out).
+        bootstrap.deps_when_the_store_answers(worker_state.maybe_shutdown)
         self.tref = parent.timer.call_repeatedly(1.0, self.tick, priority=10)
         serve_metrics()
         watch_cache()

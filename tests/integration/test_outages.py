@@ -4,6 +4,7 @@ every command has its outcome and nothing was applied twice."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import threading
 import time
@@ -17,7 +18,7 @@ import redis
 import sqlalchemy as sa
 from celery import Celery
 
-from tests.conftest import free_port, wait_for
+from tests.conftest import Proc, free_port, wait_for, worker_argv
 
 CREATE = "commands.create_request"
 
@@ -153,6 +154,47 @@ def test_store_outage_is_ridden_out(start_worker: Any, postgres_server: str,
     with admin.connect() as conn:
         conn.execute(sa.text("DROP DATABASE IF EXISTS hf_outage WITH (FORCE)"))
     admin.dispose()
+
+
+def test_a_worker_started_before_its_store_waits_for_it(
+        stack_env: dict[str, str], tmp_path: Path, postgres_server: str,
+        rclient: redis.Redis, producer: Celery) -> None:
+    """A host restarts and the worker comes up before its database (or during a failover):
+    the worker waits for the store, says so, takes no command meanwhile, and applies what
+    was sent once the store answers. It used to exit at once ("Unrecoverable error:
+    StoreUnavailable"), which a bare ``celery worker`` or ``hfctl up`` never recovers from."""
+    admin = sa.create_engine(postgres_server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text("DROP DATABASE IF EXISTS hf_late WITH (FORCE)"))
+        conn.execute(sa.text("CREATE DATABASE hf_late"))
+        conn.execute(sa.text("ALTER DATABASE hf_late ALLOW_CONNECTIONS false"))
+    store_url = postgres_server.rsplit("/", 1)[0] + "/hf_late"
+    worker = Proc(worker_argv(2), {**stack_env, "STORE_URL": store_url},
+                  tmp_path / "worker.log").start()
+    try:
+        wait_for(lambda: "store_waiting" in worker.output(), 30, what="the worker to wait")
+        ids = [str(uuid.uuid4()) for _ in range(5)]
+        send_steadily(producer, ids, len(ids))
+        time.sleep(1.0)
+        assert worker.proc is not None and worker.proc.poll() is None, worker.output()
+        assert rclient.llen("commands.requests") == len(ids)  # none taken, none refused
+        other = Proc(worker_argv(1, "other"), {**stack_env, "STORE_URL": store_url},
+                     tmp_path / "other.log").start()  # one stopped while it waits: it stops
+        wait_for(lambda: "store_waiting" in other.output(), 30, what="the other to wait")
+        assert other.proc is not None
+        other.proc.send_signal(signal.SIGTERM)
+        assert other.proc.wait(timeout=15) == 0, other.output()
+        with admin.connect() as conn:
+            conn.execute(sa.text("ALTER DATABASE hf_late ALLOW_CONNECTIONS true"))
+        got = wait_for(lambda: all_outcomes(rclient, ids), 60, every_s=0.2,
+                       what="an outcome for every command")
+        assert {o["outcome"] for o in got.values()} == {"applied"}
+        assert worker.proc.poll() is None
+    finally:
+        worker.kill()
+        with admin.connect() as conn:
+            conn.execute(sa.text("DROP DATABASE IF EXISTS hf_late WITH (FORCE)"))
+        admin.dispose()
 
 
 def test_a_full_redis_is_ridden_out(start_worker: Any, own_redis: tuple[str, Any]) -> None:
