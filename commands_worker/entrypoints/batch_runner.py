@@ -49,7 +49,15 @@ def jittered(base_s: float, most_s: float) -> float:
 def run_batch(items: Sequence[BatchItem]) -> list[Verdict]:
     """Apply a batch in one transaction; say per message: ack, retry after N s, or requeue."""
     started = time.perf_counter()
-    d = bootstrap.deps()
+    try:
+        d = bootstrap.deps()
+    except errors.StoreUnavailable as exc:
+        # This process never opened the store (one started during an outage): the retry of
+        # a store outage, not a batch lost (its hand-backs would count towards poison).
+        _say_unavailable(exc)
+        metrics.STORE_RETRIES.inc(len(items))
+        return [Verdict(Action.RETRY, jittered(2.0 ** i.outages, OUTAGE_MOST_S), "outages")
+                for i in items]
     envs = [Envelope(task=i.task, task_id=i.command_id, kwargs=i.kwargs, args=tuple(i.args),
                      queue=i.queue, final_attempt=i.waits >= MAX_WAITS, refusal=i.refusal,
                      arrived_at=i.arrived_at)

@@ -4,6 +4,7 @@ every command has its outcome and nothing was applied twice."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import threading
@@ -18,6 +19,7 @@ import redis
 import sqlalchemy as sa
 from celery import Celery
 
+from shared import keys
 from tests.conftest import Proc, free_port, wait_for, worker_argv
 
 CREATE = "commands.create_request"
@@ -195,6 +197,55 @@ def test_a_worker_started_before_its_store_waits_for_it(
         with admin.connect() as conn:
             conn.execute(sa.text("DROP DATABASE IF EXISTS hf_late WITH (FORCE)"))
         admin.dispose()
+
+
+def test_a_pool_process_started_during_an_outage_retries_what_it_is_given(
+        stack_env: dict[str, str], tmp_path: Path, postgres_server: str,
+        rclient: redis.Redis, producer: Celery) -> None:
+    """A pool process that dies during a store outage is replaced by one that cannot open the
+    store. What it is given is retried as any command of a store outage is, with backoff:
+    not handed back as a lost batch, whose quick hand-backs were counted as a poison
+    message's and ended as dead letters within a second."""
+    admin = sa.create_engine(postgres_server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text("DROP DATABASE IF EXISTS hf_fork WITH (FORCE)"))
+        conn.execute(sa.text("CREATE DATABASE hf_fork"))
+    store_url = postgres_server.rsplit("/", 1)[0] + "/hf_fork"
+    worker = Proc(worker_argv(1), {**stack_env, "STORE_URL": store_url},
+                  tmp_path / "worker.log").start()
+    try:
+        wait_for(lambda: rclient.exists("hf:v1:templates"), 30, what="the worker to start")
+        assert worker.proc is not None
+        main = worker.proc.pid
+        [pool_process] = _children(main)
+        with admin.connect() as conn:  # the store goes away, and the pool process dies
+            conn.execute(sa.text("ALTER DATABASE hf_fork ALLOW_CONNECTIONS false"))
+            conn.execute(sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                 "WHERE datname = 'hf_fork'"))
+        os.kill(pool_process, signal.SIGKILL)
+        wait_for(lambda: _children(main) not in ([], [pool_process]), 30,
+                 what="a new pool process")
+        ids = [str(uuid.uuid4()) for _ in range(3)]
+        send_steadily(producer, ids, len(ids))
+        time.sleep(3.0)
+        assert rclient.llen(keys.DEAD_LETTER_INBOX_KEY) == 0, worker.output()
+        with admin.connect() as conn:
+            conn.execute(sa.text("ALTER DATABASE hf_fork ALLOW_CONNECTIONS true"))
+        got = wait_for(lambda: all_outcomes(rclient, ids), 60, every_s=0.2,
+                       what="an outcome for every command")
+        assert {o["outcome"] for o in got.values()} == {"applied"}
+        assert rclient.llen(keys.DEAD_LETTER_INBOX_KEY) == 0
+    finally:
+        worker.kill()
+        with admin.connect() as conn:
+            conn.execute(sa.text("DROP DATABASE IF EXISTS hf_fork WITH (FORCE)"))
+        admin.dispose()
+
+
+def _children(pid: int) -> list[int]:
+    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True,
+                           check=False).stdout
+    return sorted(int(p) for p in found.split())
 
 
 def test_a_full_redis_is_ridden_out(start_worker: Any, own_redis: tuple[str, Any]) -> None:
