@@ -3,6 +3,7 @@ every command has its outcome and nothing was applied twice."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -127,35 +128,24 @@ def test_redis_restart_loses_nothing(start_worker: Any, own_redis: tuple[str, An
 
 def test_store_outage_is_ridden_out(start_worker: Any, postgres_server: str,
                                     rclient: redis.Redis, producer: Celery) -> None:
-    admin = sa.create_engine(postgres_server, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text("DROP DATABASE IF EXISTS hf_outage WITH (FORCE)"))
-        conn.execute(sa.text("CREATE DATABASE hf_outage"))
-    store_url = postgres_server.rsplit("/", 1)[0] + "/hf_outage"
-    start_worker(2, STORE_URL=store_url, COMMAND_MAX_RETRIES="6")
-    ids = [str(uuid.uuid4()) for _ in range(200)]
-    sender = threading.Thread(target=send_steadily, args=(producer, ids, len(ids)))
-    sender.start()
-    wait_for(lambda: applied_so_far(rclient, ids) >= 20, 30, what="commands to be applied")
-    with admin.connect() as conn:  # the store goes away for four seconds
-        conn.execute(sa.text("ALTER DATABASE hf_outage ALLOW_CONNECTIONS false"))
-        conn.execute(sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                             "WHERE datname = 'hf_outage'"))
-    time.sleep(4.0)
-    with admin.connect() as conn:
-        conn.execute(sa.text("ALTER DATABASE hf_outage ALLOW_CONNECTIONS true"))
-    sender.join(timeout=60)
-    got = wait_for(lambda: all_outcomes(rclient, ids), 120, every_s=1,
-                   what="an outcome for every command")
-    assert {o["outcome"] for o in got.values()} == {"applied"}
-    store = sa.create_engine(store_url)
-    with store.connect() as conn:
-        assert conn.execute(sa.text("SELECT count(*) FROM requests")).scalar_one() == len(ids)
-        assert conn.execute(sa.text("SELECT count(*) FROM dead_letters")).scalar_one() == 0
-    store.dispose()
-    with admin.connect() as conn:
-        conn.execute(sa.text("DROP DATABASE IF EXISTS hf_outage WITH (FORCE)"))
-    admin.dispose()
+    with _database(postgres_server, "hf_outage") as store:
+        start_worker(2, STORE_URL=store.url, COMMAND_MAX_RETRIES="6")
+        ids = [str(uuid.uuid4()) for _ in range(200)]
+        sender = threading.Thread(target=send_steadily, args=(producer, ids, len(ids)))
+        sender.start()
+        wait_for(lambda: applied_so_far(rclient, ids) >= 20, 30, what="commands to be applied")
+        store.refuse()  # the store goes away for four seconds
+        time.sleep(4.0)
+        store.allow()
+        sender.join(timeout=60)
+        got = wait_for(lambda: all_outcomes(rclient, ids), 120, every_s=1,
+                       what="an outcome for every command")
+        assert {o["outcome"] for o in got.values()} == {"applied"}
+        engine = sa.create_engine(store.url)
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT count(*) FROM requests")).scalar_one() == len(ids)
+            assert conn.execute(sa.text("SELECT count(*) FROM dead_letters")).scalar_one() == 0
+        engine.dispose()
 
 
 def test_a_worker_started_before_its_store_waits_for_it(
@@ -165,38 +155,30 @@ def test_a_worker_started_before_its_store_waits_for_it(
     the worker waits for the store, says so, takes no command meanwhile, and applies what
     was sent once the store answers. It used to exit at once ("Unrecoverable error:
     StoreUnavailable"), which a bare ``celery worker`` or ``hfctl up`` never recovers from."""
-    admin = sa.create_engine(postgres_server, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text("DROP DATABASE IF EXISTS hf_late WITH (FORCE)"))
-        conn.execute(sa.text("CREATE DATABASE hf_late"))
-        conn.execute(sa.text("ALTER DATABASE hf_late ALLOW_CONNECTIONS false"))
-    store_url = postgres_server.rsplit("/", 1)[0] + "/hf_late"
-    worker = Proc(worker_argv(2), {**stack_env, "STORE_URL": store_url},
-                  tmp_path / "worker.log").start()
-    try:
-        wait_for(lambda: "store_waiting" in worker.output(), 30, what="the worker to wait")
-        ids = [str(uuid.uuid4()) for _ in range(5)]
-        send_steadily(producer, ids, len(ids))
-        time.sleep(1.0)
-        assert worker.proc is not None and worker.proc.poll() is None, worker.output()
-        assert rclient.llen("commands.requests") == len(ids)  # none taken, none refused
-        other = Proc(worker_argv(1, "other"), {**stack_env, "STORE_URL": store_url},
-                     tmp_path / "other.log").start()  # one stopped while it waits: it stops
-        wait_for(lambda: "store_waiting" in other.output(), 30, what="the other to wait")
-        assert other.proc is not None
-        other.proc.send_signal(signal.SIGTERM)
-        assert other.proc.wait(timeout=15) == 0, other.output()
-        with admin.connect() as conn:
-            conn.execute(sa.text("ALTER DATABASE hf_late ALLOW_CONNECTIONS true"))
-        got = wait_for(lambda: all_outcomes(rclient, ids), 60, every_s=0.2,
-                       what="an outcome for every command")
-        assert {o["outcome"] for o in got.values()} == {"applied"}
-        assert worker.proc.poll() is None
-    finally:
-        worker.kill()
-        with admin.connect() as conn:
-            conn.execute(sa.text("DROP DATABASE IF EXISTS hf_late WITH (FORCE)"))
-        admin.dispose()
+    with _database(postgres_server, "hf_late") as store:
+        store.refuse()
+        worker = Proc(worker_argv(2), {**stack_env, "STORE_URL": store.url},
+                      tmp_path / "worker.log").start()
+        try:
+            wait_for(lambda: "store_waiting" in worker.output(), 30, what="the worker to wait")
+            ids = [str(uuid.uuid4()) for _ in range(5)]
+            send_steadily(producer, ids, len(ids))
+            time.sleep(1.0)
+            assert worker.proc is not None and worker.proc.poll() is None, worker.output()
+            assert rclient.llen("commands.requests") == len(ids)  # none taken, none refused
+            other = Proc(worker_argv(1, "other"), {**stack_env, "STORE_URL": store.url},
+                         tmp_path / "other.log").start()  # one stopped while it waits stops
+            wait_for(lambda: "store_waiting" in other.output(), 30, what="the other to wait")
+            assert other.proc is not None
+            other.proc.send_signal(signal.SIGTERM)
+            assert other.proc.wait(timeout=15) == 0, other.output()
+            store.allow()
+            got = wait_for(lambda: all_outcomes(rclient, ids), 60, every_s=0.2,
+                           what="an outcome for every command")
+            assert {o["outcome"] for o in got.values()} == {"applied"}
+            assert worker.proc.poll() is None
+        finally:
+            worker.kill()
 
 
 def test_a_pool_process_started_during_an_outage_retries_what_it_is_given(
@@ -206,40 +188,63 @@ def test_a_pool_process_started_during_an_outage_retries_what_it_is_given(
     store. What it is given is retried as any command of a store outage is, with backoff:
     not handed back as a lost batch, whose quick hand-backs were counted as a poison
     message's and ended as dead letters within a second."""
-    admin = sa.create_engine(postgres_server, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text("DROP DATABASE IF EXISTS hf_fork WITH (FORCE)"))
-        conn.execute(sa.text("CREATE DATABASE hf_fork"))
-    store_url = postgres_server.rsplit("/", 1)[0] + "/hf_fork"
-    worker = Proc(worker_argv(1), {**stack_env, "STORE_URL": store_url},
-                  tmp_path / "worker.log").start()
+    with _database(postgres_server, "hf_fork") as store:
+        worker = Proc(worker_argv(1), {**stack_env, "STORE_URL": store.url},
+                      tmp_path / "worker.log").start()
+        try:
+            wait_for(lambda: rclient.exists("hf:v1:templates"), 30, what="the worker to start")
+            assert worker.proc is not None
+            main = worker.proc.pid
+            [pool_process] = _children(main)
+            store.refuse()  # the store goes away, and the pool process dies
+            os.kill(pool_process, signal.SIGKILL)
+            wait_for(lambda: _children(main) not in ([], [pool_process]), 30,
+                     what="a new pool process")
+            ids = [str(uuid.uuid4()) for _ in range(3)]
+            send_steadily(producer, ids, len(ids))
+            time.sleep(3.0)
+            assert rclient.llen(keys.DEAD_LETTER_INBOX_KEY) == 0, worker.output()
+            store.allow()
+            got = wait_for(lambda: all_outcomes(rclient, ids), 60, every_s=0.2,
+                           what="an outcome for every command")
+            assert {o["outcome"] for o in got.values()} == {"applied"}
+            assert rclient.llen(keys.DEAD_LETTER_INBOX_KEY) == 0
+        finally:
+            worker.kill()
+
+
+class _Database:
+    """A PostgreSQL database of the test's own, which can stop answering and answer again."""
+
+    def __init__(self, server: str, name: str) -> None:
+        self.name = name
+        self.url = server.rsplit("/", 1)[0] + "/" + name
+        self.admin = sa.create_engine(server, isolation_level="AUTOCOMMIT")
+
+    def run(self, *statements: str) -> None:
+        with self.admin.connect() as conn:
+            for statement in statements:
+                conn.execute(sa.text(statement))
+
+    def refuse(self) -> None:
+        """No connection is let in, and those open are ended."""
+        self.run(f"ALTER DATABASE {self.name} ALLOW_CONNECTIONS false",
+                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                 f"WHERE datname = '{self.name}'")
+
+    def allow(self) -> None:
+        self.run(f"ALTER DATABASE {self.name} ALLOW_CONNECTIONS true")
+
+
+@contextlib.contextmanager
+def _database(server: str, name: str) -> Iterator[_Database]:
+    database = _Database(server, name)
+    database.run(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)", f"CREATE DATABASE {name}")
     try:
-        wait_for(lambda: rclient.exists("hf:v1:templates"), 30, what="the worker to start")
-        assert worker.proc is not None
-        main = worker.proc.pid
-        [pool_process] = _children(main)
-        with admin.connect() as conn:  # the store goes away, and the pool process dies
-            conn.execute(sa.text("ALTER DATABASE hf_fork ALLOW_CONNECTIONS false"))
-            conn.execute(sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                                 "WHERE datname = 'hf_fork'"))
-        os.kill(pool_process, signal.SIGKILL)
-        wait_for(lambda: _children(main) not in ([], [pool_process]), 30,
-                 what="a new pool process")
-        ids = [str(uuid.uuid4()) for _ in range(3)]
-        send_steadily(producer, ids, len(ids))
-        time.sleep(3.0)
-        assert rclient.llen(keys.DEAD_LETTER_INBOX_KEY) == 0, worker.output()
-        with admin.connect() as conn:
-            conn.execute(sa.text("ALTER DATABASE hf_fork ALLOW_CONNECTIONS true"))
-        got = wait_for(lambda: all_outcomes(rclient, ids), 60, every_s=0.2,
-                       what="an outcome for every command")
-        assert {o["outcome"] for o in got.values()} == {"applied"}
-        assert rclient.llen(keys.DEAD_LETTER_INBOX_KEY) == 0
+        yield database
     finally:
-        worker.kill()
-        with admin.connect() as conn:
-            conn.execute(sa.text("DROP DATABASE IF EXISTS hf_fork WITH (FORCE)"))
-        admin.dispose()
+        database.run(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        database.admin.dispose()
 
 
 def _children(pid: int) -> list[int]:
