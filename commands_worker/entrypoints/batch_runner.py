@@ -56,8 +56,7 @@ def run_batch(items: Sequence[BatchItem]) -> list[Verdict]:
         # a store outage, not a batch lost (its hand-backs would count towards poison).
         _say_unavailable(exc)
         metrics.STORE_RETRIES.inc(len(items))
-        return [Verdict(Action.RETRY, jittered(2.0 ** i.outages, OUTAGE_MOST_S), "outages")
-                for i in items]
+        return [_outage_retry(i) for i in items]
     envs = [Envelope(task=i.task, task_id=i.command_id, kwargs=i.kwargs, args=tuple(i.args),
                      queue=i.queue, final_attempt=i.waits >= MAX_WAITS, refusal=i.refusal,
                      arrived_at=i.arrived_at)
@@ -147,12 +146,17 @@ def _say_unavailable(exc: Exception) -> None:
             "event": "store_unavailable", "error": str(exc)[:300]})
 
 
+def _outage_retry(item: BatchItem) -> Verdict:
+    """Send again after a backoff that doubles with each outage met, one outage spent."""
+    return Verdict(Action.RETRY, jittered(2.0 ** item.outages, OUTAGE_MOST_S), "outages")
+
+
 def _store_unavailable(d: bootstrap.Deps, env: Envelope, item: BatchItem, exc: Exception,
                        started: float) -> Verdict:
     if item.outages < d.settings.max_retries:
         metrics.STORE_RETRIES.inc()
         _log(env, "retry", started, 1, reason=str(exc), outages=item.outages)
-        return Verdict(Action.RETRY, jittered(2.0 ** item.outages, OUTAGE_MOST_S), "outages")
+        return _outage_retry(item)
     reason = f"store unavailable after {item.outages + 1} attempts: {exc}"
     # The store is down, so the letter waits in Redis until the worker can move it there.
     dead_letter_inbox.park_command(d.inbox, env.raw(), env.queue, reason)
