@@ -15,6 +15,8 @@ from queries_service.hot_views import LocalViews
 from shared import keys
 
 log = logging.getLogger("hostfactory.queries")
+# How long a stopping service waits for its listeners to end.
+STOP_WAIT_S = 5.0
 
 
 class ViewNotifier:
@@ -33,11 +35,13 @@ class ViewNotifier:
         self._tasks = [asyncio.create_task(self._listen_forever(c)) for c in sources]
 
     async def stop(self) -> None:
+        """Cancel the listeners and wait for them, a few seconds at most: a clean-clone CI
+        run hung here for 300 s in a lifespan shutdown (a listener that never finished its
+        cancellation, its pub/sub still closing), and a stopping service must stop."""
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=STOP_WAIT_S)
 
     @contextlib.contextmanager
     def waiting(self, key: str, min_version: int) -> Iterator[asyncio.Event]:
