@@ -6,6 +6,7 @@ each ``bench.<name>`` module (so nothing is loaded twice)."""
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import platform
@@ -67,12 +68,18 @@ def _ping(client: redis.Redis) -> bool:
 
 
 class Group:
-    """A process group started for the bench, with its peak memory."""
+    """A process group started for the bench, with its peak memory. Each has a session of
+    its own, so a bench that fails midway would leave it running (a worker, a query service
+    and moto's endpoint were found busy an hour later, under other benches' figures): what
+    is still running when the bench's process exits is stopped then."""
+
+    running: set[Group] = set()
 
     def __init__(self, argv: list[str], env: dict[str, str], log: Path) -> None:
         self.log = log.open("ab")
         self.proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=self.log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
+        Group.running.add(self)
 
     def peak_rss_mb(self) -> float:
         """The largest peak RSS (VmHWM) of any process of the group."""
@@ -95,6 +102,13 @@ class Group:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
         self.log.close()
+        Group.running.discard(self)
+
+
+@atexit.register
+def _stop_what_is_left() -> None:
+    for group in list(Group.running):
+        group.stop()
 
 
 def _group_pids(pgid: int) -> list[int]:
