@@ -70,7 +70,7 @@ def _ping(client: redis.Redis) -> bool:
 class Group:
     """A process group started for the bench, with its peak memory. Each has a session of
     its own, so a bench that fails midway would leave it running (a worker, a query service
-    and moto's endpoint were found busy an hour later, under other benches' figures): what
+    and moto's endpoint were still running an hour later, beside other benches): what
     is still running when the bench's process exits is stopped then."""
 
     running: set[Group] = set()

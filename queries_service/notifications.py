@@ -111,7 +111,7 @@ class ViewNotifier:
 def _unless_cancelled() -> None:
     """Raise ``CancelledError`` if this task was asked to stop. redis-py (8.1) can let a
     cancellation pass: of listeners stopped in their first 4 ms, one in five came back from
-    ``SUBSCRIBE`` as if never cancelled and listened on for good (28 of 150;
+    ``SUBSCRIBE`` as if never cancelled and listened on for good (28-30 of 150;
     tests/integration/test_notifications.py)."""
     task = asyncio.current_task()
     if task is not None and task.cancelling():
